@@ -1,0 +1,235 @@
+"""The ``gnorm`` command: run | validate | plugins | show | analyze | export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from gnorm import __version__
+from gnorm.components import Analysis
+from gnorm.config import Experiment, load_experiment, parse_override
+from gnorm.errors import UserError
+from gnorm.registry import Registry, build_registry, default_registry
+from gnorm.store import EVALUATION_COLUMNS, Store
+from gnorm.tables import cell_label, format_table, stage_summaries
+
+
+def reports_user_errors(command: Callable) -> Callable:
+    """Bad input ends in one line per problem on stderr and exit status 2, never a traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            for problem in error.problems:
+                click.echo(f"error: {problem}", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+def _registry() -> Registry:
+    registry = default_registry()
+    for failure in registry.failures:
+        click.echo(f"warning: plugin {failure.entry_point} from {failure.provider} failed to load and was "
+                   f"skipped: {failure.error}", err=True)
+    return registry
+
+
+def _load(path: str, overrides: tuple[str, ...]) -> tuple[Experiment, Registry]:
+    registry = _registry()
+    return load_experiment(path, registry, dict(parse_override(o) for o in overrides)), registry
+
+
+@click.group()
+@click.version_option(__version__, prog_name="gnorm")
+def main() -> None:
+    """Run and analyse weight-norm interventions in grokking."""
+
+
+@main.command()
+@click.argument("experiment_file", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Results directory "
+              "(default: experiment.output_dir, else runs/<experiment.name>).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any key of the file, e.g. --set task.p=59 --set stage.0.seeds=2 (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print the expanded list of runs and exit.")
+@reports_user_errors
+def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], dry_run: bool) -> None:
+    """Run every stage of EXPERIMENT_FILE; finished runs already in the store are skipped."""
+    experiment, registry = _load(experiment_file, overrides)
+    if dry_run:
+        for stage in experiment.stages:
+            for spec in stage.runs:
+                click.echo(f"{spec.run_id}  stage={stage.name}  {cell_label(spec.cell)}  seed={spec.seed}  "
+                           f"controller={spec.controller.name}  max_steps={spec.training.max_steps}")
+        click.echo(f"{len(experiment.runs)} runs in {len(experiment.stages)} stages")
+        return
+    from gnorm.study import Progress, planned_cells, run_experiment
+
+    directory = Path(out_dir or experiment.meta.output_dir or Path("runs") / experiment.meta.name)
+    store = Store(directory, create=True)
+    with store.exclusive():
+        click.echo(f"gnorm {__version__}: {experiment.source} -> {directory}", err=True)
+        try:
+            skipped = run_experiment(experiment, registry, store, Progress())
+        except KeyboardInterrupt:
+            done = len(store.finished_run_ids() & {r.run_id for r in experiment.runs})
+            click.echo(f"\ninterrupted: {done}/{len(experiment.runs)} runs are stored in {directory}; "
+                       "run the same command again to finish the rest", err=True)
+            sys.exit(130)
+        _print_summary(store, experiment, registry)
+    for line in skipped:
+        click.echo(f"error: {line}", err=True)
+    if skipped:
+        sys.exit(1)
+
+
+def _print_summary(store: Store, experiment: Experiment, registry: Registry) -> None:
+    from gnorm.study import planned_cells
+
+    records = store.records()
+    for table in stage_summaries(records, planned_cells(experiment)):
+        click.echo("\n" + format_table(table))
+    for choice in experiment.analyses:
+        _echo_analysis(registry.get("analyzer", choice.name).factory(choice.config)(records))
+
+
+def _echo_analysis(analysis: Analysis) -> None:
+    for table in analysis.tables:
+        click.echo("\n" + format_table(table))
+    for note in analysis.notes:
+        click.echo(f"note: {note}")
+
+
+@main.command()
+@click.argument("experiment_file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any key of the file.")
+@reports_user_errors
+def validate(experiment_file: str, overrides: tuple[str, ...]) -> None:
+    """Check EXPERIMENT_FILE without running it."""
+    experiment, _ = _load(experiment_file, overrides)
+    from gnorm.study import plan_experiment
+
+    plan = plan_experiment(experiment)
+    click.echo(f"{experiment_file}: ok, {len(experiment.runs)} runs in {len(plan.cells)} cells, "
+               f"{len(experiment.stages)} stages")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@reports_user_errors
+def plugins(as_json: bool) -> None:
+    """List every component: kind, name, provider package and version, summary."""
+    registry = _registry()
+    entries = [{"kind": e.component.kind, "name": e.component.name, "package": e.provider.package,
+                "version": e.provider.version, "summary": e.component.summary} for e in registry.entries()]
+    failures = [{"entry_point": f.entry_point, "package": f.provider.package, "version": f.provider.version,
+                 "error": f.error} for f in registry.failures]
+    if as_json:
+        click.echo(json.dumps({"components": entries, "failures": failures}, indent=2))
+        return
+    from gnorm.components import Table
+
+    click.echo(format_table(Table("gnorm components", ["kind", "name", "package", "summary"],
+                                  [[e["kind"], e["name"], f"{e['package']} {e['version']}", e["summary"]]
+                                   for e in entries])))
+
+
+def _open(directory: str) -> Store:
+    return Store(directory)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@reports_user_errors
+def show(directory: str) -> None:
+    """Print a summary table per stage of the results in DIRECTORY."""
+    store = _open(directory)
+    records = store.records()
+    planned: dict[str, dict[str, int]] = {}
+    plan = store.plan()
+    by_id = {r.run_id: r for r in records}
+    for run_id, stage in plan:
+        planned.setdefault(stage, {})
+        if run_id in by_id:
+            label = cell_label(by_id[run_id].cell)
+            planned[stage][label] = planned[stage].get(label, 0) + 1
+    missing = len(plan) - len(records)
+    for table in stage_summaries(records, planned):
+        click.echo(format_table(table) + "\n")
+    click.echo(f"{len(records)}/{len(plan)} planned runs finished" + (f", {missing} still to run" if missing else ""))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--analyzer", "names", multiple=True, help="Analyzer to run (repeatable; default: the file's "
+              "[[analysis]] tables, else critical_norm and delay_law).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write every number to this file.")
+@reports_user_errors
+def analyze(directory: str, names: tuple[str, ...], json_path: str | None) -> None:
+    """Run analyzers on the results in DIRECTORY."""
+    registry = _registry()
+    store = _open(directory)
+    records = store.records()
+    chosen = [(name, registry.get("analyzer", name).config_class()) for name in names] if names else None
+    if chosen is None:
+        text, source = store.meta("experiment_toml"), store.meta("source")
+        chosen = [("critical_norm", None), ("delay_law", None)]
+        if text and source and Path(source).exists():
+            experiment = load_experiment(source, registry)
+            chosen = [(a.name, a.config) for a in experiment.analyses] or chosen
+    results = []
+    for name, config in chosen:
+        analyzer = registry.get("analyzer", name)
+        analysis = analyzer.factory(config if config is not None else analyzer.config_class())(records)
+        _echo_analysis(analysis)
+        results.append({"analyzer": analysis.analyzer, "numbers": analysis.numbers, "notes": analysis.notes})
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2, default=str))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to write (default DIRECTORY/export).")
+@reports_user_errors
+def export(directory: str, fmt: str, out_dir: str | None) -> None:
+    """Write tidy tables of DIRECTORY's runs: runs.<fmt> (one row per run) and evaluations.<fmt>
+    (one row per run and evaluated step)."""
+    store = _open(directory)
+    target = Path(out_dir or Path(directory) / "export")
+    target.mkdir(parents=True, exist_ok=True)
+    runs, evaluations = [], []
+    for record in store.records():
+        row = {"run_id": record.run_id, "stage": record.stage, "seed": record.seed, "t_mem": record.t_mem,
+               "t_grok": record.t_grok, "censored": record.censored, "norm_at_grok": record.norm_at_grok,
+               "budget": record.budget}
+        row.update({f"cell.{k}": v for k, v in record.cell.items()})
+        row.update({f"fact.{k}": v for k, v in record.facts.items()})
+        row["config"] = json.dumps(record.config, sort_keys=True)
+        runs.append(row)
+        trajectory = store.trajectory(record.run_id)
+        for i in range(len(trajectory["step"])):
+            evaluations.append({"run_id": record.run_id, **{k: v[i] for k, v in trajectory.items()}})
+    for name, rows in (("runs", runs), ("evaluations", evaluations)):
+        path = target / f"{name}.{fmt}"
+        if fmt == "json":
+            path.write_text(json.dumps(rows, indent=1))
+        else:
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            with path.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        click.echo(f"wrote {path} ({len(rows)} rows)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""What a plugin hands to gnorm: one frozen description per piece, and the protocols the pieces meet.
+
+Every registration hook returns a list of these. A description carries the piece's name (what an
+experiment file writes in ``name = "..."``), a one-line summary (shown by ``gnorm plugins``), the attrs
+class that the piece's TOML table is structured into, and a factory that builds the working object.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Protocol
+
+import attrs
+import numpy as np
+import torch
+
+
+@attrs.frozen
+class Component:
+    """A named, configurable piece of an experiment."""
+
+    kind: ClassVar[str] = "component"
+    name: str
+    summary: str
+    config_class: type
+    factory: Callable[..., Any]
+
+
+@attrs.frozen
+class Task(Component):
+    """A supervised task. ``factory(config) -> TaskData`` (see :class:`TaskData`)."""
+
+    kind: ClassVar[str] = "task"
+
+
+@attrs.frozen
+class Architecture(Component):
+    """A single-model ``torch.nn.Module``. ``factory(config, task: TaskData) -> WeightNormModule``.
+
+    gnorm trains the seeds of a cell as one batched ensemble built from this ordinary module, so the
+    module needs no batching code of its own.
+    """
+
+    kind: ClassVar[str] = "architecture"
+
+
+@attrs.frozen
+class NormController(Component):
+    """What happens to the weight norm after each optimizer step.
+
+    ``factory(config, context: ControllerContext) -> Controller``. Set ``uses_critical_norm`` when the
+    controller needs the critical norm Wc (the stage's ``critical_norm`` key then becomes required).
+    """
+
+    kind: ClassVar[str] = "norm_controller"
+    uses_critical_norm: bool = False
+
+
+@attrs.frozen
+class GrokCriterion(Component):
+    """Decides T_mem and T_grok from a run's evaluations. ``factory(config) -> Criterion``."""
+
+    kind: ClassVar[str] = "grok_criterion"
+
+
+@attrs.frozen
+class Analyzer(Component):
+    """Turns stored runs into findings. ``factory(config) -> callable(records) -> Analysis``."""
+
+    kind: ClassVar[str] = "analyzer"
+
+
+COMPONENT_KINDS: tuple[type[Component], ...] = (Task, Architecture, NormController, GrokCriterion, Analyzer)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What the factories return.
+
+
+@attrs.frozen
+class InputSpec:
+    """The shape of a task's inputs: ``tokens`` (``length`` integer ids below ``vocab_size``) or
+    ``vector`` (``length`` floats)."""
+
+    kind: str
+    length: int
+    vocab_size: int = 0
+
+
+@attrs.frozen(eq=False)
+class Split:
+    """One seed's data: every example, and which of them are for training.
+
+    ``inputs[i]`` and ``labels[i]`` are example ``i``; ``train_index`` and ``test_index`` are disjoint
+    index tensors into them.
+    """
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    train_index: torch.Tensor
+    test_index: torch.Tensor
+
+
+class TaskData(Protocol):
+    input_spec: InputSpec
+    num_classes: int
+
+    def split(self, split_seed: int) -> Split:
+        """Return the examples and the train/test split for one seed; must depend only on the seed."""
+
+
+class WeightNormModule(Protocol):
+    def weight_norm_groups(self) -> dict[str, list[str]]:
+        """Group name -> names of the parameters in that group. Parameters in any group form the weight
+        norm ||W||, receive weight decay and are rescaled by controllers; the rest (biases) do not."""
+
+
+@attrs.frozen
+class ControllerContext:
+    """What a norm controller may know when it is built."""
+
+    critical_norm: float | None
+    num_members: int
+
+
+class Controller(Protocol):
+    def after_step(self, step: int, norm_tensors: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """Called after optimizer step ``step`` (1-based) under ``torch.no_grad()``.
+
+        ``norm_tensors`` are the weight-norm parameters of every ensemble member, stacked on a leading
+        member axis; change them in place. Return per-member tensors worth recording (stored once per
+        run under their key, e.g. the norm before and after the first clamp), or None.
+        An optional ``keep(index)`` method is called when finished members leave the ensemble, with the
+        positions of those that stay, for controllers that hold per-member state.
+        """
+
+
+@attrs.frozen
+class GrokTimes:
+    """T_mem and T_grok of one run (None where the threshold was never reached)."""
+
+    t_mem: int | None
+    t_grok: int | None
+
+
+class Criterion(Protocol):
+    def times(self, steps: np.ndarray, metrics: dict[str, np.ndarray]) -> GrokTimes:
+        """T_mem and T_grok from a run's evaluations so far (``metrics`` keys: train_acc, test_acc,
+        train_loss, test_loss, weight_norm)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# What analyzers read and return.
+
+
+@attrs.frozen
+class RunRecord:
+    """One finished run as the store holds it.
+
+    ``cell`` holds the swept values that name the run's cell (e.g. ``{"controller.rho": 1.1}``);
+    ``config`` is the run's fully resolved configuration as plain data (``config["task"]["p"]``).
+    ``t_grok`` is None for a censored run, which trained for ``budget`` steps without grokking.
+    ``facts`` holds what controllers recorded once per run (e.g. ``norm_before_clamp``).
+    """
+
+    run_id: str
+    stage: str
+    cell: dict[str, Any]
+    seed: int
+    config: dict[str, Any]
+    t_mem: int | None
+    t_grok: int | None
+    norm_at_grok: float | None
+    budget: int
+    facts: dict[str, float] = attrs.field(factory=dict)
+
+    @property
+    def censored(self) -> bool:
+        return self.t_grok is None
+
+
+@attrs.frozen
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+@attrs.frozen
+class Analysis:
+    """An analyzer's findings: tables for people, ``numbers`` for tools (plain JSON data), and notes
+    (what was dropped and why)."""
+
+    analyzer: str
+    tables: list[Table] = attrs.field(factory=list)
+    numbers: dict[str, Any] = attrs.field(factory=dict)
+    notes: list[str] = attrs.field(factory=list)

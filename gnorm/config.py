@@ -1,0 +1,529 @@
+"""Experiment files: TOML structured into attrs classes by a strict cattrs converter.
+
+A file has base sections (``[task]``, ``[architecture]``, ``[controller]``, ``[criterion]``,
+``[optimizer]``, ``[training]``, ``[evaluation]``), optional ``[sweep]`` / ``[zip]`` tables that apply to
+every stage, and ``[[stage]]`` tables that override any base section and add their own sweeps. Each stage
+expands to runs: one per sweep point and seed. Every problem in a file is collected and reported with
+the file and the dotted key, all at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from gnorm.errors import Problem, UserError
+from gnorm.registry import Registry, UnknownComponent
+from gnorm.science import derive_seed
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fixed sections.
+
+
+@attrs.frozen
+class ExperimentMeta:
+    name: str
+    seeds: int | list[int] = 4
+    output_dir: str | None = None
+    description: str = ""
+
+
+@attrs.frozen
+class OptimizerConfig:
+    """Full-batch AdamW with decoupled weight decay on the weight-norm tensors only."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+
+@attrs.frozen
+class TrainingConfig:
+    max_steps: int = 10_000
+    precision: str = attrs.field(default="float32", validator=attrs.validators.in_(["float32", "float64"]))
+    device: str = "auto"
+
+
+@attrs.frozen
+class EvaluationConfig:
+    """When runs are evaluated: ``geometric`` (``points`` steps on a geometric grid over the budget,
+    paper A) or ``every`` (every ``every`` steps, paper B). With ``stop_when_grokked`` a run stops at
+    its T_grok, and a cell ends once all its seeds have grokked."""
+
+    schedule: str = attrs.field(default="geometric", validator=attrs.validators.in_(["geometric", "every"]))
+    points: int = 360
+    every: int = 25
+    stop_when_grokked: bool = True
+
+
+SECTION_CLASSES: dict[str, type] = {
+    "optimizer": OptimizerConfig,
+    "training": TrainingConfig,
+    "evaluation": EvaluationConfig,
+}
+#: Sections that name a plugin component, with the component kind and the default choice.
+COMPONENT_SECTIONS: dict[str, tuple[str, str | None]] = {
+    "task": ("task", None),
+    "architecture": ("architecture", None),
+    "controller": ("norm_controller", "free"),
+    "criterion": ("grok_criterion", "test_accuracy"),
+}
+RUN_SECTIONS = tuple(COMPONENT_SECTIONS) + tuple(SECTION_CLASSES)
+TOP_LEVEL_KEYS = ("experiment", *RUN_SECTIONS, "sweep", "zip", "stage", "analysis")
+STAGE_KEYS = ("name", "critical_norm", "seeds", "sweep", "zip", *RUN_SECTIONS)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a file resolves to.
+
+
+@attrs.frozen
+class ComponentChoice:
+    name: str
+    config: Any
+
+
+@attrs.frozen
+class RunSpec:
+    """One run: a stage, a cell (the swept values) and a seed, with every setting resolved."""
+
+    stage: str
+    cell: dict[str, Any]
+    seed: int
+    task: ComponentChoice
+    architecture: ComponentChoice
+    controller: ComponentChoice
+    criterion: ComponentChoice
+    optimizer: OptimizerConfig
+    training: TrainingConfig
+    evaluation: EvaluationConfig
+    critical_norm: float | str | None
+
+    def plain(self) -> dict[str, Any]:
+        """The run's configuration as plain JSON data."""
+        data: dict[str, Any] = {"stage": self.stage, "seed": self.seed, "critical_norm": self.critical_norm}
+        for section in COMPONENT_SECTIONS:
+            choice = getattr(self, section)
+            data[section] = {"name": choice.name, **converter.unstructure(choice.config)}
+        for section in SECTION_CLASSES:
+            data[section] = converter.unstructure(getattr(self, section))
+        return data
+
+    @property
+    def run_id(self) -> str:
+        """Content address of the run: the same settings always give the same id."""
+        return f"{derive_seed('run', self.plain()):016x}"[:16]
+
+    @property
+    def cell_id(self) -> str:
+        data = self.plain()
+        del data["seed"]
+        return f"{derive_seed('cell', data):016x}"[:16]
+
+    def base_configuration(self) -> dict[str, Any]:
+        """What a seed's initialization and split may depend on: task, architecture, weight decay.
+        Never the controller, its rho, the learning rate or the budget."""
+        plain = self.plain()
+        return {"task": plain["task"], "architecture": plain["architecture"],
+                "weight_decay": self.optimizer.weight_decay}
+
+    @property
+    def init_seed(self) -> int:
+        return derive_seed("init", self.base_configuration(), self.seed)
+
+    @property
+    def split_seed(self) -> int:
+        return derive_seed("split", self.base_configuration()["task"], self.seed)
+
+
+@attrs.frozen
+class Stage:
+    name: str
+    critical_norm: float | str | None
+    runs: list[RunSpec]
+
+
+@attrs.frozen
+class Experiment:
+    source: Path
+    meta: ExperimentMeta
+    stages: list[Stage]
+    analyses: list[ComponentChoice]
+    text: str
+
+    @property
+    def runs(self) -> list[RunSpec]:
+        return [run for stage in self.stages for run in stage.runs]
+
+
+# ---------------------------------------------------------------------------------------------------
+# A strict converter: no silent 1.7 -> 1, "no" -> True or 3 -> "3".
+
+
+def _describe(value: Any) -> str:
+    kind = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "a list",
+            dict: "a table"}.get(type(value), type(value).__name__)
+    return f"{kind} ({json.dumps(value, default=str)})" if not isinstance(value, (list, dict)) else kind
+
+
+def _strict(expected: str, accept: tuple[type, ...], cast=lambda value: value):
+    def hook(value: Any, _type: Any) -> Any:
+        if isinstance(value, bool) and bool not in accept or not isinstance(value, accept):
+            raise TypeError(f"expected {expected}, found {_describe(value)}")
+        return cast(value)
+    return hook
+
+
+def make_converter() -> cattrs.Converter:
+    strict = cattrs.Converter(forbid_extra_keys=True)
+    strict.register_structure_hook(int, _strict("an integer", (int,)))
+    strict.register_structure_hook(float, _strict("a number", (int, float), float))
+    strict.register_structure_hook(bool, _strict("true or false", (bool,)))
+    strict.register_structure_hook(str, _strict("a string", (str,)))
+
+    def seeds_hook(value: Any, _type: Any) -> int | list[int]:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return value
+        raise TypeError(f"expected a positive count or a list of integer seeds, found {_describe(value)}")
+
+    strict.register_structure_hook(int | list[int], seeds_hook)
+    return strict
+
+
+converter = make_converter()
+
+
+def _flatten_errors(error: BaseException, path: tuple[str, ...]) -> Iterable[tuple[tuple[str, ...], str, list[str]]]:
+    """(path, message, valid keys for suggestions) for every leaf of a cattrs error tree."""
+    if isinstance(error, ClassValidationError):
+        with_notes, without_notes = error.group_exceptions()
+        for sub, note in with_notes:
+            yield from _flatten_errors(sub, path + (note.name,))
+        for sub in without_notes:
+            yield from _flatten_errors(sub, path)
+    elif isinstance(error, IterableValidationError):
+        with_notes, without_notes = error.group_exceptions()
+        for sub, note in with_notes:
+            yield from _flatten_errors(sub, path[:-1] + (f"{path[-1]}[{note.index}]",) if path else path)
+        for sub in without_notes:
+            yield from _flatten_errors(sub, path)
+    elif isinstance(error, ForbiddenExtraKeysError):
+        valid = [field.name for field in attrs.fields(error.cl)]
+        for extra in sorted(error.extra_fields):
+            yield path + (extra,), "unknown key", valid
+    elif isinstance(error, ValueError) and len(error.args) >= 4 and isinstance(error.args[1], attrs.Attribute):
+        attribute, options, found = error.args[1], error.args[2], error.args[3]
+        yield path + (attribute.name,), f"expected one of {', '.join(map(repr, options))}, found {found!r}", []
+    elif isinstance(error, KeyError):
+        yield path + (str(error.args[0]),), "required key is missing", []
+    else:
+        message = str(error)
+        if "required positional argument" in message or "missing" in message and "argument" in message:
+            name = message.rsplit("'", 2)[-2] if "'" in message else ""
+            yield path + ((name,) if name else ()), "required key is missing", []
+        else:
+            yield path, message, []
+
+
+def structure(raw: Any, cls: type) -> tuple[Any, list[tuple[tuple[str, ...], str, list[str]]]]:
+    """Structure ``raw`` into ``cls``; return (object or None, problems as (path, message, valid keys))."""
+    if not isinstance(raw, dict):
+        return None, [((), f"expected a table, found {_describe(raw)}", [])]
+    try:
+        return converter.structure(raw, cls), []
+    except Exception as error:  # collected and reported, never raised past the loader
+        return None, list(_flatten_errors(error, ()))
+
+
+def _suggest(name: str, valid: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading a file.
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            if "name" in value and value.get("name") != merged[key].get("name"):
+                merged[key] = dict(value)  # another component: the base's options do not apply to it
+            else:
+                merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _flatten_sweep(table: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten_sweep(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _merge_options(options: Iterable[dict]) -> dict:
+    return {key: value for option in options for key, value in option.items()}
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value
+
+
+class _Loader:
+    """Collects every problem of one file while resolving it."""
+
+    def __init__(self, source: str, registry: Registry):
+        self.source = source
+        self.registry = registry
+        self.problems: list[Problem] = []
+        self._seen: set[tuple[str, str]] = set()
+
+    def problem(self, key: str, message: str) -> None:
+        if (key, message) not in self._seen:
+            self._seen.add((key, message))
+            self.problems.append(Problem(self.source, key, message))
+
+    def unknown_keys(self, table: dict, valid: Iterable[str], where: str) -> None:
+        valid = list(valid)
+        for key in table:
+            if key not in valid:
+                self.problem(f"{where}{key}", f"unknown key{_suggest(key, valid)}")
+
+    def sweep_points(self, sweep: Any, zipped: Any, where: str) -> list[dict[str, tuple[Any, str]]]:
+        """Every point of the grid ``sweep`` crossed with the lists of ``zipped`` taken in step:
+        dotted key -> (value, where the value was written)."""
+        axes: dict[str, list[list[dict[str, tuple[Any, str]]]]] = {"sweep": [], "zip": []}
+        for kind, table in (("sweep", sweep), ("zip", zipped)):
+            if table is None:
+                continue
+            if not isinstance(table, dict):
+                self.problem(f"{where}{kind}", f"expected a table of key = [values], found {_describe(table)}")
+                continue
+            for key, values in _flatten_sweep(table).items():
+                origin = f'{where}{kind}."{key}"'
+                section = key.split(".")[0]
+                if section not in RUN_SECTIONS or "." not in key:
+                    self.problem(origin, f"cannot sweep {key!r}: expected section.key with section one of "
+                                         f"{', '.join(RUN_SECTIONS)}{_suggest(section, RUN_SECTIONS)}")
+                elif not isinstance(values, list) or not values:
+                    self.problem(origin, f"expected a non-empty list of values, found {_describe(values)}")
+                else:
+                    axes[kind].append([{key: (value, f"{origin}[{i}]")} for i, value in enumerate(values)])
+        grid = axes["sweep"]
+        if axes["zip"]:
+            lengths = sorted({len(axis) for axis in axes["zip"]})
+            if len(lengths) > 1:
+                self.problem(f"{where}zip", f"all lists in a zip must have one length, found lengths {lengths}")
+            else:
+                grid = grid + [[_merge_options(combo) for combo in zip(*axes["zip"])]]
+        return [_merge_options(combo) for combo in itertools.product(*grid)]
+
+    def component(self, section: str, raw: Any, origin) -> ComponentChoice | None:
+        kind, default = COMPONENT_SECTIONS[section]
+        if raw is None:
+            raw = {"name": default} if default else None
+        if raw is None:
+            self.problem(section, "required table is missing")
+            return None
+        if not isinstance(raw, dict):
+            self.problem(origin((section,)), f"expected a table, found {_describe(raw)}")
+            return None
+        options = dict(raw)
+        name = options.pop("name", default)
+        if name is None:
+            self.problem(origin((section, "name")), f"required key is missing (which {kind} to use)")
+            return None
+        if not isinstance(name, str):
+            self.problem(origin((section, "name")), f"expected a string, found {_describe(name)}")
+            return None
+        try:
+            component = self.registry.get(kind, name)
+        except UnknownComponent as unknown:
+            self.problem(origin((section, "name")), str(unknown))
+            return None
+        config, problems = structure(options, component.config_class)
+        for path, message, valid in problems:
+            suggestion = _suggest(path[-1], valid) if valid else ""
+            self.problem(origin((section,) + path), message + suggestion)
+        return ComponentChoice(name, config) if config is not None else None
+
+    def section(self, section: str, raw: Any, origin) -> Any:
+        config, problems = structure(raw if raw is not None else {}, SECTION_CLASSES[section])
+        for path, message, valid in problems:
+            suggestion = _suggest(path[-1], valid) if valid else ""
+            self.problem(origin((section,) + path), message + suggestion)
+        return config
+
+    def seeds(self, raw: Any, key: str) -> list[int]:
+        try:
+            value = converter.structure(raw, int | list[int])
+        except Exception as error:
+            self.problem(key, str(error))
+            return []
+        return list(range(value)) if isinstance(value, int) else value
+
+    def critical_norm(self, raw: Any, key: str, stage_names: list[str], earlier: list[str]) -> float | str | None:
+        if raw is None:
+            return None
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            self.problem(key, f"expected a number or the name of an earlier stage, found {_describe(raw)}")
+            return None
+        if isinstance(raw, str) and raw not in earlier:
+            where = "a later stage" if raw in stage_names else "no stage"
+            self.problem(key, f"{raw!r} is {where}; name an earlier stage{_suggest(raw, earlier)} or give a number")
+            return None
+        if not isinstance(raw, str) and raw <= 0:
+            self.problem(key, f"expected a positive norm, found {raw}")
+            return None
+        return float(raw) if not isinstance(raw, str) else raw
+
+
+def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, Any] | None = None) -> Experiment:
+    """Read, check and expand an experiment file. Raises :class:`UserError` listing every problem."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UserError([Problem(source, "", f"cannot read the file: {error.strerror}")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UserError([Problem(source, "", f"not valid TOML: {error}")]) from None
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    loader = _Loader(source, registry)
+    loader.unknown_keys(data, TOP_LEVEL_KEYS, "")
+
+    meta, problems = structure(data.get("experiment", {}), ExperimentMeta)
+    for path_parts, message, valid in problems:
+        loader.problem(".".join(("experiment",) + path_parts), message + (_suggest(path_parts[-1], valid) if valid else ""))
+    default_seeds = loader.seeds(meta.seeds, "experiment.seeds") if meta else []
+
+    raw_stages = data.get("stage", [{"name": "main"}])
+    if not isinstance(raw_stages, list) or not all(isinstance(s, dict) for s in raw_stages):
+        loader.problem("stage", "expected [[stage]] tables")
+        raw_stages = []
+    stage_names = [s.get("name") if isinstance(s.get("name"), str) else f"#{i + 1}" for i, s in enumerate(raw_stages)]
+    for i, raw_stage in enumerate(raw_stages):
+        if "name" not in raw_stage:
+            loader.problem(f"stage[{i + 1}].name", "required key is missing")
+        elif not isinstance(raw_stage["name"], str):
+            loader.problem(f"stage[{i + 1}].name", f"expected a string, found {_describe(raw_stage['name'])}")
+    for name in {n for n in stage_names if stage_names.count(n) > 1}:
+        loader.problem(f"stage[{name}]", "two stages have this name")
+
+    base = {section: data[section] for section in RUN_SECTIONS if section in data}
+    global_points = loader.sweep_points(data.get("sweep"), data.get("zip"), "")
+    stages: list[Stage] = []
+    for i, raw_stage in enumerate(raw_stages):
+        stage_name = stage_names[i]
+        where = f"stage[{stage_name}]."
+        loader.unknown_keys(raw_stage, STAGE_KEYS, where)
+        overrides_here = {s: raw_stage[s] for s in RUN_SECTIONS if s in raw_stage}
+        merged = _deep_merge(base, overrides_here)
+        seeds = loader.seeds(raw_stage["seeds"], f"{where}seeds") if "seeds" in raw_stage else default_seeds
+        critical = loader.critical_norm(raw_stage.get("critical_norm"), f"{where}critical_norm",
+                                        stage_names, stage_names[:i])
+        stage_points = loader.sweep_points(raw_stage.get("sweep"), raw_stage.get("zip"), where)
+        runs: list[RunSpec] = []
+        for global_point, stage_point in itertools.product(global_points, stage_points):
+            point = {**global_point, **stage_point}
+            config = json.loads(json.dumps(merged))
+            for dotted, (value, _) in point.items():
+                _set_dotted(config, dotted, value)
+
+            def origin(parts: tuple[str, ...], point=point, overrides_here=overrides_here, where=where) -> str:
+                for length in range(len(parts), 0, -1):
+                    dotted = ".".join(parts[:length])
+                    if dotted in point:
+                        return point[dotted][1] + (("." + ".".join(parts[length:])) if parts[length:] else "")
+                table: Any = overrides_here
+                for part in parts:
+                    if not isinstance(table, dict) or part not in table:
+                        return ".".join(parts)
+                    table = table[part]
+                return where + ".".join(parts)
+
+            resolved = {s: loader.component(s, config.get(s), origin) for s in COMPONENT_SECTIONS}
+            resolved.update({s: loader.section(s, config.get(s), origin) for s in SECTION_CLASSES})
+            if resolved["controller"] is not None:
+                controller = registry.get("norm_controller", resolved["controller"].name)
+                if getattr(controller, "uses_critical_norm", False) and critical is None \
+                        and "critical_norm" not in raw_stage:
+                    loader.problem(f"{where}critical_norm", f"required: controller {controller.name!r} holds the "
+                                   "norm relative to Wc; give a number or the name of a free stage")
+            if any(value is None for value in resolved.values()):
+                continue
+            cell = {dotted: value for dotted, (value, _) in point.items()}
+            for seed in seeds:
+                runs.append(RunSpec(stage=stage_name, cell=cell, seed=seed, critical_norm=critical, **resolved))
+        stages.append(Stage(stage_name, critical, runs))
+
+    analyses: list[ComponentChoice] = []
+    raw_analyses = data.get("analysis", [])
+    if not isinstance(raw_analyses, list):
+        loader.problem("analysis", "expected [[analysis]] tables")
+        raw_analyses = []
+    for i, raw in enumerate(raw_analyses):
+        analyses.append(_analysis_choice(loader, raw, f"analysis[{i + 1}]"))
+    if loader.problems:
+        raise UserError(loader.problems)
+    return Experiment(path, meta, stages, [a for a in analyses if a], text)
+
+
+def _analysis_choice(loader: _Loader, raw: Any, where: str) -> ComponentChoice | None:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        loader.problem(f"{where}.name", "required: the name of an analyzer")
+        return None
+    options = dict(raw)
+    name = options.pop("name")
+    try:
+        component = loader.registry.get("analyzer", name)
+    except UnknownComponent as unknown:
+        loader.problem(f"{where}.name", str(unknown))
+        return None
+    config, problems = structure(options, component.config_class)
+    for path, message, valid in problems:
+        loader.problem(".".join((where,) + path), message + (_suggest(path[-1], valid) if valid else ""))
+    return ComponentChoice(name, config) if config is not None else None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` from the command line; the value is read as a TOML value (strings may be bare)."""
+    if "=" not in text:
+        raise UserError([Problem("--set", text, "expected key=value")])
+    key, value = text.split("=", 1)
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.strip(), parsed

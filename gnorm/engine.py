@@ -1,0 +1,258 @@
+"""The training core: the seeds of a cell trained as one batched ensemble.
+
+Architectures are ordinary single-model ``torch.nn.Module`` s. The ensemble stacks their parameters on
+a leading member axis and runs ``vmap(functional_call)`` over it, so one forward/backward trains every
+seed; each member's loss depends only on its own parameters, so the gradient of the summed loss is
+each member's own gradient. Members that finish leave the ensemble and stop costing compute.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import attrs
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+from gnorm.components import ControllerContext, GrokTimes, RunRecord
+from gnorm.config import OptimizerConfig, RunSpec
+from gnorm.registry import Registry
+from gnorm.science import every_schedule, geometric_schedule, weight_norm
+
+METRICS = ("train_loss", "test_loss", "train_acc", "test_acc", "weight_norm")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else the CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def evaluation_steps(run: RunSpec) -> np.ndarray:
+    evaluation, budget = run.evaluation, run.training.max_steps
+    if evaluation.schedule == "geometric":
+        return geometric_schedule(budget, evaluation.points)
+    return every_schedule(budget, evaluation.every)
+
+
+class Ensemble:
+    """M copies of one module, parameters stacked on a leading member axis, each with its own split."""
+
+    def __init__(self, modules: Sequence[torch.nn.Module], splits: Sequence[Any], device: torch.device,
+                 dtype: torch.dtype):
+        template = modules[0]
+        self._base = copy.deepcopy(template).to("meta")
+        self.groups = template.weight_norm_groups()
+        names = [name for name, _ in template.named_parameters()]
+        missing = [n for group in self.groups.values() for n in group if n not in names]
+        if missing:
+            raise ValueError(f"weight_norm_groups() names parameters the module lacks: {missing}")
+        self.norm_names = [n for group in self.groups.values() for n in group]
+        self.params = {n: torch.stack([m.get_parameter(n).detach() for m in modules]).to(device, dtype)
+                       .requires_grad_() for n in names}
+        self.buffers = {n: torch.stack([b.detach() for b in [m.get_buffer(n) for m in modules]]).to(device)
+                        for n, _ in template.named_buffers()}
+
+        def floating(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, dtype) if t.is_floating_point() else t.to(device)
+
+        self.inputs = floating(torch.stack([s.inputs for s in splits]))
+        self.labels = torch.stack([s.labels for s in splits]).to(device)
+        train_index = torch.stack([s.train_index for s in splits]).to(device)
+        self.train_mask = torch.zeros(self.labels.shape, dtype=torch.bool, device=device)
+        self.train_mask.scatter_(1, train_index, True)
+        self.test_mask = torch.zeros_like(self.train_mask)
+        self.test_mask.scatter_(1, torch.stack([s.test_index for s in splits]).to(device), True)
+        gather = train_index.view(*train_index.shape, *([1] * (self.inputs.dim() - 2)))
+        self.train_inputs = torch.take_along_dim(self.inputs, gather, dim=1)
+        self.train_labels = torch.take_along_dim(self.labels, train_index, dim=1)
+        self._forward = vmap(lambda params, buffers, x: functional_call(self._base, (params, buffers), (x,)))
+
+    @property
+    def size(self) -> int:
+        return self.labels.shape[0]
+
+    @property
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.params.values())
+
+    @property
+    def norm_tensors(self) -> list[torch.Tensor]:
+        return [self.params[n] for n in self.norm_names]
+
+    def train_loss(self) -> torch.Tensor:
+        """Sum over members of each member's mean cross-entropy on its training set."""
+        logits = self._forward(self.params, self.buffers, self.train_inputs)
+        return F.cross_entropy(logits.flatten(0, 1), self.train_labels.flatten(), reduction="sum") \
+            / self.train_labels.shape[1]
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, torch.Tensor]:
+        """Per-member loss and accuracy on train and test sets, the weight norm and one norm per group."""
+        logits = self._forward(self.params, self.buffers, self.inputs)
+        losses = F.cross_entropy(logits.flatten(0, 1), self.labels.flatten(), reduction="none").view(self.labels.shape)
+        correct = (logits.argmax(-1) == self.labels).to(losses.dtype)
+        out = {}
+        for split, mask in (("train", self.train_mask), ("test", self.test_mask)):
+            count = mask.sum(1)
+            out[f"{split}_loss"] = (losses * mask).sum(1) / count
+            out[f"{split}_acc"] = (correct * mask).sum(1) / count
+        out["weight_norm"] = weight_norm(self.norm_tensors)
+        for group, names in self.groups.items():
+            out[f"norm/{group}"] = weight_norm([self.params[n] for n in names])
+        return out
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Drop every member not in ``index`` (positions of those that stay)."""
+        self.params = {n: p.detach()[index].requires_grad_() for n, p in self.params.items()}
+        self.buffers = {n: b[index] for n, b in self.buffers.items()}
+        for name in ("inputs", "labels", "train_mask", "test_mask", "train_inputs", "train_labels"):
+            setattr(self, name, getattr(self, name)[index])
+
+
+class BatchedAdamW:
+    """torch.optim.AdamW's update on stacked member tensors, with decoupled weight decay on the
+    weight-norm tensors only:
+
+        W <- W (1 - lr lambda)                       (norm tensors)
+        m <- beta1 m + (1 - beta1) g,  v <- beta2 v + (1 - beta2) g^2
+        W <- W - lr (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], decayed: Sequence[bool], config: OptimizerConfig):
+        self.config = config
+        self.decayed = list(decayed)
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.step_count = 0
+
+    @torch.no_grad()
+    def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
+        c = self.config
+        self.step_count += 1
+        bias_correction1 = 1 - c.beta1 ** self.step_count
+        bias_correction2_sqrt = math.sqrt(1 - c.beta2 ** self.step_count)
+        for p, g, m, v, decayed in zip(params, grads, self.exp_avg, self.exp_avg_sq, self.decayed):
+            if decayed:
+                p.mul_(1 - c.lr * c.weight_decay)
+            m.lerp_(g, 1 - c.beta1)
+            v.mul_(c.beta2).addcmul_(g, g, value=1 - c.beta2)
+            p.addcdiv_(m, (v.sqrt() / bias_correction2_sqrt).add_(c.eps), value=-c.lr / bias_correction1)
+
+    def keep(self, index: torch.Tensor) -> None:
+        self.exp_avg = [m[index] for m in self.exp_avg]
+        self.exp_avg_sq = [v[index] for v in self.exp_avg_sq]
+
+
+@attrs.define
+class RunLog:
+    """What one member has produced so far (host side)."""
+
+    run: RunSpec
+    steps: list[int] = attrs.field(factory=list)
+    metrics: dict[str, list[float]] = attrs.field(factory=dict)
+    facts: dict[str, float] = attrs.field(factory=dict)
+    times: GrokTimes = GrokTimes(None, None)
+    started: float = attrs.field(factory=time.perf_counter)
+
+    def append(self, step: int, values: dict[str, float]) -> None:
+        self.steps.append(step)
+        for key, value in values.items():
+            self.metrics.setdefault(key, []).append(value)
+
+    def record(self, critical_norm: float | None) -> RunRecord:
+        norm_at_grok = None
+        if self.times.t_grok is not None:
+            norm_at_grok = self.metrics["weight_norm"][self.steps.index(self.times.t_grok)]
+        facts = dict(self.facts, steps_trained=self.steps[-1] if self.steps else 0,
+                     wall_seconds=time.perf_counter() - self.started)
+        if critical_norm is not None:
+            facts["critical_norm"] = critical_norm
+        return RunRecord(run_id=self.run.run_id, stage=self.run.stage, cell=self.run.cell, seed=self.run.seed,
+                         config=self.run.plain(), t_mem=self.times.t_mem, t_grok=self.times.t_grok,
+                         norm_at_grok=norm_at_grok, budget=self.run.training.max_steps, facts=facts)
+
+
+@attrs.frozen
+class CellJob:
+    """One cell's runs (same settings, different seeds) and the critical norm its controller uses."""
+
+    runs: list[RunSpec]
+    critical_norm: float | None
+
+
+def build_ensemble(job: CellJob, registry: Registry) -> tuple[Ensemble, Any]:
+    """Each seed's split and initial weights depend only on its base configuration and seed."""
+    first = job.runs[0]
+    task = registry.get("task", first.task.name).factory(first.task.config)
+    architecture = registry.get("architecture", first.architecture.name)
+    modules = []
+    for run in job.runs:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(run.init_seed)
+            modules.append(architecture.factory(first.architecture.config, task))
+    splits = [task.split(run.split_seed) for run in job.runs]
+    dtype = {"float32": torch.float32, "float64": torch.float64}[first.training.precision]
+    return Ensemble(modules, splits, resolve_device(first.training.device), dtype), task
+
+
+def train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunRecord, RunLog], None],
+               on_progress: Callable[[int, int], None] = lambda step, active: None) -> None:
+    """Train every run of a cell together until each has grokked (when the schedule stops on grok) or
+    the budget is spent; ``on_finished`` receives each run as soon as it is done."""
+    first = job.runs[0]
+    ensemble, _ = build_ensemble(job, registry)
+    optimizer = BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params], first.optimizer)
+    controller = registry.get("norm_controller", first.controller.name).factory(
+        first.controller.config, ControllerContext(job.critical_norm, len(job.runs)))
+    criterion = registry.get("grok_criterion", first.criterion.name).factory(first.criterion.config)
+    logs = [RunLog(run) for run in job.runs]
+    for run in job.runs:
+        registry.hook.gnorm_before_run(run_id=run.run_id, stage=run.stage, seed=run.seed, config=run.plain())
+    schedule = set(evaluation_steps(first).tolist())
+
+    for step in range(1, first.training.max_steps + 1):
+        grads = torch.autograd.grad(ensemble.train_loss(), ensemble.parameters)
+        optimizer.step(ensemble.parameters, grads)
+        with torch.no_grad():
+            facts = controller.after_step(step, ensemble.norm_tensors)
+        for key, values in (facts or {}).items():
+            for log, value in zip(logs, values.tolist()):
+                log.facts[key] = value
+        if step in schedule:
+            done = _evaluate(ensemble, logs, criterion, step, registry, first.evaluation.stop_when_grokked)
+            on_progress(step, len(logs))
+            if done:
+                for position in done:
+                    on_finished(logs[position].record(job.critical_norm), logs[position])
+                keep = [i for i in range(len(logs)) if i not in done]
+                if not keep:
+                    return
+                index = torch.tensor(keep, device=ensemble.labels.device)
+                ensemble.keep(index)
+                optimizer.keep(index)
+                getattr(controller, "keep", lambda index: None)(index)
+                logs = [logs[i] for i in keep]
+    for log in logs:
+        on_finished(log.record(job.critical_norm), log)
+
+
+def _evaluate(ensemble: Ensemble, logs: list[RunLog], criterion: Any, step: int, registry: Registry,
+              stop_when_grokked: bool) -> list[int]:
+    """Record one evaluation for every member; return the positions of members that are done."""
+    values = {key: tensor.tolist() for key, tensor in ensemble.evaluate().items()}
+    done = []
+    for position, log in enumerate(logs):
+        metrics = {key: column[position] for key, column in values.items()}
+        log.append(step, metrics)
+        registry.hook.gnorm_after_evaluation(run_id=log.run.run_id, step=step, metrics=metrics)
+        log.times = criterion.times(np.asarray(log.steps), {k: np.asarray(v) for k, v in log.metrics.items()})
+        if stop_when_grokked and log.times.t_grok is not None:
+            done.append(position)
+    return done

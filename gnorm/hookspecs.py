@@ -1,0 +1,160 @@
+"""Every hook a gnorm plugin can implement, in one place.
+
+Implement a hook by defining a module-level function of the same name marked with ``@gnorm.hookimpl``
+and declaring the module under the ``gnorm`` entry-point group of your package::
+
+    # pyproject.toml of gnorm-plugin-xyz
+    [project.entry-points.gnorm]
+    xyz = "gnorm_plugin_xyz"
+
+Sections: registration hooks (what pieces exist), then run-lifecycle hooks (observers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+from gnorm import PROJECT_NAME
+from gnorm.components import Analyzer, Architecture, GrokCriterion, NormController, RunRecord, Task
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+# ---------------------------------------------------------------------------------------------------
+# Registration: called once, when the plugin registry is built (before any file is read). Each returns
+# a list of frozen component descriptions; a name given by two packages is an error naming both.
+
+
+@hookspec
+def gnorm_tasks() -> list[Task]:
+    """Register tasks. Called once at start-up; return a list of :class:`gnorm.Task`.
+
+    ``factory(config)`` returns an object with ``input_spec``, ``num_classes`` and
+    ``split(split_seed) -> gnorm.components.Split``::
+
+        @attrs.frozen
+        class XorConfig:
+            bits: int = 8
+
+        @gnorm.hookimpl
+        def gnorm_tasks():
+            return [gnorm.Task(name="xor", summary="XOR of two bit strings",
+                               config_class=XorConfig, factory=XorTask)]
+    """
+
+
+@hookspec
+def gnorm_architectures() -> list[Architecture]:
+    """Register architectures. Called once at start-up; return a list of :class:`gnorm.Architecture`.
+
+    ``factory(config, task)`` returns an ordinary single-model ``torch.nn.Module`` whose
+    ``weight_norm_groups()`` maps group names to the parameter names that form the weight norm::
+
+        class Linear(torch.nn.Module):
+            def __init__(self, config, task):
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.randn(task.input_spec.length, task.num_classes))
+            def forward(self, x):
+                return x @ self.w
+            def weight_norm_groups(self):
+                return {"all": ["w"]}
+
+        @gnorm.hookimpl
+        def gnorm_architectures():
+            return [gnorm.Architecture(name="linear", summary="one matrix",
+                                       config_class=EmptyConfig, factory=Linear)]
+    """
+
+
+@hookspec
+def gnorm_norm_controllers() -> list[NormController]:
+    """Register norm controllers. Called once at start-up; return a list of :class:`gnorm.NormController`.
+
+    ``factory(config, context)`` returns an object whose ``after_step(step, norm_tensors)`` runs after
+    every optimizer step on the stacked weight-norm tensors (leading axis: ensemble member)::
+
+        @attrs.frozen
+        class HalveConfig:
+            at_step: int = 100
+
+        class Halve:
+            def __init__(self, config, context):
+                self.at_step = config.at_step
+            def after_step(self, step, norm_tensors):
+                if step == self.at_step:
+                    for tensor in norm_tensors:
+                        tensor.mul_(0.5)
+
+        @gnorm.hookimpl
+        def gnorm_norm_controllers():
+            return [gnorm.NormController(name="halve", summary="halve the weights once",
+                                         config_class=HalveConfig, factory=Halve)]
+    """
+
+
+@hookspec
+def gnorm_grok_criteria() -> list[GrokCriterion]:
+    """Register grok criteria. Called once at start-up; return a list of :class:`gnorm.GrokCriterion`.
+
+    ``factory(config)`` returns an object whose ``times(steps, metrics) -> GrokTimes`` reads a run's
+    evaluations so far::
+
+        class LowLoss:
+            def __init__(self, config):
+                self.level = config.level
+            def times(self, steps, metrics):
+                hit = np.flatnonzero(metrics["test_loss"] <= self.level)
+                return GrokTimes(t_mem=None, t_grok=int(steps[hit[0]]) if hit.size else None)
+    """
+
+
+@hookspec
+def gnorm_analyzers() -> list[Analyzer]:
+    """Register analyzers. Called once at start-up; return a list of :class:`gnorm.Analyzer`.
+
+    ``factory(config)`` returns a callable taking the stored runs (``list[RunRecord]``) and returning
+    a :class:`gnorm.components.Analysis`::
+
+        def count_grokked(config):
+            def analyze(records):
+                grokked = sum(not r.censored for r in records)
+                return Analysis(analyzer="count", numbers={"grokked": grokked})
+            return analyze
+    """
+
+
+# ---------------------------------------------------------------------------------------------------
+# Run lifecycle: observers (trackers, loggers). They are called in the process that trains, must not
+# change anything, and their return values are ignored.
+
+
+@hookspec
+def gnorm_before_run(run_id: str, stage: str, seed: int, config: dict[str, Any]) -> None:
+    """Called once per run, just before its ensemble starts training::
+
+        @gnorm.hookimpl
+        def gnorm_before_run(run_id, stage, seed, config):
+            print("starting", run_id)
+    """
+
+
+@hookspec
+def gnorm_after_evaluation(run_id: str, step: int, metrics: dict[str, float]) -> None:
+    """Called for every run at every scheduled evaluation, with that run's metrics (train_loss,
+    test_loss, train_acc, test_acc, weight_norm and one ``norm/<group>`` per parameter group)::
+
+        @gnorm.hookimpl
+        def gnorm_after_evaluation(run_id, step, metrics):
+            tracker.log(metrics, step=step)
+    """
+
+
+@hookspec
+def gnorm_after_run(record: RunRecord) -> None:
+    """Called once per run when it has finished (grokked, or out of budget), after it is stored::
+
+        @gnorm.hookimpl
+        def gnorm_after_run(record):
+            print(record.run_id, record.t_grok)
+    """

@@ -1,0 +1,180 @@
+"""The plugin manager: loads every plugin through the ``gnorm`` entry-point group, reports the ones that
+fail, refuses name conflicts, and answers "which piece is called X".
+
+Built-in pieces arrive by the same path as third-party ones (gnorm's own pyproject declares them), so
+this module never imports a built-in by name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import Any, Iterable
+
+import attrs
+import pluggy
+
+from gnorm import PROJECT_NAME, hookspecs
+from gnorm.components import COMPONENT_KINDS, Component
+from gnorm.errors import PluginError, Problem
+
+ENTRY_POINT_GROUP = "gnorm"
+#: Set to 1 to load only gnorm's own plugins (third-party entry points are ignored).
+DISABLE_AUTOLOAD_ENV = "GNORM_DISABLE_PLUGIN_AUTOLOAD"
+
+#: Registration hook per component kind.
+REGISTRATION_HOOKS: dict[str, str] = {
+    "task": "gnorm_tasks",
+    "architecture": "gnorm_architectures",
+    "norm_controller": "gnorm_norm_controllers",
+    "grok_criterion": "gnorm_grok_criteria",
+    "analyzer": "gnorm_analyzers",
+}
+_CLASS_OF_KIND = {cls.kind: cls for cls in COMPONENT_KINDS}
+
+
+@attrs.frozen
+class Provider:
+    package: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.package} {self.version}"
+
+
+@attrs.frozen
+class LoadFailure:
+    """An entry point that could not be loaded; it is skipped, never fatal."""
+
+    entry_point: str
+    provider: Provider
+    error: str
+
+
+@attrs.frozen
+class Registered:
+    component: Component
+    provider: Provider
+
+
+class UnknownComponent(LookupError):
+    def __init__(self, kind: str, name: str, known: list[str]):
+        self.kind, self.name, self.known = kind, name, known
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        super().__init__(f"unknown {kind} {name!r}{hint}; known: {', '.join(sorted(known)) or 'none'}")
+
+
+class Registry:
+    """Every loaded component, by kind and name, plus the pluggy hook relay for lifecycle hooks."""
+
+    def __init__(self, plugin_manager: pluggy.PluginManager, registered: dict[tuple[str, str], Registered],
+                 failures: list[LoadFailure]):
+        self.plugin_manager = plugin_manager
+        self.hook = plugin_manager.hook
+        self._registered = registered
+        self.failures = failures
+
+    def get(self, kind: str, name: str) -> Component:
+        try:
+            return self._registered[(kind, name)].component
+        except KeyError:
+            raise UnknownComponent(kind, name, self.names(kind)) from None
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(name for (k, name) in self._registered if k == kind)
+
+    def entries(self) -> list[Registered]:
+        return sorted(self._registered.values(), key=lambda r: (r.component.kind, r.component.name))
+
+
+def _provider_of(entry_point: Any) -> Provider:
+    dist = getattr(entry_point, "dist", None)
+    if dist is None:
+        return Provider(package="?", version="?")
+    return Provider(package=dist.metadata["Name"], version=dist.version)
+
+
+def _misspelled_hooks(plugin: Any, plugin_manager: pluggy.PluginManager) -> list[str]:
+    known = set(REGISTRATION_HOOKS.values()) | {
+        "gnorm_before_run", "gnorm_after_evaluation", "gnorm_after_run"}
+    wrong = []
+    for attribute in dir(plugin):
+        if attribute.startswith("gnorm_") and attribute not in known:
+            close = difflib.get_close_matches(attribute, sorted(known), n=1)
+            wrong.append(attribute + (f" (did you mean {close[0]}?)" if close else ""))
+    return wrong
+
+
+def build_registry(extra_plugins: Iterable[tuple[Any, Provider]] = (), autoload: bool | None = None) -> Registry:
+    """Load plugins from entry points (gnorm's own always; third-party unless disabled) and
+    ``extra_plugins``, then collect their components.
+
+    Raises :class:`PluginError` for a misspelled hook or a component name given by two packages.
+    """
+    if autoload is None:
+        autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
+    plugin_manager = pluggy.PluginManager(PROJECT_NAME)
+    plugin_manager.add_hookspecs(hookspecs)
+    failures: list[LoadFailure] = []
+    providers: dict[str, Provider] = {}
+    problems: list[Problem] = []
+
+    candidates: list[tuple[str, Any, Provider]] = []
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        provider = _provider_of(entry_point)
+        if not autoload and provider.package != PROJECT_NAME:
+            continue
+        try:
+            plugin = entry_point.load()
+        except Exception as error:  # a broken third-party package must not take gnorm down
+            failures.append(LoadFailure(entry_point.value, provider, f"{type(error).__name__}: {error}"))
+            continue
+        candidates.append((f"{provider.package}:{entry_point.name}", plugin, provider))
+    for index, (plugin, provider) in enumerate(extra_plugins):
+        candidates.append((f"{provider.package}:extra{index}", plugin, provider))
+
+    for plugin_name, plugin, provider in candidates:
+        if plugin_manager.is_registered(plugin):
+            continue  # two entry points naming one module
+        wrong = _misspelled_hooks(plugin, plugin_manager)
+        if wrong:
+            problems.append(Problem(f"plugin {plugin_name} ({provider})", "",
+                                    f"unknown hook {', '.join(wrong)}"))
+            continue
+        plugin_manager.register(plugin, name=plugin_name)
+        providers[plugin_name] = provider
+
+    registered: dict[tuple[str, str], Registered] = {}
+    for kind, hook_name in REGISTRATION_HOOKS.items():
+        for implementation in getattr(plugin_manager.hook, hook_name).get_hookimpls():
+            provider = providers[implementation.plugin_name]
+            try:
+                components = list(implementation.function() or [])
+            except Exception as error:
+                failures.append(LoadFailure(f"{implementation.plugin_name}.{hook_name}", provider,
+                                            f"{type(error).__name__}: {error}"))
+                continue
+            for component in components:
+                if not isinstance(component, _CLASS_OF_KIND[kind]):
+                    problems.append(Problem(f"plugin {implementation.plugin_name} ({provider})", hook_name,
+                                            f"returned {component!r}, expected gnorm.{_CLASS_OF_KIND[kind].__name__}"))
+                    continue
+                key = (kind, component.name)
+                if key in registered:
+                    first = registered[key].provider
+                    problems.append(Problem("plugins", f"{kind} {component.name!r}",
+                                            f"given by two packages: {first} and {provider}"))
+                    continue
+                registered[key] = Registered(component, provider)
+    if problems:
+        raise PluginError(problems)
+    return Registry(plugin_manager, registered, failures)
+
+
+@lru_cache(maxsize=1)
+def default_registry() -> Registry:
+    """The registry of this process, built on first use."""
+    return build_registry()

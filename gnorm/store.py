@@ -1,0 +1,150 @@
+"""The results store: one SQLite database per experiment directory (WAL, no server).
+
+Only the coordinating process writes. A run is written in one transaction when it finishes, so an
+interrupted study loses at most the runs in flight, and re-running the same file skips finished runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from gnorm.components import RunRecord
+from gnorm.errors import UserError
+
+DATABASE = "gnorm.sqlite"
+LOCK = "gnorm.lock"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    stage TEXT NOT NULL,
+    cell_json TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    config_json TEXT NOT NULL,
+    status TEXT NOT NULL,
+    t_mem INTEGER,
+    t_grok INTEGER,
+    norm_at_grok REAL,
+    budget INTEGER NOT NULL,
+    facts_json TEXT NOT NULL,
+    finished_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    step INTEGER NOT NULL,
+    train_loss REAL, test_loss REAL, train_acc REAL, test_acc REAL, weight_norm REAL,
+    extra_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS plan (position INTEGER PRIMARY KEY, run_id TEXT NOT NULL, stage TEXT NOT NULL);
+"""
+EVALUATION_COLUMNS = ("train_loss", "test_loss", "train_acc", "test_acc", "weight_norm")
+
+
+class Store:
+    def __init__(self, directory: str | Path, create: bool = False):
+        self.directory = Path(directory)
+        path = self.directory / DATABASE
+        if not path.exists() and not create:
+            raise UserError(f"{self.directory}: no gnorm results here (expected {path})")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.connection = sqlite3.connect(path, timeout=30)
+        self.connection.execute("PRAGMA journal_mode=WAL")
+        self.connection.execute("PRAGMA synchronous=NORMAL")
+        self.connection.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the directory's lock for a whole ``gnorm run``; a second one gets a clear error."""
+        handle = open(self.directory / LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(f"{self.directory}: another gnorm run is using this directory ({holder}); "
+                            "wait for it or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+    # -- writing --------------------------------------------------------------------------------------
+
+    def set_plan(self, source: str, text: str, runs: Sequence[tuple[str, str]]) -> None:
+        """Record the experiment file and the runs it asks for, in order (run_id, stage)."""
+        with self.connection:
+            self.connection.execute("INSERT OR REPLACE INTO meta VALUES ('source', ?)", (source,))
+            self.connection.execute("INSERT OR REPLACE INTO meta VALUES ('experiment_toml', ?)", (text,))
+            self.connection.execute("DELETE FROM plan")
+            self.connection.executemany("INSERT INTO plan VALUES (?, ?, ?)",
+                                        [(i, run_id, stage) for i, (run_id, stage) in enumerate(runs)])
+
+    def write_run(self, record: RunRecord, steps: Sequence[int], metrics: dict[str, Sequence[float]]) -> None:
+        """Store a finished run and its trajectory in one transaction."""
+        rows = []
+        for i, step in enumerate(steps):
+            extra = {k: v[i] for k, v in metrics.items() if k not in EVALUATION_COLUMNS}
+            rows.append((record.run_id, step, *(metrics[k][i] for k in EVALUATION_COLUMNS), json.dumps(extra)))
+        with self.connection:
+            self.connection.execute("DELETE FROM evaluations WHERE run_id = ?", (record.run_id,))
+            self.connection.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, 'done', ?, ?, ?, ?, ?, ?)",
+                (record.run_id, record.stage, json.dumps(record.cell), record.seed, json.dumps(record.config),
+                 record.t_mem, record.t_grok, record.norm_at_grok, record.budget, json.dumps(record.facts),
+                 time.time()))
+            self.connection.executemany("INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def finished_run_ids(self) -> set[str]:
+        return {row[0] for row in self.connection.execute("SELECT run_id FROM runs WHERE status = 'done'")}
+
+    def meta(self, key: str) -> str | None:
+        row = self.connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def plan(self) -> list[tuple[str, str]]:
+        return list(self.connection.execute("SELECT run_id, stage FROM plan ORDER BY position"))
+
+    def records(self, planned_only: bool = True) -> list[RunRecord]:
+        """Finished runs, in the order of the latest plan (or all runs ever stored)."""
+        query = ("SELECT r.* FROM plan p JOIN runs r ON r.run_id = p.run_id ORDER BY p.position" if planned_only
+                 else "SELECT * FROM runs ORDER BY finished_at")
+        return [_record(row) for row in self.connection.execute(query)]
+
+    def trajectory(self, run_id: str) -> dict[str, list[Any]]:
+        columns: dict[str, list[Any]] = {"step": [], **{k: [] for k in EVALUATION_COLUMNS}}
+        for row in self.connection.execute(
+                "SELECT step, train_loss, test_loss, train_acc, test_acc, weight_norm, extra_json "
+                "FROM evaluations WHERE run_id = ? ORDER BY step", (run_id,)):
+            for key, value in zip(("step", *EVALUATION_COLUMNS), row[:-1]):
+                columns[key].append(value)
+            for key, value in json.loads(row[-1]).items():
+                columns.setdefault(key, []).append(value)
+        return columns
+
+
+def _record(row: tuple) -> RunRecord:
+    (run_id, stage, cell_json, seed, config_json, _status, t_mem, t_grok, norm_at_grok, budget, facts_json,
+     _finished) = row
+    return RunRecord(run_id=run_id, stage=stage, cell=json.loads(cell_json), seed=seed,
+                     config=json.loads(config_json), t_mem=t_mem, t_grok=t_grok, norm_at_grok=norm_at_grok,
+                     budget=budget, facts=json.loads(facts_json))

@@ -1,0 +1,142 @@
+"""The coordinator: turns an experiment into cells, resolves each cell's critical norm from the stage
+it depends on, trains what the store does not have yet, and writes each run as it finishes."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import defaultdict
+from typing import Any, Iterable, TextIO
+
+import attrs
+
+from gnorm.components import RunRecord
+from gnorm.config import Experiment, RunSpec, Stage
+from gnorm.engine import CellJob, RunLog, train_cell
+from gnorm.errors import Problem, UserError
+from gnorm.registry import Registry
+from gnorm.science import critical_norm
+from gnorm.store import Store
+from gnorm.tables import cell_label
+
+
+def cells_of(runs: Iterable[RunSpec]) -> list[list[RunSpec]]:
+    """Runs grouped by cell (same settings but the seed), in the order they were written."""
+    cells: dict[str, list[RunSpec]] = defaultdict(list)
+    for run in runs:
+        cells[run.cell_id].append(run)
+    return list(cells.values())
+
+
+def _dotted(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def matches_source(run: RunSpec, source: RunSpec) -> bool:
+    """Is ``source`` (a run of the stage that gives Wc) the matched free run for ``run``? Same task and
+    architecture, and the same value for every key the source stage sweeps."""
+    mine, theirs = run.plain(), source.plain()
+    return (mine["task"] == theirs["task"] and mine["architecture"] == theirs["architecture"]
+            and all(_dotted(mine, key) == value for key, value in source.cell.items()))
+
+
+@attrs.frozen
+class Plan:
+    """Every cell of the experiment, and for cells whose Wc comes from a stage, the source cell."""
+
+    cells: list[tuple[Stage, list[RunSpec]]]
+    sources: dict[str, list[RunSpec]]  # cell_id -> runs of the source cell
+
+
+def plan_experiment(experiment: Experiment) -> Plan:
+    problems: list[Problem] = []
+    by_name = {stage.name: stage for stage in experiment.stages}
+    cells, sources = [], {}
+    for stage in experiment.stages:
+        for cell in cells_of(stage.runs):
+            cells.append((stage, cell))
+            if not isinstance(stage.critical_norm, str):
+                continue
+            candidates = [c for c in cells_of(by_name[stage.critical_norm].runs) if matches_source(cell[0], c[0])]
+            key = f"stage[{stage.name}].critical_norm"
+            if len(candidates) != 1:
+                what = "no cell" if not candidates else f"{len(candidates)} cells"
+                problems.append(Problem(str(experiment.source), key,
+                                        f"{what} of stage {stage.critical_norm!r} match{'es' if not candidates else ''} "
+                                        f"cell {cell_label(cell[0].cell)} (same task, architecture and swept values)"))
+                continue
+            sources[cell[0].cell_id] = candidates[0]
+    if problems:
+        raise UserError(problems)
+    return Plan(cells, sources)
+
+
+class Progress:
+    """Plain lines when not a terminal (one per cell and at most one per ``every`` seconds), a live
+    line when it is."""
+
+    def __init__(self, stream: TextIO = sys.stderr, every: float = 30.0):
+        self.stream, self.every = stream, every
+        self.live = stream.isatty()
+        self.last = 0.0
+
+    def start(self, text: str) -> None:
+        self.text, self.started, self.last = text, time.monotonic(), time.monotonic()
+        if not self.live:
+            print(f"{text}: started", file=self.stream, flush=True)
+
+    def update(self, step: int, budget: int, running: int, total: int) -> None:
+        now = time.monotonic()
+        line = f"{self.text}: step {step}/{budget}, {running}/{total} seeds running, {now - self.started:.0f}s"
+        if self.live:
+            print(f"\r{line}\x1b[K", end="", file=self.stream, flush=True)
+        elif now - self.last >= self.every:
+            print(line, file=self.stream, flush=True)
+            self.last = now
+
+    def finish(self, text: str) -> None:
+        print(("\r\x1b[K" if self.live else "") + f"{self.text}: {text}", file=self.stream, flush=True)
+
+
+def run_experiment(experiment: Experiment, registry: Registry, store: Store, progress: Progress) -> list[str]:
+    """Train every run the store lacks; return one line per cell that could not start."""
+    plan = plan_experiment(experiment)
+    store.set_plan(str(experiment.source), experiment.text, [(r.run_id, r.stage) for r in experiment.runs])
+    finished = store.finished_run_ids()
+    skipped: list[str] = []
+    for stage, cell in plan.cells:
+        todo = [run for run in cell if run.run_id not in finished]
+        if not todo:
+            continue
+        label = f"[{stage.name}] {cell_label(cell[0].cell)}"
+        wc = stage.critical_norm
+        if isinstance(wc, str):
+            source_ids = {run.run_id for run in plan.sources[cell[0].cell_id]}
+            norms = [r.norm_at_grok for r in store.records() if r.run_id in source_ids]
+            wc = critical_norm(norms)
+            if wc is None:
+                skipped.append(f"{label}: not run, no seed of its source cell in stage {stage.critical_norm!r} grokked")
+                continue
+        progress.start(f"{label} ({len(todo)} seeds{'' if wc is None else f', Wc {wc:.4g}'})")
+        count = [0, 0]
+
+        def finished_run(record: RunRecord, log: RunLog) -> None:
+            store.write_run(record, log.steps, log.metrics)
+            registry.hook.gnorm_after_run(record=record)
+            count[0] += 1
+            count[1] += not record.censored
+
+        train_cell(CellJob(todo, wc), registry, finished_run,
+                   lambda step, running: progress.update(step, todo[0].training.max_steps, running, len(todo)))
+        progress.finish(f"{count[1]}/{count[0]} grokked, {time.monotonic() - progress.started:.0f}s")
+    return skipped
+
+
+def planned_cells(experiment: Experiment) -> dict[str, dict[str, int]]:
+    """stage -> cell label -> number of planned seeds."""
+    planned: dict[str, dict[str, int]] = {}
+    for stage in experiment.stages:
+        planned[stage.name] = {cell_label(cell[0].cell): len(cell) for cell in cells_of(stage.runs)}
+    return planned
