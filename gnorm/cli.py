@@ -43,8 +43,17 @@ def _registry() -> Registry:
 
 
 def _load(path: str, overrides: tuple[str, ...]) -> tuple[Experiment, Registry]:
+    parsed, problems = {}, []
+    for text in overrides:
+        try:
+            key, value = parse_override(text)
+            parsed[key] = value
+        except UserError as error:
+            problems += error.problems
+    if problems:
+        raise UserError(problems)
     registry = _registry()
-    return load_experiment(path, registry, dict(parse_override(o) for o in overrides)), registry
+    return load_experiment(path, registry, parsed), registry
 
 
 @click.group()
@@ -58,13 +67,17 @@ def main() -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Results directory "
               "(default: experiment.output_dir, else runs/<experiment.name>).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override any key of the file, e.g. --set task.p=59 --set stage.0.seeds=2 (repeatable).")
+              help="Override any key of the file, e.g. --set task.p=59 --set stage.clamp.seeds=2 (a stage by "
+                   "name or 0-based index; repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the expanded list of runs and exit.")
 @reports_user_errors
 def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], dry_run: bool) -> None:
     """Run every stage of EXPERIMENT_FILE; finished runs already in the store are skipped."""
     experiment, registry = _load(experiment_file, overrides)
     if dry_run:
+        from gnorm.study import plan_experiment
+
+        plan_experiment(experiment)  # a dry run refuses what the real run would refuse
         for stage in experiment.stages:
             for spec in stage.runs:
                 click.echo(f"{spec.run_id}  stage={stage.name}  {cell_label(spec.cell)}  seed={spec.seed}  "

@@ -9,9 +9,11 @@ the file and the dotted key, all at once.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import itertools
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -46,8 +48,8 @@ class ExperimentMeta:
 class OptimizerConfig:
     """Full-batch AdamW with decoupled weight decay on the weight-norm tensors only."""
 
-    lr: float = 1e-3
-    weight_decay: float = 1.0
+    lr: float = attrs.field(default=1e-3, validator=attrs.validators.gt(0))
+    weight_decay: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
@@ -55,7 +57,7 @@ class OptimizerConfig:
 
 @attrs.frozen
 class TrainingConfig:
-    max_steps: int = 10_000
+    max_steps: int = attrs.field(default=10_000, validator=attrs.validators.gt(0))
     precision: str = attrs.field(default="float32", validator=attrs.validators.in_(["float32", "float64"]))
     device: str = "auto"
 
@@ -67,8 +69,8 @@ class EvaluationConfig:
     its T_grok, and a cell ends once all its seeds have grokked."""
 
     schedule: str = attrs.field(default="geometric", validator=attrs.validators.in_(["geometric", "every"]))
-    points: int = 360
-    every: int = 25
+    points: int = attrs.field(default=360, validator=attrs.validators.gt(0))
+    every: int = attrs.field(default=25, validator=attrs.validators.gt(0))
     stop_when_grokked: bool = True
 
 
@@ -178,7 +180,7 @@ class Experiment:
 
 def _describe(value: Any) -> str:
     kind = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "a list",
-            dict: "a table"}.get(type(value), type(value).__name__)
+            dict: "a table"}.get(type(value), f"a {type(value).__name__}")
     return f"{kind} ({json.dumps(value, default=str)})" if not isinstance(value, (list, dict)) else kind
 
 
@@ -201,8 +203,10 @@ def make_converter() -> cattrs.Converter:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
         if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return value
-        raise TypeError(f"expected a positive count or a list of integer seeds, found {_describe(value)}")
+            if len(set(value)) == len(value):
+                return value
+            raise TypeError(f"seed {next(v for v in value if value.count(v) > 1)} is listed twice")
+        raise TypeError(f"expected a positive count or a list of distinct integer seeds, found {_describe(value)}")
 
     strict.register_structure_hook(int | list[int], seeds_hook)
     return strict
@@ -216,7 +220,10 @@ def _flatten_errors(error: BaseException, path: tuple[str, ...]) -> Iterable[tup
     if isinstance(error, ClassValidationError):
         with_notes, without_notes = error.group_exceptions()
         for sub, note in with_notes:
-            yield from _flatten_errors(sub, path + (note.name,))
+            if isinstance(sub, KeyError):  # the note already names the missing attribute
+                yield path + (note.name,), "required key is missing", []
+            else:
+                yield from _flatten_errors(sub, path + (note.name,))
         for sub in without_notes:
             yield from _flatten_errors(sub, path)
     elif isinstance(error, IterableValidationError):
@@ -229,9 +236,6 @@ def _flatten_errors(error: BaseException, path: tuple[str, ...]) -> Iterable[tup
         valid = [field.name for field in attrs.fields(error.cl)]
         for extra in sorted(error.extra_fields):
             yield path + (extra,), "unknown key", valid
-    elif isinstance(error, ValueError) and len(error.args) >= 4 and isinstance(error.args[1], attrs.Attribute):
-        attribute, options, found = error.args[1], error.args[2], error.args[3]
-        yield path + (attribute.name,), f"expected one of {', '.join(map(repr, options))}, found {found!r}", []
     elif isinstance(error, KeyError):
         yield path + (str(error.args[0]),), "required key is missing", []
     else:
@@ -243,14 +247,39 @@ def _flatten_errors(error: BaseException, path: tuple[str, ...]) -> Iterable[tup
             yield path, message, []
 
 
+def _validator_problems(instance: Any, path: tuple[str, ...]) -> Iterable[tuple[tuple[str, ...], str, list[str]]]:
+    """Run each field's attrs validator on its own, so that every failure is reported under its key."""
+    for field in attrs.fields(type(instance)):
+        value = getattr(instance, field.name)
+        if field.validator is not None:
+            try:
+                field.validator(instance, field, value)
+            except Exception as error:
+                if len(error.args) >= 4 and isinstance(error.args[1], attrs.Attribute):  # attrs.validators.in_
+                    message = f"expected one of {', '.join(map(repr, error.args[2]))}, found {error.args[3]!r}"
+                else:
+                    message = str(error)
+                yield path + (field.name,), message, []
+        if attrs.has(type(value)):
+            yield from _validator_problems(value, path + (field.name,))
+
+
 def structure(raw: Any, cls: type) -> tuple[Any, list[tuple[tuple[str, ...], str, list[str]]]]:
     """Structure ``raw`` into ``cls``; return (object or None, problems as (path, message, valid keys))."""
     if not isinstance(raw, dict):
         return None, [((), f"expected a table, found {_describe(raw)}", [])]
     try:
-        return converter.structure(raw, cls), []
+        with attrs.validators.disabled():  # run below, field by field, so each failure names its key
+            instance = converter.structure(raw, cls)
     except Exception as error:  # collected and reported, never raised past the loader
         return None, list(_flatten_errors(error, ()))
+    problems = list(_validator_problems(instance, ()))
+    return (None if problems else instance), problems
+
+
+def _without_index(key: str) -> str:
+    """``sweep."task.p"[2]`` -> ``sweep."task.p"``."""
+    return re.sub(r"\[\d+\]$", "", key)
 
 
 def _suggest(name: str, valid: Iterable[str]) -> str:
@@ -290,11 +319,29 @@ def _merge_options(options: Iterable[dict]) -> dict:
     return {key: value for option in options for key, value in option.items()}
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
-    data[leaf] = value
+def _set_dotted(data: dict, dotted: str, value: Any) -> str | None:
+    """Set ``a.b.c`` in nested tables, creating missing ones. In a list of tables (``stage``) a part picks
+    the table by its ``name`` or its 0-based index. Returns why the key cannot be set, or None."""
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth])
+        if isinstance(data, list):
+            names = [t.get("name") if isinstance(t, dict) else None for t in data]
+            if part in names:
+                data = data[names.index(part)]
+            elif part.isdigit() and int(part) < len(data):
+                data = data[int(part)]
+            else:
+                return (f"{where} has no table named or numbered {part!r} "
+                        f"(names: {', '.join(str(n) for n in names if n is not None) or 'none'})")
+        elif not isinstance(data, dict):
+            return f"{where} is {_describe(data)}, not a table"
+        elif depth == len(parts) - 1:
+            data[part] = value
+            return None
+        else:
+            data = data.setdefault(part, {})
+    return f"{dotted} is a table in a list, not a key; name a key inside it"
 
 
 class _Loader:
@@ -370,17 +417,20 @@ class _Loader:
             self.problem(origin((section, "name")), str(unknown))
             return None
         config, problems = structure(options, component.config_class)
-        for path, message, valid in problems:
-            suggestion = _suggest(path[-1], valid) if valid else ""
-            self.problem(origin((section,) + path), message + suggestion)
+        self.report(section, problems, origin)
         return ComponentChoice(name, config) if config is not None else None
 
     def section(self, section: str, raw: Any, origin) -> Any:
         config, problems = structure(raw if raw is not None else {}, SECTION_CLASSES[section])
-        for path, message, valid in problems:
-            suggestion = _suggest(path[-1], valid) if valid else ""
-            self.problem(origin((section,) + path), message + suggestion)
+        self.report(section, problems, origin)
         return config
+
+    def report(self, section: str, problems: list[tuple[tuple[str, ...], str, list[str]]], origin) -> None:
+        for path, message, valid in problems:
+            if valid:  # an unknown key: wrong whichever swept value it came with, so one line for the key
+                self.problem(_without_index(origin((section,) + path)), message + _suggest(path[-1], valid))
+            else:
+                self.problem(origin((section,) + path), message)
 
     def seeds(self, raw: Any, key: str) -> list[int]:
         try:
@@ -418,9 +468,9 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise UserError([Problem(source, "", f"not valid TOML: {error}")]) from None
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
     loader = _Loader(source, registry)
+    loader.problems += [Problem("--set", dotted, why) for dotted, value in (overrides or {}).items()
+                        if (why := _set_dotted(data, dotted, value)) is not None]
     loader.unknown_keys(data, TOP_LEVEL_KEYS, "")
 
     meta, problems = structure(data.get("experiment", {}), ExperimentMeta)
@@ -450,6 +500,8 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
         loader.unknown_keys(raw_stage, STAGE_KEYS, where)
         overrides_here = {s: raw_stage[s] for s in RUN_SECTIONS if s in raw_stage}
         merged = _deep_merge(base, overrides_here)
+        # Sections the stage writes whole (no base table, or another component): every key is the stage's.
+        stage_owned = {s for s, value in overrides_here.items() if merged[s] == value}
         seeds = loader.seeds(raw_stage["seeds"], f"{where}seeds") if "seeds" in raw_stage else default_seeds
         critical = loader.critical_norm(raw_stage.get("critical_norm"), f"{where}critical_norm",
                                         stage_names, stage_names[:i])
@@ -457,15 +509,20 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
         runs: list[RunSpec] = []
         for global_point, stage_point in itertools.product(global_points, stage_points):
             point = {**global_point, **stage_point}
-            config = json.loads(json.dumps(merged))
-            for dotted, (value, _) in point.items():
-                _set_dotted(config, dotted, value)
+            config = copy.deepcopy(merged)
+            refused = [(origin_of_value, why) for dotted, (value, origin_of_value) in point.items()
+                       if (why := _set_dotted(config, dotted, value)) is not None]
+            for origin_of_value, why in refused:
+                loader.problem(_without_index(origin_of_value), f"cannot sweep this key: {why}")
 
-            def origin(parts: tuple[str, ...], point=point, overrides_here=overrides_here, where=where) -> str:
+            def origin(parts: tuple[str, ...], point=point, overrides_here=overrides_here, where=where,
+                       stage_owned=stage_owned) -> str:
                 for length in range(len(parts), 0, -1):
                     dotted = ".".join(parts[:length])
                     if dotted in point:
                         return point[dotted][1] + (("." + ".".join(parts[length:])) if parts[length:] else "")
+                if parts[0] in stage_owned:
+                    return where + ".".join(parts)
                 table: Any = overrides_here
                 for part in parts:
                     if not isinstance(table, dict) or part not in table:
@@ -481,7 +538,7 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
                         and "critical_norm" not in raw_stage:
                     loader.problem(f"{where}critical_norm", f"required: controller {controller.name!r} holds the "
                                    "norm relative to Wc; give a number or the name of a free stage")
-            if any(value is None for value in resolved.values()):
+            if refused or any(value is None for value in resolved.values()):
                 continue
             cell = {dotted: value for dotted, (value, _) in point.items()}
             for seed in seeds:

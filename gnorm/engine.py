@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import attrs
 import numpy as np
@@ -202,10 +203,28 @@ def build_ensemble(job: CellJob, registry: Registry) -> tuple[Ensemble, Any]:
     return Ensemble(modules, splits, resolve_device(first.training.device), dtype), task
 
 
+@contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """Same config and seed, same result: torch's deterministic kernels (on the CPU they are also the
+    faster ones for the embedding's scatter-add). Ops without one warn instead of failing."""
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
 def train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunRecord, RunLog], None],
                on_progress: Callable[[int, int], None] = lambda step, active: None) -> None:
     """Train every run of a cell together until each has grokked (when the schedule stops on grok) or
     the budget is spent; ``on_finished`` receives each run as soon as it is done."""
+    with deterministic_algorithms():
+        _train_cell(job, registry, on_finished, on_progress)
+
+
+def _train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunRecord, RunLog], None],
+                on_progress: Callable[[int, int], None]) -> None:
     first = job.runs[0]
     ensemble, _ = build_ensemble(job, registry)
     optimizer = BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params], first.optimizer)

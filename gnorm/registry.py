@@ -8,6 +8,7 @@ this module never imports a built-in by name.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 from functools import lru_cache
 from importlib.metadata import entry_points
@@ -33,6 +34,9 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "analyzer": "gnorm_analyzers",
 }
 _CLASS_OF_KIND = {cls.kind: cls for cls in COMPONENT_KINDS}
+#: Every hook a plugin may implement (registration and lifecycle), as specified in gnorm.hookspecs.
+HOOK_NAMES: list[str] = sorted(name for name, value in vars(hookspecs).items()
+                               if hasattr(value, f"{PROJECT_NAME}_spec"))
 
 
 @attrs.frozen
@@ -97,15 +101,19 @@ def _provider_of(entry_point: Any) -> Provider:
     return Provider(package=dist.metadata["Name"], version=dist.version)
 
 
-def _misspelled_hooks(plugin: Any, plugin_manager: pluggy.PluginManager) -> list[str]:
-    known = set(REGISTRATION_HOOKS.values()) | {
-        "gnorm_before_run", "gnorm_after_evaluation", "gnorm_after_run"}
-    wrong = []
+def _hook_problems(plugin: Any, plugin_manager: pluggy.PluginManager) -> list[str]:
+    """Functions named ``gnorm_*`` that pluggy would silently ignore: a name that is no hook (with the
+    nearest hook name), or a hook name without the ``@gnorm.hookimpl`` marker."""
+    problems = []
     for attribute in dir(plugin):
-        if attribute.startswith("gnorm_") and attribute not in known:
-            close = difflib.get_close_matches(attribute, sorted(known), n=1)
-            wrong.append(attribute + (f" (did you mean {close[0]}?)" if close else ""))
-    return wrong
+        if not attribute.startswith(f"{PROJECT_NAME}_") or not inspect.isroutine(getattr(plugin, attribute, None)):
+            continue
+        if attribute not in HOOK_NAMES:
+            close = difflib.get_close_matches(attribute, HOOK_NAMES, n=1)
+            problems.append(f"unknown hook {attribute}" + (f" (did you mean {close[0]}?)" if close else ""))
+        elif plugin_manager.parse_hookimpl_opts(plugin, attribute) is None:
+            problems.append(f"hook {attribute} is not marked with @gnorm.hookimpl")
+    return problems
 
 
 def build_registry(extra_plugins: Iterable[tuple[Any, Provider]] = (), autoload: bool | None = None) -> Registry:
@@ -139,12 +147,18 @@ def build_registry(extra_plugins: Iterable[tuple[Any, Provider]] = (), autoload:
     for plugin_name, plugin, provider in candidates:
         if plugin_manager.is_registered(plugin):
             continue  # two entry points naming one module
-        wrong = _misspelled_hooks(plugin, plugin_manager)
+        wrong = _hook_problems(plugin, plugin_manager)
         if wrong:
-            problems.append(Problem(f"plugin {plugin_name} ({provider})", "",
-                                    f"unknown hook {', '.join(wrong)}"))
+            problems.append(Problem(f"plugin {plugin_name} ({provider})", "", "; ".join(wrong)))
             continue
-        plugin_manager.register(plugin, name=plugin_name)
+        try:
+            plugin_manager.register(plugin, name=plugin_name)
+            plugin_manager.check_pending()  # a hookimpl(specname=...) that names no hook
+        except pluggy.PluginValidationError as error:  # or an argument the hookspec does not have
+            problems.append(Problem(f"plugin {plugin_name} ({provider})", "", " ".join(str(error).split())))
+            if plugin_manager.is_registered(plugin):  # register() may stop half way
+                plugin_manager.unregister(plugin)
+            continue
         providers[plugin_name] = provider
 
     registered: dict[tuple[str, str], Registered] = {}

@@ -1,0 +1,114 @@
+"""The batched training core: an ensemble of seeds trains exactly like each seed trained alone."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gnorm.builtins.architectures import MLP, MLPConfig
+from gnorm.builtins.tasks import ModularConfig, ModularTask
+from gnorm.config import OptimizerConfig
+from gnorm.engine import BatchedAdamW, Ensemble
+from gnorm.science import rescale_to_norm, weight_norm
+
+OPTIMIZER = OptimizerConfig(lr=3e-3, weight_decay=1.0)
+
+
+def _members(seeds, final_layernorm=False, p=13):
+    task = ModularTask(ModularConfig(p=p, train_fraction=0.5), torch.add)
+    modules, splits = [], []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        modules.append(MLP(MLPConfig(embed_dim=8, hidden_dim=16, final_layernorm=final_layernorm), task))
+        splits.append(task.split(seed))
+    return modules, splits
+
+
+def _train_alone(module, split, steps, held_norm=None, t_start=None, dtype=torch.float32):
+    """One torch module and torch.optim.AdamW, the way users write it; decay on the norm tensors only."""
+    module = copy.deepcopy(module).to(dtype)
+    norm_names = [n for group in module.weight_norm_groups().values() for n in group]
+    decayed = [p for n, p in module.named_parameters() if n in norm_names]
+    others = [p for n, p in module.named_parameters() if n not in norm_names]
+    optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": OPTIMIZER.weight_decay},
+                                   {"params": others, "weight_decay": 0.0}],
+                                  lr=OPTIMIZER.lr, betas=(OPTIMIZER.beta1, OPTIMIZER.beta2), eps=OPTIMIZER.eps)
+    inputs, labels = split.inputs[split.train_index], split.labels[split.train_index]
+    losses, norms = [], []
+    for step in range(1, steps + 1):
+        loss = F.cross_entropy(module(inputs), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if held_norm is not None and step >= t_start:
+            with torch.no_grad():
+                rescale_to_norm([p.unsqueeze(0) for p in decayed], held_norm)
+        with torch.no_grad():
+            losses.append(F.cross_entropy(module(inputs), labels).item())
+            norms.append(weight_norm([p.unsqueeze(0) for p in decayed]).item())
+    return np.array(losses), np.array(norms)
+
+
+def _train_together(modules, splits, steps, held_norm=None, t_start=None, dtype=torch.float32):
+    ensemble = Ensemble(modules, splits, torch.device("cpu"), dtype)
+    optimizer = BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params], OPTIMIZER)
+    losses, norms = [], []
+    for step in range(1, steps + 1):
+        grads = torch.autograd.grad(ensemble.train_loss(), ensemble.parameters)
+        optimizer.step(ensemble.parameters, grads)
+        if held_norm is not None and step >= t_start:
+            with torch.no_grad():
+                rescale_to_norm(ensemble.norm_tensors, held_norm)
+        metrics = ensemble.evaluate()
+        losses.append(metrics["train_loss"].numpy())
+        norms.append(metrics["weight_norm"].numpy())
+    return np.array(losses).T, np.array(norms).T
+
+
+@pytest.mark.parametrize("controller", ["free", "clamp"])
+@pytest.mark.parametrize("final_layernorm", [False, True])
+def test_ensemble_matches_each_seed_trained_alone(controller, final_layernorm):
+    seeds, steps = [0, 1, 2], 300
+    clamp = {"held_norm": 14.0, "t_start": 50} if controller == "clamp" else {}
+    modules, splits = _members(seeds, final_layernorm)
+    together_loss, together_norm = _train_together(modules, splits, steps, **clamp, dtype=torch.float64)
+    for member, (module, split) in enumerate(zip(modules, splits)):
+        alone_loss, alone_norm = _train_alone(module, split, steps, **clamp, dtype=torch.float64)
+        np.testing.assert_allclose(together_loss[member], alone_loss, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(together_norm[member], alone_norm, rtol=1e-9)
+
+
+def test_ensemble_matches_alone_in_float32_to_float_tolerance():
+    modules, splits = _members([0, 1])
+    together_loss, together_norm = _train_together(modules, splits, 300, held_norm=14.0, t_start=50)
+    for member in range(2):
+        alone_loss, alone_norm = _train_alone(modules[member], splits[member], 300, held_norm=14.0, t_start=50)
+        np.testing.assert_allclose(together_loss[member], alone_loss, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(together_norm[member], alone_norm, rtol=1e-4)
+
+
+def test_clamp_holds_the_norm_to_1e5_relative():
+    modules, splits = _members([0, 1, 2, 3])
+    _, norms = _train_together(modules, splits, 120, held_norm=17.5, t_start=40)
+    assert np.all(np.abs(norms[:, 39:] / 17.5 - 1) < 1e-5)
+    assert np.all(np.abs(norms[:, :38] / 17.5 - 1) > 1e-3)  # not held before t_start
+
+
+def test_dropping_members_leaves_the_others_untouched():
+    modules, splits = _members([0, 1, 2])
+    reference_loss, _ = _train_together(modules, splits, 60)
+    ensemble = Ensemble(modules, splits, torch.device("cpu"), torch.float32)
+    optimizer = BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params], OPTIMIZER)
+    for step in range(1, 61):
+        if step == 30:
+            keep = torch.tensor([0, 2])
+            ensemble.keep(keep)
+            optimizer.keep(keep)
+        grads = torch.autograd.grad(ensemble.train_loss(), ensemble.parameters)
+        optimizer.step(ensemble.parameters, grads)
+    final = ensemble.evaluate()["train_loss"].numpy()
+    np.testing.assert_allclose(final, reference_loss[[0, 2], -1], rtol=1e-5)

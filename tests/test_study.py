@@ -1,0 +1,140 @@
+"""Whole studies: the free stage gives Wc, clamp stages hold rho * Wc, the store survives interruption."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import GNORM, tiny_study
+from gnorm.cli import main
+from gnorm.science import critical_norm
+from gnorm.store import DATABASE, Store
+
+
+def _run(path, out):
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _stored(out):
+    store = Store(out)
+    return {r.run_id: (r, store.trajectory(r.run_id)) for r in store.records()}
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    path = tiny_study(tmp)
+    _run(path, tmp / "out")
+    return path, tmp / "out"
+
+
+def test_clamp_stage_takes_wc_from_the_free_stage(finished_study):
+    _, out = finished_study
+    records = Store(out).records()
+    free = [r for r in records if r.stage == "free"]
+    clamp = [r for r in records if r.stage == "clamp"]
+    assert len(free) == 2 and len(clamp) == 4
+    wc = critical_norm([r.norm_at_grok for r in free])
+    assert wc is not None
+    for record in clamp:
+        assert record.facts["critical_norm"] == pytest.approx(wc)
+        held = record.config["controller"]["rho"] * wc
+        assert record.facts["held_norm"] == pytest.approx(held)
+        assert record.facts["norm_after_clamp"] == pytest.approx(held, rel=1e-5)
+        assert record.facts["norm_before_clamp"] != pytest.approx(held, rel=1e-3)
+
+
+def test_results_say_which_evaluation_schedule_was_used(finished_study):
+    _, out = finished_study
+    record, trajectory = next(iter(_stored(out).values()))
+    assert record.config["evaluation"]["schedule"] == "every"
+    assert trajectory["step"][:3] == [20, 40, 60]
+
+
+def test_grokked_runs_stop_at_t_grok_and_store_the_norm_there(finished_study):
+    _, out = finished_study
+    for record, trajectory in _stored(out).values():
+        if record.censored:
+            assert trajectory["step"][-1] == record.budget
+            continue
+        assert trajectory["step"][-1] == record.t_grok
+        assert trajectory["test_acc"][-1] >= 0.9 > max(trajectory["test_acc"][:-1], default=0)
+        assert record.norm_at_grok == trajectory["weight_norm"][-1]
+        groups = [trajectory[k][-1] for k in ("norm/embedding", "norm/hidden", "norm/readout")]
+        assert np.sqrt(np.sum(np.square(groups))) == pytest.approx(record.norm_at_grok, rel=1e-5)
+
+
+def test_rerunning_a_finished_study_trains_nothing_and_changes_nothing(finished_study):
+    path, out = finished_study
+    before = _stored(out)
+    stamps = dict(sqlite3.connect(out / DATABASE).execute("SELECT run_id, finished_at FROM runs"))
+    result = _run(path, out)
+    assert "started" not in result.output
+    assert _stored(out) == before
+    assert dict(sqlite3.connect(out / DATABASE).execute("SELECT run_id, finished_at FROM runs")) == stamps
+
+
+def test_same_config_and_seed_give_the_same_t_grok(finished_study, tmp_path):
+    path, out = finished_study
+    _run(path, tmp_path / "again")
+    first, second = _stored(out), _stored(tmp_path / "again")
+    assert first.keys() == second.keys()
+    for run_id, (record, trajectory) in first.items():
+        assert second[run_id][0].t_grok == record.t_grok
+        assert second[run_id][1]["train_loss"] == trajectory["train_loss"]
+
+
+def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
+    path = tiny_study(tmp_path)
+    store = Store(tmp_path / "out", create=True)
+    with store.exclusive():
+        result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "another gnorm run is using this directory" in result.output
+    assert "Traceback" not in result.output
+
+
+def _wait_for_runs(database, count, process, limit=120):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the study ended before it could be interrupted"
+        try:
+            done = sqlite3.connect(database).execute("SELECT count(*) FROM runs").fetchone()[0]
+        except sqlite3.OperationalError:
+            done = 0
+        if done >= count:
+            return done
+        time.sleep(0.2)
+    raise AssertionError("no run finished in time")
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
+def test_an_interrupted_study_finishes_on_rerun_without_redoing_runs(tmp_path, how):
+    path = tiny_study(tmp_path, rhos="[1.1, 1.2]")
+    out = tmp_path / "out"
+    process = subprocess.Popen([*GNORM, "run", str(path), "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_runs(out / DATABASE, 2, process)
+    process.send_signal(how)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == (130 if how == signal.SIGINT else -signal.SIGKILL)
+    if how == signal.SIGINT:
+        assert "run the same command again" in output and "Traceback" not in output
+    interrupted = _stored(out)
+    assert 2 <= len(interrupted) < 6
+    rerun = subprocess.run([*GNORM, "run", str(path), "--out", str(out)], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    finished = _stored(out)
+    assert len(finished) == 6
+    for run_id, stored in interrupted.items():
+        assert finished[run_id] == stored
+    assert "[free]" not in rerun.stderr  # the free stage had finished: not trained again
