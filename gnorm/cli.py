@@ -244,5 +244,51 @@ def export(directory: str, fmt: str, out_dir: str | None) -> None:
         click.echo(f"wrote {path} ({len(rows)} rows)")
 
 
+@main.command()
+@click.option("--steps", default=2000, show_default=True, help="W1 length in steps (the issue's W1: 2000).")
+@click.option("--seeds", default=16, show_default=True, help="Seeds in the W1 cell.")
+@click.option("--reference-a-seeds", default=4, show_default=True,
+              help="Seeds timed for reference (a); it trains seeds one after another, so its rate does not "
+                   "depend on how many.")
+@click.option("--w2/--no-w2", default=False, show_default=True,
+              help="Also run W2: a full rho = 0.85 cell to completion, gnorm vs reference (b), and check "
+                   "per-seed T_grok agreement.")
+@click.option("--memory/--no-memory", default=True, show_default=True,
+              help="Measure peak memory of p = 113 with 16 seeds in a fresh process.")
+@reports_user_errors
+def bench(steps: int, seeds: int, reference_a_seeds: int, w2: bool, memory: bool) -> None:
+    """Time gnorm's engine against two reference trainers on W1, in one run, and print the ratios."""
+    import torch
+
+    from gnorm import bench as benchmark
+    from gnorm.components import Table
+
+    registry = _registry()
+    click.echo(f"gnorm bench: torch {torch.__version__}, {torch.get_num_threads()} threads, W1 = p 59, "
+               f"{seeds} seeds, {steps} steps, clamp from step 500, geometric evaluation grid", err=True)
+    peak = benchmark.matmul_peak_gflops()
+    rows = benchmark.bench_w1(registry, steps, seeds, reference_a_seeds, lambda line: click.echo(line, err=True))
+    n_train = round(0.4 * 59 * 59)
+    flops = benchmark.paper_model_flops(n_train, 59)
+    ours = rows[0].rate
+    table = Table(f"W1 (matmul peak measured in this run: {peak:.1f} GFLOP/s)",
+                  ["trainer", "model-steps/s", "gnorm speed-up", "paper-model GFLOP/s", "% of peak"],
+                  [[row.trainer, row.rate, ours / row.rate, row.rate * flops / 1e9, 100 * row.rate * flops / 1e9 / peak]
+                   for row in rows])
+    click.echo(format_table(table))
+    ratio_b, ratio_a = ours / rows[1].rate, ours / rows[2].rate
+    click.echo(f"target W1 >= 3x reference (b): {ratio_b:.2f}x {'met' if ratio_b >= 3 else 'NOT met'}")
+    click.echo(f"target W1 >= 5x reference (a): {ratio_a:.2f}x {'met' if ratio_a >= 5 else 'NOT met'}")
+    if memory:
+        mib = benchmark.peak_memory_mib(p=113, seeds=16)
+        click.echo(f"peak memory, p 113 with 16 seeds: {mib:.0f} MiB ({'under' if mib < 2048 else 'OVER'} 2 GiB)")
+    if w2:
+        ours_t, theirs_t, grid = benchmark.bench_w2(registry, seeds, 30_000)
+        agree = benchmark.grid_agreement(ours_t, theirs_t, grid)
+        click.echo(format_table(Table("W2: rho 0.85 cell, per-seed T_grok", ["seed", "gnorm", "reference (b)", "agree"],
+                                      [[i, a, b, ok] for i, (a, b, ok) in enumerate(zip(ours_t, theirs_t, agree))])))
+        click.echo(f"W2: {sum(agree)}/{len(agree)} seeds agree within one grid step (target >= 15/16)")
+
+
 if __name__ == "__main__":
     main()

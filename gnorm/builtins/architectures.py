@@ -49,15 +49,22 @@ class MLP(torch.nn.Module):
         self.b_out = torch.nn.Parameter(torch.zeros(task.num_classes))
 
     def hidden_input(self, x: torch.Tensor) -> torch.Tensor:
-        """[E[x_1]; ...; E[x_L]] W1, computed exactly as sum_l (E W1_l)[x_l] with W1_l the l-th block of
-        d rows: the vocabulary (p) is far smaller than the batch, so this is the cheap order."""
+        """[E[x_1]; ...; E[x_L]] W1 + b1, computed exactly as b1 + sum_l (E W1_l)[x_l], with W1_l the l-th
+        block of d rows: the vocabulary is far smaller than the batch, so projecting the vocabulary first
+        and gathering rows is the cheap order."""
         if not self.tokens:
-            return x @ self.w_in
+            return x @ self.w_in + self.b_in
         blocks = self.w_in.unflatten(0, (x.shape[-1], self.embedding.shape[1]))
-        return sum((self.embedding @ blocks[position])[x[..., position]] for position in range(x.shape[-1]))
+        hidden = None
+        for position in range(x.shape[-1]):
+            table = self.embedding @ blocks[position]
+            rows = torch.gather(table if hidden is not None else table + self.b_in, 0,
+                                x[..., position].unsqueeze(-1).expand(*x.shape[:-1], table.shape[-1]))
+            hidden = rows if hidden is None else hidden.add_(rows)  # in place: one pass over the batch
+        return hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.gelu(self.hidden_input(x) + self.b_in)
+        hidden = F.gelu(self.hidden_input(x))
         if self.final_layernorm:
             hidden = F.layer_norm(hidden, hidden.shape[-1:])
         return hidden @ self.w_out + self.b_out

@@ -1,0 +1,282 @@
+"""``gnorm bench``: gnorm's engine against two reference trainers written the way users write them,
+timed in the same process on the same workload, reported as ratios.
+
+W1: the paper's MLP at p = 59, training fraction 0.4, 16 seeds, AdamW lr 1e-3 with weight decay 1,
+clamp from step 500 at a fixed held norm, 2000 steps, evaluation on a 360-point geometric grid.
+Reference (a): one torch module and torch.optim.AdamW per seed, seeds one after another.
+Reference (b): all seeds in one tensor, einsum forward, hand-written AdamW (the papers' own style).
+W2: a full cell at rho = 0.85 to completion, gnorm vs reference (b) from the same weights and splits:
+per-seed T_grok must agree within one step of the geometric grid.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import attrs
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gnorm.config import load_experiment
+from gnorm.engine import CellJob, build_ensemble, deterministic_algorithms, evaluation_steps, train_cell
+from gnorm.registry import Registry
+from gnorm.science import first_crossing, rescale_to_norm, weight_norm
+
+CRITICAL_NORM = 54.8  # paper A's Wc at p = 59, training fraction 0.4
+
+WORKLOAD = """
+[experiment]
+name = "bench"
+seeds = {seeds}
+[task]
+name = "modular_addition"
+p = {p}
+train_fraction = 0.4
+[architecture]
+name = "mlp"
+[optimizer]
+lr = 1e-3
+weight_decay = 1.0
+[training]
+max_steps = {steps}
+device = "cpu"
+[evaluation]
+schedule = "geometric"
+points = 360
+stop_when_grokked = {stop}
+[[stage]]
+name = "clamp"
+critical_norm = {critical_norm}
+controller = {{ name = "clamp", rho = {rho}, t_start = 500 }}
+"""
+
+
+def workload_job(registry: Registry, seeds: int, steps: int, rho: float, stop: bool, p: int = 59) -> CellJob:
+    """The benchmark cell, built through the same experiment-file path users take."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "bench.toml"
+        path.write_text(WORKLOAD.format(seeds=seeds, p=p, steps=steps, rho=rho, stop=str(stop).lower(),
+                                        critical_norm=CRITICAL_NORM))
+        experiment = load_experiment(path, registry)
+    return CellJob(experiment.runs, CRITICAL_NORM)
+
+
+def paper_model_flops(n_train: int, p: int, embed_dim: int = 128, hidden: int = 256) -> float:
+    """FLOPs of one training step of the paper's MLP as written (concatenate, then two matmuls):
+    forward 2 n (2d H + H p), backward twice that, so 6 n (2d H + H p)."""
+    return 6.0 * n_train * (2 * embed_dim * hidden + hidden * p)
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """Achieved float32 GFLOP/s of a size x size matmul (2 size^3 FLOPs), best of ``repeats``."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+# ---------------------------------------------------------------------------------------------------
+# The reference trainers. Both start from gnorm's initial weights and splits, evaluate on the same
+# schedule and clamp the same way, so that they differ from gnorm only in how they compute.
+
+
+@attrs.frozen
+class Start:
+    """Initial weights (per seed: embedding, w_in, b_in, w_out, b_out) and splits of a cell."""
+
+    weights: list[dict[str, torch.Tensor]]
+    splits: list[Any]
+    eval_steps: np.ndarray
+    eval_set: frozenset[int]
+    steps: int
+    held_norm: float
+    lr: float = 1e-3
+    weight_decay: float = 1.0
+    t_start: int = 500
+
+
+def start_of(job: CellJob, registry: Registry) -> Start:
+    ensemble, task = build_ensemble(job, registry)
+    weights = [{name: tensor[i].detach().clone() for name, tensor in ensemble.params.items()}
+               for i in range(ensemble.size)]
+    splits = [task.split(run.split_seed) for run in job.runs]
+    run = job.runs[0]
+    schedule = evaluation_steps(run)
+    return Start(weights, splits, schedule, frozenset(schedule.tolist()), run.training.max_steps,
+                 run.controller.config.rho * job.critical_norm)
+
+
+class PaperMLP(torch.nn.Module):
+    """The paper's MLP written plainly: embed both tokens, concatenate, GELU hidden layer, readout."""
+
+    def __init__(self, weights: dict[str, torch.Tensor]):
+        super().__init__()
+        self.embedding = torch.nn.Parameter(weights["embedding"].clone())
+        self.w_in = torch.nn.Parameter(weights["w_in"].clone())
+        self.b_in = torch.nn.Parameter(weights["b_in"].clone())
+        self.w_out = torch.nn.Parameter(weights["w_out"].clone())
+        self.b_out = torch.nn.Parameter(weights["b_out"].clone())
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        x = self.embedding[pairs].flatten(1)
+        return F.gelu(x @ self.w_in + self.b_in) @ self.w_out + self.b_out
+
+
+def reference_per_seed(start: Start, seeds: int) -> list[int | None]:
+    """Reference (a): one module and torch.optim.AdamW per seed, seeds one after another."""
+    t_grok = []
+    for weights, split in list(zip(start.weights, start.splits))[:seeds]:
+        model = PaperMLP(weights)
+        decayed = [model.embedding, model.w_in, model.w_out]
+        optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": start.weight_decay},
+                                       {"params": [model.b_in, model.b_out], "weight_decay": 0.0}], lr=start.lr)
+        x, y = split.inputs[split.train_index], split.labels[split.train_index]
+        test_x, test_y = split.inputs[split.test_index], split.labels[split.test_index]
+        steps, accuracy = [], []
+        for step in range(1, start.steps + 1):
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step >= start.t_start:
+                with torch.no_grad():
+                    scale = start.held_norm / torch.sqrt(sum(p.pow(2).sum() for p in decayed))
+                    for p in decayed:
+                        p.mul_(scale)
+            if step in start.eval_set:
+                with torch.no_grad():
+                    steps.append(step)
+                    accuracy.append((model(test_x).argmax(-1) == test_y).float().mean().item())
+        t_grok.append(first_crossing(np.array(steps), np.array(accuracy), 0.9))
+    return t_grok
+
+
+def reference_batched(start: Start, stop_when_grokked: bool = False) -> list[int | None]:
+    """Reference (b): all seeds in one tensor, einsum forward, hand-written AdamW."""
+    E = torch.stack([w["embedding"] for w in start.weights]).requires_grad_()
+    W1 = torch.stack([w["w_in"] for w in start.weights]).requires_grad_()
+    b1 = torch.stack([w["b_in"] for w in start.weights]).requires_grad_()
+    W2 = torch.stack([w["w_out"] for w in start.weights]).requires_grad_()
+    b2 = torch.stack([w["b_out"] for w in start.weights]).requires_grad_()
+    params, decay = [E, W1, b1, W2, b2], [True, True, False, True, False]
+    m1 = [torch.zeros_like(p) for p in params]
+    m2 = [torch.zeros_like(p) for p in params]
+    seeds = len(start.weights)
+    member = torch.arange(seeds).unsqueeze(1)
+    train_x = torch.stack([s.inputs[s.train_index] for s in start.splits])
+    train_y = torch.stack([s.labels[s.train_index] for s in start.splits])
+    test_x = torch.stack([s.inputs[s.test_index] for s in start.splits])
+    test_y = torch.stack([s.labels[s.test_index] for s in start.splits])
+
+    def forward(pairs: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([E[member, pairs[..., 0]], E[member, pairs[..., 1]]], dim=-1)
+        h = F.gelu(torch.einsum("snk,skh->snh", x, W1) + b1[:, None])
+        return torch.einsum("snh,shc->snc", h, W2) + b2[:, None]
+
+    t_grok: list[int | None] = [None] * seeds
+    for step in range(1, start.steps + 1):
+        logits = forward(train_x)
+        loss = F.cross_entropy(logits.flatten(0, 1), train_y.flatten()) * seeds
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g, m, v, decayed in zip(params, grads, m1, m2, decay):
+                if decayed:
+                    p.mul_(1 - start.lr * start.weight_decay)
+                m.mul_(0.9).add_(g, alpha=0.1)
+                v.mul_(0.999).addcmul_(g, g, value=0.001)
+                m_hat = m / (1 - 0.9**step)
+                v_hat = v / (1 - 0.999**step)
+                p.sub_(start.lr * m_hat / (v_hat.sqrt() + 1e-8))
+            if step >= start.t_start:
+                norm = torch.sqrt(E.pow(2).sum((1, 2)) + W1.pow(2).sum((1, 2)) + W2.pow(2).sum((1, 2)))
+                for p in (E, W1, W2):
+                    p.mul_((start.held_norm / norm).view(-1, 1, 1))
+            if step in start.eval_set:
+                accuracy = (forward(test_x).argmax(-1) == test_y).float().mean(1)
+                for seed in range(seeds):
+                    if t_grok[seed] is None and accuracy[seed] >= 0.9:
+                        t_grok[seed] = step
+                if stop_when_grokked and all(t is not None for t in t_grok):
+                    break
+    return t_grok
+
+
+def gnorm_engine(job: CellJob, registry: Registry) -> list[int | None]:
+    results = {}
+    train_cell(job, registry, lambda record, log: results.__setitem__(record.seed, record.t_grok))
+    return [results[run.seed] for run in job.runs]
+
+
+def _timed(function: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
+
+
+@attrs.frozen
+class Row:
+    trainer: str
+    model_steps: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.model_steps / self.seconds
+
+
+def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,
+             echo: Callable[[str], None]) -> list[Row]:
+    job = workload_job(registry, seeds, steps, rho=1.0, stop=False)
+    start = start_of(job, registry)
+    rows = []
+    with deterministic_algorithms():
+        _, seconds = _timed(lambda: gnorm_engine(job, registry))
+        rows.append(Row("gnorm", seeds * steps, seconds))
+        echo(f"  gnorm engine: {seconds:.1f}s")
+        _, seconds = _timed(lambda: reference_batched(start))
+        rows.append(Row("reference (b): seed-batched einsum, hand AdamW", seeds * steps, seconds))
+        echo(f"  reference (b): {seconds:.1f}s")
+        _, seconds = _timed(lambda: reference_per_seed(start, reference_a_seeds))
+        rows.append(Row(f"reference (a): module + torch AdamW per seed ({reference_a_seeds} seeds)",
+                        reference_a_seeds * steps, seconds))
+        echo(f"  reference (a): {seconds:.1f}s")
+    return rows
+
+
+def bench_w2(registry: Registry, seeds: int, steps: int) -> tuple[list, list, np.ndarray]:
+    job = workload_job(registry, seeds, steps, rho=0.85, stop=True)
+    start = start_of(job, registry)
+    with deterministic_algorithms():
+        ours = gnorm_engine(job, registry)
+        theirs = reference_batched(start, stop_when_grokked=True)
+    return ours, theirs, start.eval_steps
+
+
+def grid_agreement(ours: list[int | None], theirs: list[int | None], grid: np.ndarray) -> list[bool]:
+    """Per seed: do the two T_grok lie within one step of the evaluation grid of each other (or are
+    both censored)?"""
+    position = {int(step): i for i, step in enumerate(grid)}
+    return [(a is None and b is None) or (a is not None and b is not None and abs(position[a] - position[b]) <= 1)
+            for a, b in zip(ours, theirs)]
+
+
+def peak_memory_mib(p: int, seeds: int, steps: int = 20) -> float:
+    """Peak resident memory of a fresh process training ``seeds`` seeds at modulus ``p`` for ``steps``."""
+    code = ("import resource, gnorm.bench as b; from gnorm.registry import default_registry as r; "
+            f"b.gnorm_engine(b.workload_job(r(), {seeds}, {steps}, 1.0, False, p={p}), r()); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(output.stdout.strip().splitlines()[-1]) / 1024
