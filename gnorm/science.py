@@ -118,3 +118,50 @@ def coefficient_of_variation(values: Sequence[float]) -> float:
     """CV = std / mean (population std)."""
     values = np.asarray(values, float)
     return float(values.std() / values.mean()) if values.size and values.mean() else math.nan
+
+
+def ols_slopes(x: Sequence[float], ys: np.ndarray) -> np.ndarray:
+    """Slopes of many OLS lines at once: for each column b of ``ys`` (shape len(x) x B),
+    slope_b = sum_i (x_i - mean x)(y_ib - mean y_b) / sum_i (x_i - mean x)^2."""
+    x = np.asarray(x, float)
+    centred = x - x.mean()
+    ys = np.asarray(ys, float)
+    return centred @ (ys - ys.mean(axis=0)) / np.sum(centred**2)
+
+
+@attrs.frozen
+class SharedSlopeFit:
+    """y = intercept[g] + slope * x: one slope shared by all groups, one intercept per group (OLS).
+
+    ``r_squared`` = 1 - SSE / sum (y - mean y)^2 (total sum of squares about the grand mean);
+    ``within_r_squared`` = 1 - SSE / sum (y - mean of y in its group)^2 (what the slope alone explains).
+    """
+
+    slope: float
+    groups: list[Any]
+    intercepts: list[float]
+    r_squared: float
+    within_r_squared: float
+    sse: float
+    n: int
+
+
+def shared_slope_design(x: Sequence[float], groups: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
+    """The design matrix [x, 1{g = g_1}, ..., 1{g = g_G}] of a shared-slope fit, and the group order."""
+    order = list(dict.fromkeys(groups))
+    columns = [np.asarray(x, float)] + [np.array([g == group for g in groups], float) for group in order]
+    return np.column_stack(columns), order
+
+
+def shared_slope_fit(x: Sequence[float], y: Sequence[float], groups: Sequence[Any]) -> SharedSlopeFit:
+    """OLS of y = intercept[g] + slope * x (see :class:`SharedSlopeFit`)."""
+    design, order = shared_slope_design(x, groups)
+    y = np.asarray(y, float)
+    coefficients, *_ = np.linalg.lstsq(design, y, rcond=None)
+    sse = float(np.sum((y - design @ coefficients) ** 2))
+    total = float(np.sum((y - y.mean()) ** 2))
+    group_means = design[:, 1:] @ (design[:, 1:].T @ y / design[:, 1:].sum(axis=0))
+    within = float(np.sum((y - group_means) ** 2))
+    return SharedSlopeFit(slope=float(coefficients[0]), groups=order, intercepts=[float(c) for c in coefficients[1:]],
+                          r_squared=1.0 - sse / total if total > 0 else 1.0,
+                          within_r_squared=1.0 - sse / within if within > 0 else 1.0, sse=sse, n=int(y.size))

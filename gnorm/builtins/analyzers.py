@@ -1,7 +1,28 @@
-"""Built-in analyzers: the critical norm Wc per cell, and the delay law ln T_grok = a + alpha * rho."""
+"""Built-in analyzers: the critical norm Wc per cell, the delay law ln T_grok = a + alpha * x per group,
+one exponent shared across groups, and the levers (how many times slower or faster grokking gets
+between the ends of a sweep).
+
+Conventions shared by all of them (those of papers A and B):
+
+* A cell's delay is the median T_grok over its grokked seeds; censored seeds (no grok within the
+  budget) are counted and reported, never imputed.
+* Cells with fewer than ``min_grokked`` grokked seeds are dropped from fits and named in the notes.
+* ``stages`` keeps only those stages; ``within = {"controller.rho" = [0.85, 1.15]}`` keeps only runs
+  whose value of each dotted key lies in the closed interval (the papers' fits use rho 0.85-1.15).
+* Keys are dotted config keys (``controller.rho``, ``task.p``, ``optimizer.lr``), ``facts.<name>``
+  for what a controller recorded, or ``held_norm``: the norm a clamp holds, rho * Wc (the recorded
+  ``facts.held_norm``, else ``controller.rho * critical_norm``).
+* Bootstrap CIs resample seeds with replacement within each cell, censored seeds included (a
+  resample's cell delay is the median over the grokked seeds it drew; a replicate in which some cell
+  drew no grokked seed is discarded and counted). The interval is the percentile interval. On the
+  papers' data this gives 7.45-7.80 for the dense-sweep alpha (paper: 7.47-7.81) and 7.15-7.70 for
+  the shared alpha (paper: 7.16-7.69); the papers' asymmetric shared CI rules out a normal interval.
+"""
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections import defaultdict
 from typing import Any, Sequence
 
@@ -10,7 +31,16 @@ import numpy as np
 
 import gnorm
 from gnorm.components import Analysis, RunRecord, Table
-from gnorm.science import coefficient_of_variation, critical_norm, delay_law_fit, percentile_interval
+from gnorm.science import (
+    coefficient_of_variation,
+    critical_norm,
+    delay_law_fit,
+    held_norm,
+    ols_slopes,
+    percentile_interval,
+    shared_slope_design,
+    shared_slope_fit,
+)
 from gnorm.tables import cell_label
 
 
@@ -20,6 +50,44 @@ def _dotted(data: dict[str, Any], dotted: str) -> Any:
     return data
 
 
+def record_value(record: RunRecord, key: str) -> Any:
+    """A run's value of ``key``: ``facts.<name>``, ``held_norm`` (rho * Wc) or a dotted config key."""
+    if key.startswith("facts."):
+        return record.facts.get(key[len("facts."):])
+    if key == "held_norm":
+        if record.facts.get("held_norm") is not None:
+            return record.facts["held_norm"]
+        rho, wc = _dotted(record.config, "controller.rho"), record.facts.get("critical_norm")
+        wc = wc if wc is not None else record.config.get("critical_norm")
+        return held_norm(rho, wc) if isinstance(rho, (int, float)) and isinstance(wc, (int, float)) else None
+    return _dotted(record.config, key)
+
+
+def select(records: Sequence[RunRecord], stages: Sequence[str], within: dict[str, list[float]]) -> list[RunRecord]:
+    """The records in ``stages`` (all if empty) whose value of every key in ``within`` lies in its
+    closed interval [low, high] (a relative tolerance of 1e-9 absorbs float32 rounding)."""
+    kept = []
+    for record in records:
+        if stages and record.stage not in stages:
+            continue
+        inside = True
+        for key, (low, high) in within.items():
+            value = record_value(record, key)
+            slack = 1e-9 * max(abs(low), abs(high), 1.0)
+            if not isinstance(value, (int, float)) or not low - slack <= value <= high + slack:
+                inside = False
+                break
+        if inside:
+            kept.append(record)
+    return kept
+
+
+def _intervals(instance, attribute, value: dict[str, list[float]]) -> None:
+    for key, interval in value.items():
+        if len(interval) != 2 or interval[0] > interval[1]:
+            raise ValueError(f"{key!r} must be [low, high] with low <= high, found {interval}")
+
+
 def _cells(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
     cells: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for record in records:
@@ -27,12 +95,46 @@ def _cells(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecord
     return cells
 
 
-def bootstrap_median_interval(values: Sequence[float], resamples: int, level: float, seed: int = 0) -> tuple[float, float]:
+def _sort_key(values: tuple) -> tuple:
+    """Numbers in numeric order, before anything else in text order."""
+    return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in values)
+
+
+def _group_label(keys: Sequence[str], values: Sequence[Any]) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values)) or "(all)"
+
+
+def median_t_grok(times: Sequence[int | None]) -> float | None:
+    """A cell's delay: the median T_grok over its grokked seeds (None entries are censored)."""
+    grokked = [t for t in times if t is not None]
+    return float(np.median(grokked)) if grokked else None
+
+
+def bootstrap_median_interval(values: Sequence[float], resamples: int, level: float,
+                              seed: int = 0) -> tuple[float, float]:
     """Percentile interval of the median over ``resamples`` resamples of ``values`` with replacement."""
     values = np.asarray(values, float)
     rng = np.random.default_rng(seed)
     medians = np.median(values[rng.integers(0, values.size, (resamples, values.size))], axis=1)
     return percentile_interval(medians, level)
+
+
+def bootstrap_cell_medians(cells: Sequence[Sequence[int | None]], resamples: int, seed: int = 0) -> np.ndarray:
+    """medians[c, b] = median T_grok over the grokked seeds among n_c seeds drawn with replacement from
+    all n_c seeds of cell c (censored ones included); NaN where a draw holds no grokked seed."""
+    rng = np.random.default_rng(seed)
+    medians = np.empty((len(cells), resamples))
+    for c, times in enumerate(cells):
+        values = np.array([np.nan if t is None else t for t in times], float)
+        draws = values[rng.integers(0, values.size, (resamples, values.size))]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-censored draws: NaN, counted by the caller
+            medians[c] = np.nanmedian(draws, axis=1)
+    return medians
+
+
+# ---------------------------------------------------------------------------------------------------
+# Wc per cell.
 
 
 @attrs.frozen
@@ -45,87 +147,337 @@ class CriticalNormConfig:
 
 
 def critical_norm_analyzer(config: CriticalNormConfig):
+    """Wc = median over grokked seeds of ||W|| at T_grok, per cell, with a bootstrap CI of the median,
+    the mean and the CV = std / mean of the norms at grok."""
     def analyze(records: Sequence[RunRecord]) -> Analysis:
         chosen = [r for r in records if (r.stage in config.stages if config.stages
                                          else r.config["controller"]["name"] == "free")]
         rows, numbers = [], []
         for (stage, label), cell in _cells(chosen).items():
-            norms = [r.norm_at_grok for r in cell if not r.censored]
+            norms = [r.norm_at_grok for r in cell if not r.censored and r.norm_at_grok is not None]
             wc = critical_norm(norms)
             low, high = bootstrap_median_interval(norms, config.resamples, config.confidence) if norms else (None, None)
             entry = {"stage": stage, "cell": cell[0].cell, "seeds": len(cell), "grokked": len(norms),
                      "critical_norm": wc, "mean": float(np.mean(norms)) if norms else None,
                      "cv": coefficient_of_variation(norms) if norms else None, "ci": [low, high],
+                     "median_t_grok": median_t_grok([r.t_grok for r in cell]),
                      "run_ids": [r.run_id for r in cell]}
             numbers.append(entry)
-            rows.append([stage, label, f"{len(norms)}/{len(cell)}", wc, low, high, entry["mean"], entry["cv"]])
+            rows.append([stage, label, f"{len(norms)}/{len(cell)}", wc, low, high, entry["mean"], entry["cv"],
+                         entry["median_t_grok"]])
         level = f"{config.confidence:.0%}"
         table = Table("critical norm Wc = median ||W|| at T_grok over grokked seeds",
-                      ["stage", "cell", "grokked", "Wc", f"{level} CI low", "high", "mean", "CV"], rows)
+                      ["stage", "cell", "grokked", "Wc", f"{level} CI low", "high", "mean", "CV", "median T_grok"],
+                      rows)
         return Analysis("critical_norm", [table], {"cells": numbers})
     return analyze
 
 
+# ---------------------------------------------------------------------------------------------------
+# The delay law, per group.
+
+
 @attrs.frozen
 class DelayLawConfig:
-    """Fit ln(median T_grok over grokked seeds) = intercept + alpha * x per group, x = ``x`` (a dotted
-    config key, default the clamp's rho). Cells with fewer than ``min_grokked`` grokked seeds are dropped
-    and reported. The CI resamples the grokked seeds within each cell."""
+    """Fit ln(median T_grok over grokked seeds) = intercept + alpha * x per group.
+
+    ``x``: a dotted config key (default the clamp's rho), ``facts.<name>``, or ``held_norm`` (rho * Wc,
+    the absolute norm held: paper B's dose slopes). ``group_by``: keys that split the runs into groups
+    with one fit each (e.g. ``["task.p"]``). ``within``: closed intervals that runs must lie in.
+    Cells with fewer than ``min_grokked`` grokked seeds are dropped and reported; a group needs
+    ``min_cells`` cells left (a line through two points has no R^2). The CI resamples seeds within
+    each cell, censored ones included (see the module docstring).
+    """
 
     x: str = "controller.rho"
     group_by: list[str] = attrs.field(factory=list)
     stages: list[str] = attrs.field(factory=list)
+    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals)
     min_grokked: int = 3
+    min_cells: int = 3
     resamples: int = 2000
     confidence: float = 0.95
+    seed: int = 0
 
 
 def fit_delay_law(cells: dict[float, list[int | None]], min_grokked: int, resamples: int, level: float,
-                  seed: int = 0) -> dict[str, Any]:
-    """alpha, intercept and R^2 of ln(median T_grok) on x over the cells with >= min_grokked grokked
-    seeds, and a bootstrap percentile CI of alpha (grokked seeds resampled within each cell)."""
-    kept = {x: [t for t in times if t is not None] for x, times in sorted(cells.items())}
-    dropped = {x: len(t) for x, t in kept.items() if len(t) < min_grokked}
-    kept = {x: t for x, t in kept.items() if len(t) >= min_grokked}
-    result: dict[str, Any] = {"cells_used": sorted(kept), "cells_dropped": dropped,
-                              "censored": {x: sum(t is None for t in cells[x]) for x in cells}}
-    if len(kept) < 2:
-        return result | {"alpha": None, "note": "fewer than two cells with enough grokked seeds"}
+                  seed: int = 0, min_cells: int = 3) -> dict[str, Any]:
+    """The delay law over the cells with >= min_grokked grokked seeds: OLS of ln(median T_grok) on x,
+    alpha = slope, R^2 = 1 - SSE/SST, and a bootstrap percentile CI of alpha."""
+    ordered = dict(sorted(cells.items()))
+    grokked = {x: sum(t is not None for t in times) for x, times in ordered.items()}
+    kept = {x: times for x, times in ordered.items() if grokked[x] >= min_grokked}
+    result: dict[str, Any] = {"cells_used": list(kept), "cells_dropped": {x: g for x, g in grokked.items()
+                                                                          if g < min_grokked},
+                              "seeds": {x: len(t) for x, t in ordered.items()},
+                              "censored": {x: len(t) - grokked[x] for x, t in ordered.items()}}
+    if len(kept) < max(min_cells, 2):
+        return result | {"alpha": None, "note": f"{len(kept)} cells with >= {min_grokked} grokked seeds "
+                                                f"(need {max(min_cells, 2)})"}
     xs = np.array(list(kept), float)
-    fit = delay_law_fit(xs, [np.median(t) for t in kept.values()])
-    rng = np.random.default_rng(seed)
-    alphas = []
-    for _ in range(resamples):
-        medians = [np.median(rng.choice(np.asarray(t, float), len(t))) for t in kept.values()]
-        alphas.append(delay_law_fit(xs, medians).slope)
-    low, high = percentile_interval(alphas, level)
+    medians = [median_t_grok(t) for t in kept.values()]
+    fit = delay_law_fit(xs, medians)
+    replicates = bootstrap_cell_medians(list(kept.values()), resamples, seed)
+    usable = ~np.isnan(replicates).any(axis=0)
+    alphas = ols_slopes(xs, np.log(replicates[:, usable]))
+    low, high = percentile_interval(alphas, level) if alphas.size else (None, None)
     return result | {"alpha": fit.slope, "intercept": fit.intercept, "r_squared": fit.r_squared,
-                     "alpha_ci": [low, high], "median_t_grok": {x: float(np.median(t)) for x, t in kept.items()}}
+                     "alpha_ci": [low, high], "bootstrap_discarded": int((~usable).sum()),
+                     "median_t_grok": dict(zip(kept, medians))}
+
+
+def _grouped_cells(records: Sequence[RunRecord], x_key: str, group_by: Sequence[str]):
+    """groups[key][x] -> T_grok of every seed; also which distinct cells each (group, x) pooled."""
+    groups: dict[tuple, dict[float, list[int | None]]] = defaultdict(lambda: defaultdict(list))
+    pooled: dict[tuple, dict[float, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for record in records:
+        x = record_value(record, x_key)
+        if not isinstance(x, (int, float)):
+            continue
+        key = tuple(record_value(record, k) for k in group_by)
+        x = round(float(x), 9)
+        groups[key][x].append(record.t_grok)
+        pooled[key][x].add(f"{record.stage}: {cell_label(record.cell)}")
+    return groups, pooled
+
+
+def _pooling_notes(label: str, x_key: str, pooled: dict[float, set[str]]) -> list[str]:
+    return [f"{label}: {x_key}={x} pools {len(cells)} cells ({'; '.join(sorted(cells))}); add a group_by key"
+            for x, cells in pooled.items() if len(cells) > 1]
 
 
 def delay_law_analyzer(config: DelayLawConfig):
     def analyze(records: Sequence[RunRecord]) -> Analysis:
-        groups: dict[tuple, dict[float, list[int | None]]] = defaultdict(lambda: defaultdict(list))
-        for record in records:
-            x = _dotted(record.config, config.x)
-            if x is None or (config.stages and record.stage not in config.stages):
-                continue
-            key = tuple(_dotted(record.config, k) for k in config.group_by)
-            groups[key][float(x)].append(record.t_grok)
+        chosen = select(records, config.stages, config.within)
+        groups, pooled = _grouped_cells(chosen, config.x, config.group_by)
         rows, numbers, notes = [], [], []
-        for key, cells in groups.items():
-            fit = fit_delay_law(cells, config.min_grokked, config.resamples, config.confidence)
-            label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(config.group_by, key)) or "(all)"
-            numbers.append({"group": dict(zip(config.group_by, key))} | fit)
+        for key in sorted(groups, key=_sort_key):
+            cells = groups[key]
+            fit = fit_delay_law(cells, config.min_grokked, config.resamples, config.confidence, config.seed,
+                                config.min_cells)
+            label = _group_label(config.group_by, key)
+            numbers.append({"group": dict(zip(config.group_by, key)), "label": label} | fit)
+            notes += _pooling_notes(label, config.x, pooled[key])
             for x, grokked in fit["cells_dropped"].items():
-                notes.append(f"{label}: dropped {config.x}={x} ({grokked} grokked seeds < {config.min_grokked})")
+                notes.append(f"{label}: dropped {config.x}={x} ({grokked}/{fit['seeds'][x]} seeds grokked "
+                             f"< {config.min_grokked})")
+            if fit["alpha"] is None:
+                notes.append(f"{label}: no fit, {fit['note']}")
+            for x, censored in fit["censored"].items():
+                if censored and x in fit["cells_used"]:
+                    notes.append(f"{label}: {config.x}={x} used with {censored}/{fit['seeds'][x]} seeds censored")
             low, high = fit.get("alpha_ci", (None, None))
-            censored = sum(fit["censored"].values())
-            rows.append([label, len(fit["cells_used"]), fit["alpha"], low, high, fit.get("r_squared"), censored])
+            rows.append([label, len(fit["cells_used"]), fit["alpha"], low, high, fit.get("r_squared"),
+                         sum(fit["censored"].values())])
         level = f"{config.confidence:.0%}"
         table = Table(f"delay law: ln(median T_grok) = intercept + alpha * {config.x}",
                       ["group", "cells", "alpha", f"{level} CI low", "high", "R^2", "censored seeds"], rows)
-        return Analysis("delay_law", [table], {"groups": numbers}, notes)
+        return Analysis("delay_law", [table], {"x": config.x, "groups": numbers}, notes)
+    return analyze
+
+
+# ---------------------------------------------------------------------------------------------------
+# One exponent shared by all groups.
+
+
+@attrs.frozen
+class SharedExponentConfig:
+    """Fit ln(median T_grok) = intercept[group] + alpha * x: one alpha for all groups (``group_by``,
+    default ``task.p``), one intercept each. Compared with separate fits per group by their summed
+    SSE and the F statistic ((SSE_shared - SSE_separate) / (G - 1)) / (SSE_separate / (n - 2G)).
+    Groups with fewer than ``min_cells`` usable cells are left out and reported. Options as for
+    ``delay_law``."""
+
+    x: str = "controller.rho"
+    group_by: list[str] = attrs.field(factory=lambda: ["task.p"])
+    stages: list[str] = attrs.field(factory=list)
+    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals)
+    min_grokked: int = 3
+    min_cells: int = 3
+    resamples: int = 2000
+    confidence: float = 0.95
+    seed: int = 0
+
+
+def fit_shared_exponent(groups: dict[Any, dict[float, list[int | None]]], min_grokked: int, min_cells: int,
+                        resamples: int, level: float, seed: int = 0) -> dict[str, Any]:
+    """Shared-slope OLS of ln(median T_grok) on x with per-group intercepts over the usable cells
+    (>= min_grokked grokked seeds) of the groups with >= min_cells of them; bootstrap percentile CI
+    of the shared alpha (seeds resampled within each cell, censored included)."""
+    xs, times, labels, dropped_groups, separate_sse, separate_alpha, used = [], [], [], {}, 0.0, {}, {}
+    for group, cells in sorted(groups.items(), key=lambda item: _sort_key(item[0])):
+        kept = {x: t for x, t in sorted(cells.items()) if sum(v is not None for v in t) >= min_grokked}
+        if len(kept) < max(min_cells, 2):
+            dropped_groups[group] = len(kept)
+            continue
+        fit = delay_law_fit(list(kept), [median_t_grok(t) for t in kept.values()])
+        separate_alpha[group] = fit.slope
+        used[group] = len(kept)
+        y = np.log([median_t_grok(t) for t in kept.values()])
+        separate_sse += float(np.sum((y - (fit.intercept + fit.slope * np.array(list(kept)))) ** 2))
+        for x, t in kept.items():
+            xs.append(x)
+            times.append(t)
+            labels.append(group)
+    result: dict[str, Any] = {"groups_used": list(separate_alpha), "groups_dropped": dropped_groups,
+                              "separate_alpha": separate_alpha, "cells_per_group": used}
+    if len(separate_alpha) < 1:
+        return result | {"alpha": None}
+    y = np.log([median_t_grok(t) for t in times])
+    fit = shared_slope_fit(xs, y, labels)
+    design, _ = shared_slope_design(xs, labels)
+    replicates = bootstrap_cell_medians(times, resamples, seed)
+    usable = ~np.isnan(replicates).any(axis=0)
+    alphas = (np.linalg.pinv(design) @ np.log(replicates[:, usable]))[0]
+    low, high = percentile_interval(alphas, level) if alphas.size else (None, None)
+    n, count = len(y), len(separate_alpha)
+    residual_df = n - 2 * count
+    f_statistic = (((fit.sse - separate_sse) / (count - 1)) / (separate_sse / residual_df)
+                   if count > 1 and residual_df > 0 and separate_sse > 0 else None)
+    return result | {"alpha": fit.slope, "alpha_ci": [low, high], "r_squared": fit.r_squared,
+                     "within_r_squared": fit.within_r_squared, "intercepts": dict(zip(fit.groups, fit.intercepts)),
+                     "sse_shared": fit.sse, "sse_separate": separate_sse, "f_statistic": f_statistic,
+                     "f_df": [count - 1, residual_df], "cells": n, "bootstrap_discarded": int((~usable).sum())}
+
+
+def shared_exponent_analyzer(config: SharedExponentConfig):
+    def analyze(records: Sequence[RunRecord]) -> Analysis:
+        chosen = select(records, config.stages, config.within)
+        groups, pooled = _grouped_cells(chosen, config.x, config.group_by)
+        fit = fit_shared_exponent(groups, config.min_grokked, config.min_cells, config.resamples,
+                                  config.confidence, config.seed)
+        notes = [note for key in groups for note in _pooling_notes(_group_label(config.group_by, key), config.x,
+                                                                   pooled[key])]
+        for group, usable in fit["groups_dropped"].items():
+            notes.append(f"{_group_label(config.group_by, group)}: left out, {usable} cells with "
+                         f">= {config.min_grokked} grokked seeds (need {config.min_cells})")
+        for group, cells in groups.items():
+            for x, times in sorted(cells.items()):
+                grokked = sum(t is not None for t in times)
+                if grokked < config.min_grokked:
+                    notes.append(f"{_group_label(config.group_by, group)}: dropped {config.x}={x} "
+                                 f"({grokked}/{len(times)} seeds grokked)")
+        level = f"{config.confidence:.0%}"
+        low, high = fit.get("alpha_ci", (None, None))
+        rows = [["shared", fit.get("cells"), fit["alpha"], low, high, fit.get("r_squared"), fit.get("sse_shared")]]
+        rows += [[f"separate: {_group_label(config.group_by, g)}", fit["cells_per_group"][g], a, None, None, None, None]
+                 for g, a in fit["separate_alpha"].items()]
+        if fit["alpha"] is not None:
+            rows.append(["separate fits", fit["cells"], None, None, None, None, fit["sse_separate"]])
+        table = Table(f"shared exponent: ln(median T_grok) = intercept[{', '.join(config.group_by)}] + alpha * "
+                      f"{config.x}", ["fit", "cells", "alpha", f"{level} CI low", "high", "R^2", "SSE"], rows)
+        numbers = fit | {"groups_used": [dict(zip(config.group_by, g)) for g in fit["groups_used"]],
+                         "separate_alpha": [{"group": dict(zip(config.group_by, g)), "alpha": a}
+                                            for g, a in fit["separate_alpha"].items()],
+                         "intercepts": [{"group": dict(zip(config.group_by, g)), "intercept": c}
+                                        for g, c in fit.get("intercepts", {}).items()],
+                         "cells_per_group": [{"group": dict(zip(config.group_by, g)), "cells": c}
+                                             for g, c in fit["cells_per_group"].items()],
+                         "groups_dropped": [{"group": dict(zip(config.group_by, g)), "usable_cells": c}
+                                            for g, c in fit["groups_dropped"].items()]}
+        return Analysis("shared_exponent", [table], numbers | {"x": config.x}, notes)
+    return analyze
+
+
+# ---------------------------------------------------------------------------------------------------
+# Levers: how much the delay moves between the ends of a sweep.
+
+
+@attrs.frozen
+class LeversConfig:
+    """Ratios of cell delays (median T_grok over grokked seeds) between the ends of two sweeps.
+
+    ``x`` (default rho) and ``across`` (default the learning rate; "" for none). For each value a of
+    ``across``: ratio_x(a) = T(max x, a) / T(min x, a). For each value r of ``x``:
+    ratio_across(r) = T(r, min across) / T(r, max across). A lever is the fold change
+    max(ratio, 1/ratio). The headline levers are read at the reference cell, by default the smallest
+    x and the smallest ``across`` value (``reference`` sets either): paper A's norm lever
+    T(rho 1.30) / T(rho 0.85) = 18.7x at lr 1e-3 and its lr lever T(lr 1e-3) / T(lr 8e-3) = 2.54x at
+    rho 0.85. ``delay_from`` (a key, e.g. ``controller.t_start``) measures each seed's delay from that
+    step instead of from step 0: T = median(T_grok - t_from) (paper B's same-state fork, 3.36x).
+    Cells with fewer than ``min_grokked`` grokked seeds are left out and reported.
+    """
+
+    x: str = "controller.rho"
+    across: str = "optimizer.lr"
+    stages: list[str] = attrs.field(factory=list)
+    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals)
+    reference: dict[str, float] = attrs.field(factory=dict)
+    delay_from: str = ""
+    min_grokked: int = 3
+
+
+def delay_ratio(slow: float, fast: float) -> dict[str, float]:
+    """ratio = slow / fast and the lever = max(ratio, 1 / ratio), the fold change between two delays."""
+    ratio = slow / fast
+    return {"ratio": ratio, "lever": max(ratio, 1.0 / ratio)}
+
+
+def _nearest(values: Sequence[float], wanted: float) -> float | None:
+    close = [v for v in values if math.isclose(v, wanted, rel_tol=1e-6)]
+    return close[0] if close else None
+
+
+def levers_analyzer(config: LeversConfig):
+    def analyze(records: Sequence[RunRecord]) -> Analysis:
+        chosen = select(records, config.stages, config.within)
+        cells: dict[tuple[float, float], list[int | None]] = defaultdict(list)
+        for record in chosen:
+            x = record_value(record, config.x)
+            a = record_value(record, config.across) if config.across else 0.0
+            start = record_value(record, config.delay_from) if config.delay_from else 0
+            if isinstance(x, (int, float)) and isinstance(a, (int, float)) and isinstance(start, (int, float)):
+                delay = None if record.t_grok is None else record.t_grok - start
+                cells[(round(float(x), 9), round(float(a), 12))].append(delay)
+        notes, delays = [], {}
+        for (x, a), times in sorted(cells.items()):
+            grokked = sum(t is not None for t in times)
+            if grokked < config.min_grokked:
+                notes.append(f"left out {config.x}={x}" + (f", {config.across}={a}" if config.across else "")
+                             + f": {grokked}/{len(times)} seeds grokked")
+                continue
+            if grokked < len(times):
+                notes.append(f"{config.x}={x}" + (f", {config.across}={a}" if config.across else "")
+                             + f": {len(times) - grokked}/{len(times)} seeds censored (median over grokked)")
+            delays[(x, a)] = median_t_grok(times)
+        xs = sorted({x for x, _ in delays})
+        acrosses = sorted({a for _, a in delays})
+        x_rows, across_rows = [], []
+        for a in acrosses:
+            row = [x for x in xs if (x, a) in delays]
+            if len(row) >= 2:
+                x_rows.append({"at": a, "from": row[0], "to": row[-1], "t_from": delays[(row[0], a)],
+                               "t_to": delays[(row[-1], a)]} | delay_ratio(delays[(row[-1], a)], delays[(row[0], a)]))
+        for x in xs if config.across else []:
+            column = [a for a in acrosses if (x, a) in delays]
+            if len(column) >= 2:
+                across_rows.append({"at": x, "from": column[0], "to": column[-1], "t_from": delays[(x, column[0])],
+                                    "t_to": delays[(x, column[-1])]}
+                                   | delay_ratio(delays[(x, column[0])], delays[(x, column[-1])]))
+        ref_x = config.reference.get(config.x, xs[0] if xs else None)
+        ref_a = config.reference.get(config.across, acrosses[0] if acrosses else None)
+        x_lever = next((r for r in x_rows if ref_a is not None
+                        and math.isclose(r["at"], ref_a, rel_tol=1e-6)), None)
+        across_lever = next((r for r in across_rows if ref_x is not None
+                             and math.isclose(r["at"], ref_x, rel_tol=1e-6)), None)
+        numbers = {"x": config.x, "across": config.across, "delay_from": config.delay_from or None,
+                   "reference": {config.x: ref_x, config.across: ref_a},
+                   "x_lever": x_lever["lever"] if x_lever else None,
+                   "across_lever": across_lever["lever"] if across_lever else None,
+                   "x_levers": x_rows, "across_levers": across_rows,
+                   "median_t_grok": [{"x": x, "across": a, "median_t_grok": t} for (x, a), t in delays.items()]}
+        since = f" (T measured from {config.delay_from})" if config.delay_from else ""
+        tables = [Table(f"{config.x} lever: T(max {config.x}) / T(min {config.x})" + since +
+                        (f" at each {config.across}" if config.across else ""),
+                        ["at", "from", "to", "T from", "T to", "ratio", "lever"],
+                        [[r["at"] if config.across else "-", r["from"], r["to"], r["t_from"], r["t_to"], r["ratio"],
+                          r["lever"]] for r in x_rows])]
+        if config.across:
+            tables.append(Table(f"{config.across} lever: T(min {config.across}) / T(max {config.across}) "
+                                f"at each {config.x}", ["at", "from", "to", "T from", "T to", "ratio", "lever"],
+                                [[r["at"], r["from"], r["to"], r["t_from"], r["t_to"], r["ratio"], r["lever"]]
+                                 for r in across_rows]))
+        return Analysis("levers", tables, numbers, notes)
     return analyze
 
 
@@ -134,6 +486,11 @@ def gnorm_analyzers() -> list[gnorm.Analyzer]:
     return [
         gnorm.Analyzer(name="critical_norm", summary="Wc per cell: median norm at grok, CI, spread",
                        config_class=CriticalNormConfig, factory=critical_norm_analyzer),
-        gnorm.Analyzer(name="delay_law", summary="fit ln T_grok = a + alpha * rho with a bootstrap CI",
+        gnorm.Analyzer(name="delay_law",
+                       summary="fit ln T_grok = a + alpha * rho (or the held norm) per group, bootstrap CI",
                        config_class=DelayLawConfig, factory=delay_law_analyzer),
+        gnorm.Analyzer(name="shared_exponent", summary="one alpha with per-group intercepts vs separate fits",
+                       config_class=SharedExponentConfig, factory=shared_exponent_analyzer),
+        gnorm.Analyzer(name="levers", summary="fold change of T_grok across the ends of the rho and lr sweeps",
+                       config_class=LeversConfig, factory=levers_analyzer),
     ]
