@@ -135,9 +135,17 @@ class PaperMLP(torch.nn.Module):
         return F.gelu(x @ self.w_in + self.b_in) @ self.w_out + self.b_out
 
 
-def reference_per_seed(start: Start, seeds: int) -> list[int | None]:
+@attrs.frozen
+class Outcome:
+    """Per seed: T_grok (None if censored) and the test loss at the last evaluation."""
+
+    t_grok: list[int | None]
+    last_test_loss: list[float]
+
+
+def reference_per_seed(start: Start, seeds: int) -> Outcome:
     """Reference (a): one module and torch.optim.AdamW per seed, seeds one after another."""
-    t_grok = []
+    t_grok, last = [], []
     for weights, split in list(zip(start.weights, start.splits))[:seeds]:
         model = PaperMLP(weights)
         decayed = [model.embedding, model.w_in, model.w_out]
@@ -158,13 +166,16 @@ def reference_per_seed(start: Start, seeds: int) -> list[int | None]:
                         p.mul_(scale)
             if step in start.eval_set:
                 with torch.no_grad():
+                    logits = model(test_x)
                     steps.append(step)
-                    accuracy.append((model(test_x).argmax(-1) == test_y).float().mean().item())
+                    accuracy.append((logits.argmax(-1) == test_y).float().mean().item())
+                    test_loss = F.cross_entropy(logits, test_y).item()
         t_grok.append(first_crossing(np.array(steps), np.array(accuracy), 0.9))
-    return t_grok
+        last.append(test_loss)
+    return Outcome(t_grok, last)
 
 
-def reference_batched(start: Start, stop_when_grokked: bool = False) -> list[int | None]:
+def reference_batched(start: Start, stop_when_grokked: bool = False) -> Outcome:
     """Reference (b): all seeds in one tensor, einsum forward, hand-written AdamW."""
     E = torch.stack([w["embedding"] for w in start.weights]).requires_grad_()
     W1 = torch.stack([w["w_in"] for w in start.weights]).requires_grad_()
@@ -187,6 +198,7 @@ def reference_batched(start: Start, stop_when_grokked: bool = False) -> list[int
         return torch.einsum("snh,shc->snc", h, W2) + b2[:, None]
 
     t_grok: list[int | None] = [None] * seeds
+    test_loss = torch.zeros(seeds)
     for step in range(1, start.steps + 1):
         logits = forward(train_x)
         loss = F.cross_entropy(logits.flatten(0, 1), train_y.flatten()) * seeds
@@ -205,19 +217,22 @@ def reference_batched(start: Start, stop_when_grokked: bool = False) -> list[int
                 for p in (E, W1, W2):
                     p.mul_((start.held_norm / norm).view(-1, 1, 1))
             if step in start.eval_set:
-                accuracy = (forward(test_x).argmax(-1) == test_y).float().mean(1)
+                logits = forward(test_x)
+                accuracy = (logits.argmax(-1) == test_y).float().mean(1)
+                test_loss = F.cross_entropy(logits.transpose(1, 2), test_y, reduction="none").mean(1)
                 for seed in range(seeds):
                     if t_grok[seed] is None and accuracy[seed] >= 0.9:
                         t_grok[seed] = step
                 if stop_when_grokked and all(t is not None for t in t_grok):
                     break
-    return t_grok
+    return Outcome(t_grok, test_loss.tolist())
 
 
-def gnorm_engine(job: CellJob, registry: Registry) -> list[int | None]:
-    results = {}
-    train_cell(job, registry, lambda record, log: results.__setitem__(record.seed, record.t_grok))
-    return [results[run.seed] for run in job.runs]
+def gnorm_engine(job: CellJob, registry: Registry) -> Outcome:
+    logs = {}
+    train_cell(job, registry, lambda record, log: logs.__setitem__(record.seed, (record, log)))
+    ordered = [logs[run.seed] for run in job.runs]
+    return Outcome([record.t_grok for record, _ in ordered], [log.metrics["test_loss"][-1] for _, log in ordered])
 
 
 def _timed(function: Callable[[], Any]) -> tuple[Any, float]:
@@ -256,7 +271,7 @@ def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,
     return rows
 
 
-def bench_w2(registry: Registry, seeds: int, steps: int) -> tuple[list, list, np.ndarray]:
+def bench_w2(registry: Registry, seeds: int, steps: int) -> tuple[Outcome, Outcome, np.ndarray]:
     job = workload_job(registry, seeds, steps, rho=0.85, stop=True)
     start = start_of(job, registry)
     with deterministic_algorithms():

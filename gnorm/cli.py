@@ -108,7 +108,7 @@ def _print_summary(store: Store, experiment: Experiment, registry: Registry) -> 
     from gnorm.study import planned_cells
 
     records = store.records()
-    for table in stage_summaries(records, planned_cells(experiment)):
+    for table in stage_summaries(records, planned_cells(store.plan())):
         click.echo("\n" + format_table(table))
     for choice in experiment.analyses:
         _echo_analysis(registry.get("analyzer", choice.name).factory(choice.config)(records))
@@ -164,19 +164,13 @@ def _open(directory: str) -> Store:
 @reports_user_errors
 def show(directory: str) -> None:
     """Print a summary table per stage of the results in DIRECTORY."""
+    from gnorm.study import planned_cells
+
     store = _open(directory)
-    records = store.records()
-    planned: dict[str, dict[str, int]] = {}
-    plan = store.plan()
-    by_id = {r.run_id: r for r in records}
-    for run_id, stage in plan:
-        planned.setdefault(stage, {})
-        if run_id in by_id:
-            label = cell_label(by_id[run_id].cell)
-            planned[stage][label] = planned[stage].get(label, 0) + 1
-    missing = len(plan) - len(records)
-    for table in stage_summaries(records, planned):
+    records, plan = store.records(), store.plan()
+    for table in stage_summaries(records, planned_cells(plan)):
         click.echo(format_table(table) + "\n")
+    missing = len(plan) - len(records)
     click.echo(f"{len(records)}/{len(plan)} planned runs finished" + (f", {missing} still to run" if missing else ""))
 
 
@@ -283,7 +277,8 @@ def bench(steps: int, seeds: int, reference_a_seeds: int, w2: bool, memory: bool
         mib = benchmark.peak_memory_mib(p=113, seeds=16)
         click.echo(f"peak memory, p 113 with 16 seeds: {mib:.0f} MiB ({'under' if mib < 2048 else 'OVER'} 2 GiB)")
     if w2:
-        ours_t, theirs_t, grid = benchmark.bench_w2(registry, seeds, 30_000)
+        ours, theirs, grid = benchmark.bench_w2(registry, seeds, 30_000)
+        ours_t, theirs_t = ours.t_grok, theirs.t_grok
         agree = benchmark.grid_agreement(ours_t, theirs_t, grid)
         click.echo(format_table(Table("W2: rho 0.85 cell, per-seed T_grok", ["seed", "gnorm", "reference (b)", "agree"],
                                       [[i, a, b, ok] for i, (a, b, ok) in enumerate(zip(ours_t, theirs_t, agree))])))

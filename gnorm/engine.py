@@ -9,8 +9,10 @@ each member's own gradient. Members that finish leave the ensemble and stop cost
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
+import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -22,6 +24,7 @@ from torch.func import functional_call, vmap
 
 from gnorm.components import ControllerContext, GrokTimes, RunRecord
 from gnorm.config import OptimizerConfig, RunSpec
+from gnorm.errors import UserError
 from gnorm.registry import Registry
 from gnorm.science import every_schedule, geometric_schedule, weight_norm
 
@@ -32,7 +35,13 @@ def resolve_device(name: str) -> torch.device:
     """``auto``: CUDA when present, else the CPU; anything else is passed to torch.device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"training.device: {name!r} is not a device torch knows (try auto, cpu, cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("training.device: cuda was asked for, but torch sees no CUDA device here; use auto or cpu")
+    return device
 
 
 def evaluation_steps(run: RunSpec) -> np.ndarray:
@@ -42,11 +51,45 @@ def evaluation_steps(run: RunSpec) -> np.ndarray:
     return every_schedule(budget, evaluation.every)
 
 
+def _train_loss(forward: Callable, params: dict, buffers: dict, inputs: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:
+    """sum_m mean_i CE(f(W_m, x_mi), y_mi): each member's loss depends on its own weights only, so the
+    gradient of the sum is every member's own gradient."""
+    logits = forward(params, buffers, inputs)
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / labels.shape[1]
+
+
+def _example_losses_and_hits(forward: Callable, params: dict, buffers: dict, inputs: torch.Tensor,
+                             labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per member and example: the cross-entropy, and 1.0 where the arg-max class is the label."""
+    logits = forward(params, buffers, inputs)
+    losses = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape)
+    return losses, (logits.argmax(-1) == labels).to(losses.dtype)
+
+
+class CompiledOrEager:
+    """``torch.compile(function)``, falling back to ``function`` (with a warning) if compiling fails,
+    e.g. where no C++ compiler is present."""
+
+    def __init__(self, function: Callable):
+        self.eager, self.compiled = function, torch.compile(function, dynamic=True)
+
+    def __call__(self, *args: Any) -> Any:
+        if self.compiled is None:
+            return self.eager(*args)
+        try:
+            return self.compiled(*args)
+        except Exception as error:  # compiler missing or unsupported op: the eager path is the same function
+            warnings.warn(f"torch.compile failed, training without it: {type(error).__name__}: {error}"[:500])
+            self.compiled = None
+            return self.eager(*args)
+
+
 class Ensemble:
     """M copies of one module, parameters stacked on a leading member axis, each with its own split."""
 
     def __init__(self, modules: Sequence[torch.nn.Module], splits: Sequence[Any], device: torch.device,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, compile: bool = False):
         template = modules[0]
         self._base = copy.deepcopy(template).to("meta")
         self.groups = template.weight_norm_groups()
@@ -73,7 +116,12 @@ class Ensemble:
         gather = train_index.view(*train_index.shape, *([1] * (self.inputs.dim() - 2)))
         self.train_inputs = torch.take_along_dim(self.inputs, gather, dim=1)
         self.train_labels = torch.take_along_dim(self.labels, train_index, dim=1)
-        self._forward = vmap(lambda params, buffers, x: functional_call(self._base, (params, buffers), (x,)))
+        forward = vmap(lambda params, buffers, x: functional_call(self._base, (params, buffers), (x,)))
+        self._train_loss = functools.partial(_train_loss, forward)
+        self._losses_and_hits = functools.partial(_example_losses_and_hits, forward)
+        if compile:
+            self._train_loss = CompiledOrEager(self._train_loss)
+            self._losses_and_hits = CompiledOrEager(self._losses_and_hits)
 
     @property
     def size(self) -> int:
@@ -89,16 +137,12 @@ class Ensemble:
 
     def train_loss(self) -> torch.Tensor:
         """Sum over members of each member's mean cross-entropy on its training set."""
-        logits = self._forward(self.params, self.buffers, self.train_inputs)
-        return F.cross_entropy(logits.flatten(0, 1), self.train_labels.flatten(), reduction="sum") \
-            / self.train_labels.shape[1]
+        return self._train_loss(self.params, self.buffers, self.train_inputs, self.train_labels)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, torch.Tensor]:
         """Per-member loss and accuracy on train and test sets, the weight norm and one norm per group."""
-        logits = self._forward(self.params, self.buffers, self.inputs)
-        losses = F.cross_entropy(logits.flatten(0, 1), self.labels.flatten(), reduction="none").view(self.labels.shape)
-        correct = (logits.argmax(-1) == self.labels).to(losses.dtype)
+        losses, correct = self._losses_and_hits(self.params, self.buffers, self.inputs, self.labels)
         out = {}
         for split, mask in (("train", self.train_mask), ("test", self.test_mask)):
             count = mask.sum(1)

@@ -14,8 +14,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.source}: {self.key}" if self.key else self.source
-        return f"{where}: {self.message}"
+        where = ": ".join(part for part in (self.source, self.key) if part)
+        return f"{where}: {self.message}" if where else self.message
 
 
 class UserError(Exception):
@@ -23,7 +23,7 @@ class UserError(Exception):
 
     def __init__(self, problems: list[Problem] | str):
         if isinstance(problems, str):
-            problems = [Problem(source="gnorm", key="", message=problems)]
+            problems = [Problem(source="", key="", message=problems)]
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
 

@@ -44,8 +44,11 @@ CREATE TABLE IF NOT EXISTS evaluations (
     extra_json TEXT NOT NULL,
     PRIMARY KEY (run_id, step)
 );
-CREATE TABLE IF NOT EXISTS plan (position INTEGER PRIMARY KEY, run_id TEXT NOT NULL, stage TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS plan (
+    position INTEGER PRIMARY KEY, run_id TEXT NOT NULL, stage TEXT NOT NULL, cell_json TEXT NOT NULL
+);
 """
+SCHEMA_VERSION = "1"
 EVALUATION_COLUMNS = ("train_loss", "test_loss", "train_acc", "test_acc", "weight_norm")
 
 
@@ -59,7 +62,15 @@ class Store:
         self.connection = sqlite3.connect(path, timeout=30)
         self.connection.execute("PRAGMA journal_mode=WAL")
         self.connection.execute("PRAGMA synchronous=NORMAL")
-        self.connection.executescript(SCHEMA)
+        tables = {row[0] for row in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        found = self.meta("schema_version") if "meta" in tables else None
+        if tables and found != SCHEMA_VERSION:
+            self.connection.close()
+            raise UserError(f"{path}: written by another version of gnorm's store (schema {found or 'unknown'}, "
+                            f"this gnorm reads {SCHEMA_VERSION}); use a new results directory")
+        with self.connection:
+            self.connection.executescript(SCHEMA)
+            self.connection.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
 
     def close(self) -> None:
         self.connection.close()
@@ -88,14 +99,15 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------------------
 
-    def set_plan(self, source: str, text: str, runs: Sequence[tuple[str, str]]) -> None:
-        """Record the experiment file and the runs it asks for, in order (run_id, stage)."""
+    def set_plan(self, source: str, text: str, runs: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        """Record the experiment file and the runs it asks for, in order (run_id, stage, cell)."""
         with self.connection:
             self.connection.execute("INSERT OR REPLACE INTO meta VALUES ('source', ?)", (source,))
             self.connection.execute("INSERT OR REPLACE INTO meta VALUES ('experiment_toml', ?)", (text,))
             self.connection.execute("DELETE FROM plan")
-            self.connection.executemany("INSERT INTO plan VALUES (?, ?, ?)",
-                                        [(i, run_id, stage) for i, (run_id, stage) in enumerate(runs)])
+            self.connection.executemany("INSERT INTO plan VALUES (?, ?, ?, ?)",
+                                        [(i, run_id, stage, json.dumps(cell))
+                                         for i, (run_id, stage, cell) in enumerate(runs)])
 
     def write_run(self, record: RunRecord, steps: Sequence[int], metrics: dict[str, Sequence[float]]) -> None:
         """Store a finished run and its trajectory in one transaction."""
@@ -121,8 +133,10 @@ class Store:
         row = self.connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def plan(self) -> list[tuple[str, str]]:
-        return list(self.connection.execute("SELECT run_id, stage FROM plan ORDER BY position"))
+    def plan(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """The latest experiment's runs, in order: (run_id, stage, cell)."""
+        return [(run_id, stage, json.loads(cell)) for run_id, stage, cell in
+                self.connection.execute("SELECT run_id, stage, cell_json FROM plan ORDER BY position")]
 
     def records(self, planned_only: bool = True) -> list[RunRecord]:
         """Finished runs, in the order of the latest plan (or all runs ever stored)."""

@@ -103,7 +103,7 @@ class Progress:
 def run_experiment(experiment: Experiment, registry: Registry, store: Store, progress: Progress) -> list[str]:
     """Train every run the store lacks; return one line per cell that could not start."""
     plan = plan_experiment(experiment)
-    store.set_plan(str(experiment.source), experiment.text, [(r.run_id, r.stage) for r in experiment.runs])
+    store.set_plan(str(experiment.source), experiment.text, [(r.run_id, r.stage, r.cell) for r in experiment.runs])
     finished = store.finished_run_ids()
     skipped: list[str] = []
     for stage, cell in plan.cells:
@@ -134,9 +134,10 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
     return skipped
 
 
-def planned_cells(experiment: Experiment) -> dict[str, dict[str, int]]:
-    """stage -> cell label -> number of planned seeds."""
+def planned_cells(plan: Iterable[tuple[str, str, dict[str, Any]]]) -> dict[str, dict[str, int]]:
+    """stage -> cell label -> number of planned seeds, from (run_id, stage, cell) triples."""
     planned: dict[str, dict[str, int]] = {}
-    for stage in experiment.stages:
-        planned[stage.name] = {cell_label(cell[0].cell): len(cell) for cell in cells_of(stage.runs)}
+    for _, stage, cell in plan:
+        label = cell_label(cell)
+        planned.setdefault(stage, {})[label] = planned.get(stage, {}).get(label, 0) + 1
     return planned

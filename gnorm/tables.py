@@ -21,13 +21,18 @@ def format_value(value: Any) -> str:
 
 
 def format_table(table: Table) -> str:
+    """A title, a header, a rule and the rows; numeric columns right-aligned, text left-aligned."""
     cells = [[format_value(v) for v in row] for row in table.rows]
     widths = [max(len(str(c)), *(len(row[i]) for row in cells)) if cells else len(str(c))
               for i, c in enumerate(table.columns)]
-    line = "  ".join(str(c).rjust(w) for c, w in zip(table.columns, widths))
-    rule = "  ".join("-" * w for w in widths)
-    body = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
-    return "\n".join([table.title, line, rule, *body])
+    numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in table.rows)
+               for i in range(len(table.columns))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if right else v.ljust(w) for v, w, right in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([table.title, line([str(c) for c in table.columns]), "  ".join("-" * w for w in widths),
+                      *(line(row) for row in cells)])
 
 
 def cell_label(cell: dict[str, Any]) -> str:

@@ -1,0 +1,49 @@
+"""The benchmark's reference trainers compute what gnorm computes, so its ratios compare like with like."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from gnorm import bench
+from gnorm.cli import main
+from gnorm.engine import deterministic_algorithms
+from gnorm.registry import default_registry
+
+
+def test_bench_prints_rates_ratios_and_targets():
+    result = CliRunner().invoke(main, ["bench", "--steps", "20", "--seeds", "2", "--reference-a-seeds", "1",
+                                       "--no-memory"])
+    assert result.exit_code == 0, result.output
+    for text in ("model-steps/s", "reference (a)", "reference (b)", "GFLOP/s", "target W1 >= 3x reference (b)"):
+        assert text in result.output
+
+
+def test_grid_agreement_allows_one_grid_step():
+    grid = np.array([10, 11, 12, 14, 16])
+    assert bench.grid_agreement([11, 12, None, 16, None], [12, 16, None, 14, 10], grid) == [True, False, True,
+                                                                                            True, False]
+
+
+def test_reference_trainers_learn_what_gnorm_learns():
+    """Same weights, splits, optimizer and clamp: after 700 steps (clamped from 500) the three trainers
+    reach the same test loss per seed."""
+    registry = default_registry()
+    job = bench.workload_job(registry, seeds=2, steps=700, rho=0.8, stop=False)
+    start = bench.start_of(job, registry)
+    with deterministic_algorithms():
+        ours = bench.gnorm_engine(job, registry)
+        batched = bench.reference_batched(start)
+        per_seed = bench.reference_per_seed(start, seeds=2)
+    np.testing.assert_allclose(batched.last_test_loss, ours.last_test_loss, rtol=1e-3)
+    np.testing.assert_allclose(per_seed.last_test_loss, ours.last_test_loss, rtol=1e-3)
+    assert abs(ours.last_test_loss[0] - ours.last_test_loss[1]) > 1e-2  # the seeds differ: a real check
+
+
+@pytest.mark.slow
+def test_w2_gnorm_and_reference_b_agree_on_t_grok_per_seed():
+    """W2: a full rho = 0.85 cell from the same weights and splits; >= 15 of 16 seeds within one step
+    of the geometric grid."""
+    ours, theirs, grid = bench.bench_w2(default_registry(), seeds=16, steps=30_000)
+    assert sum(bench.grid_agreement(ours.t_grok, theirs.t_grok, grid)) >= 15
