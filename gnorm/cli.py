@@ -238,6 +238,24 @@ def export(directory: str, fmt: str, out_dir: str | None) -> None:
         click.echo(f"wrote {path} ({len(rows)} rows)")
 
 
+@main.command(name="import")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Results directory to write.")
+@reports_user_errors
+def import_(folders: tuple[str, ...], out_dir: str) -> None:
+    """Read the papers' released per-seed results (one experiment folder each, e.g.
+    ../shared/reference/paper-a/denserho) into a gnorm store, so that analyze and show run on them."""
+    from gnorm.importers import import_reference
+
+    store = Store(out_dir, create=True)
+    with store.exclusive():
+        for folder in folders:
+            if not Path(folder).is_dir():
+                raise UserError(f"{folder}: no such folder")
+            records = import_reference(folder, store)
+            click.echo(f"imported {len(records)} runs from {folder}")
+
+
 @main.command()
 @click.option("--steps", default=2000, show_default=True, help="W1 length in steps (the issue's W1: 2000).")
 @click.option("--seeds", default=16, show_default=True, help="Seeds in the W1 cell.")

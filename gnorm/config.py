@@ -60,6 +60,11 @@ class TrainingConfig:
     max_steps: int = attrs.field(default=10_000, validator=attrs.validators.gt(0))
     precision: str = attrs.field(default="float32", validator=attrs.validators.in_(["float32", "float64"]))
     device: str = "auto"
+    #: torch.compile the forward and backward: "auto" (when a compiler is present and the cell is big
+    #: enough to repay compiling), "on" or "off". The eager path computes the same function.
+    compile: str = attrs.field(default="auto", validator=attrs.validators.in_(["auto", "on", "off"]))
+    #: Members trained per chunk (0: chosen from the batch size so a chunk's activations stay in cache).
+    members_per_chunk: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen

@@ -366,15 +366,8 @@ def import_reference(folder: str | Path, store: Store) -> list[RunRecord]:
     runs = experiment.runs
     for run in runs:
         store.write_run(run.record, run.steps, run.metrics)
+    store.add_to_plan([(run.record.run_id, run.record.stage, run.record.cell) for run in runs])
     with store.connection:
-        planned = {row[0] for row in store.connection.execute("SELECT run_id FROM plan")}
-        start = store.connection.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM plan").fetchone()[0]
-        new = [run.record for run in runs if run.record.run_id not in planned]
-        columns = [row[1] for row in store.connection.execute("PRAGMA table_info(plan)")]
-        rows = [{"position": start + i, "run_id": r.run_id, "stage": r.stage, "cell_json": json.dumps(r.cell)}
-                for i, r in enumerate(new)]
-        insert = f"INSERT INTO plan ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        store.connection.executemany(insert, [tuple(row[c] for c in columns) for row in rows])
         sources = json.loads(store.meta("reference_sources") or "[]")
         if str(folder) not in sources:
             sources.append(str(folder))

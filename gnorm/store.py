@@ -109,6 +109,16 @@ class Store:
                                         [(i, run_id, stage, json.dumps(cell))
                                          for i, (run_id, stage, cell) in enumerate(runs)])
 
+    def add_to_plan(self, runs: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        """Append runs (run_id, stage, cell) that the plan does not list yet, e.g. imported ones."""
+        with self.connection:
+            planned = {row[0] for row in self.connection.execute("SELECT run_id FROM plan")}
+            start = self.connection.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM plan").fetchone()[0]
+            new = [(run_id, stage, cell) for run_id, stage, cell in runs if run_id not in planned]
+            self.connection.executemany("INSERT INTO plan VALUES (?, ?, ?, ?)",
+                                        [(start + i, run_id, stage, json.dumps(cell))
+                                         for i, (run_id, stage, cell) in enumerate(new)])
+
     def write_run(self, record: RunRecord, steps: Sequence[int], metrics: dict[str, Sequence[float]]) -> None:
         """Store a finished run and its trajectory in one transaction."""
         rows = []

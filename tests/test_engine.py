@@ -58,8 +58,7 @@ def _train_together(modules, splits, steps, held_norm=None, t_start=None, dtype=
     optimizer = BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params], OPTIMIZER)
     losses, norms = [], []
     for step in range(1, steps + 1):
-        grads = torch.autograd.grad(ensemble.train_loss(), ensemble.parameters)
-        optimizer.step(ensemble.parameters, grads)
+        optimizer.step(ensemble.parameters, ensemble.gradients())
         if held_norm is not None and step >= t_start:
             with torch.no_grad():
                 rescale_to_norm(ensemble.norm_tensors, held_norm)
@@ -108,7 +107,30 @@ def test_dropping_members_leaves_the_others_untouched():
             keep = torch.tensor([0, 2])
             ensemble.keep(keep)
             optimizer.keep(keep)
-        grads = torch.autograd.grad(ensemble.train_loss(), ensemble.parameters)
-        optimizer.step(ensemble.parameters, grads)
+        optimizer.step(ensemble.parameters, ensemble.gradients())
     final = ensemble.evaluate()["train_loss"].numpy()
     np.testing.assert_allclose(final, reference_loss[[0, 2], -1], rtol=1e-5)
+
+
+def test_compiled_ensemble_computes_the_same_function_as_eager():
+    modules, splits = _members([0, 1, 2])
+    results = []
+    for compile in (False, True):
+        ensemble = Ensemble(modules, splits, torch.device("cpu"), torch.float32, compile=compile, chunk=2)
+        optimizer = BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params], OPTIMIZER)
+        for _ in range(40):
+            optimizer.step(ensemble.parameters, ensemble.gradients())
+        results.append(ensemble.evaluate()["train_loss"].numpy())
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-4)
+
+
+def test_chunking_members_does_not_change_a_bit():
+    modules, splits = _members([0, 1, 2, 3])
+    losses = []
+    for chunk in (4, 3, 1):
+        ensemble = Ensemble(modules, splits, torch.device("cpu"), torch.float32, chunk=chunk)
+        optimizer = BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params], OPTIMIZER)
+        for _ in range(30):
+            optimizer.step(ensemble.parameters, ensemble.gradients())
+        losses.append(ensemble.evaluate()["train_loss"].numpy())
+    assert (losses[0] == losses[1]).all() and (losses[0] == losses[2]).all()
