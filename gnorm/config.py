@@ -320,6 +320,13 @@ def _flatten_sweep(table: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def dotted_value(data: dict[str, Any], dotted: str) -> Any:
+    """``data["a"]["b"]`` for ``"a.b"``; None where a part is missing."""
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
 def _merge_options(options: Iterable[dict]) -> dict:
     return {key: value for option in options for key, value in option.items()}
 

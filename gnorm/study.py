@@ -11,7 +11,7 @@ from typing import Any, Iterable, TextIO
 import attrs
 
 from gnorm.components import RunRecord
-from gnorm.config import Experiment, RunSpec, Stage
+from gnorm.config import Experiment, RunSpec, Stage, dotted_value
 from gnorm.engine import CellJob, RunLog, train_cell
 from gnorm.errors import Problem, UserError
 from gnorm.registry import Registry
@@ -28,18 +28,12 @@ def cells_of(runs: Iterable[RunSpec]) -> list[list[RunSpec]]:
     return list(cells.values())
 
 
-def _dotted(data: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        data = data.get(part) if isinstance(data, dict) else None
-    return data
-
-
 def matches_source(run: RunSpec, source: RunSpec) -> bool:
     """Is ``source`` (a run of the stage that gives Wc) the matched free run for ``run``? Same task and
     architecture, and the same value for every key the source stage sweeps."""
     mine, theirs = run.plain(), source.plain()
     return (mine["task"] == theirs["task"] and mine["architecture"] == theirs["architecture"]
-            and all(_dotted(mine, key) == value for key, value in source.cell.items()))
+            and all(dotted_value(mine, key) == value for key, value in source.cell.items()))
 
 
 @attrs.frozen

@@ -31,6 +31,7 @@ import numpy as np
 
 import gnorm
 from gnorm.components import Analysis, RunRecord, Table
+from gnorm.config import dotted_value
 from gnorm.science import (
     coefficient_of_variation,
     critical_norm,
@@ -44,12 +45,6 @@ from gnorm.science import (
 from gnorm.tables import cell_label
 
 
-def _dotted(data: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        data = data.get(part) if isinstance(data, dict) else None
-    return data
-
-
 def record_value(record: RunRecord, key: str) -> Any:
     """A run's value of ``key``: ``facts.<name>``, ``held_norm`` (rho * Wc) or a dotted config key."""
     if key.startswith("facts."):
@@ -57,10 +52,10 @@ def record_value(record: RunRecord, key: str) -> Any:
     if key == "held_norm":
         if record.facts.get("held_norm") is not None:
             return record.facts["held_norm"]
-        rho, wc = _dotted(record.config, "controller.rho"), record.facts.get("critical_norm")
+        rho, wc = dotted_value(record.config, "controller.rho"), record.facts.get("critical_norm")
         wc = wc if wc is not None else record.config.get("critical_norm")
         return held_norm(rho, wc) if isinstance(rho, (int, float)) and isinstance(wc, (int, float)) else None
-    return _dotted(record.config, key)
+    return dotted_value(record.config, key)
 
 
 def select(records: Sequence[RunRecord], stages: Sequence[str], within: dict[str, list[float]]) -> list[RunRecord]:
@@ -281,22 +276,14 @@ def delay_law_analyzer(config: DelayLawConfig):
 
 
 @attrs.frozen
-class SharedExponentConfig:
+class SharedExponentConfig(DelayLawConfig):
     """Fit ln(median T_grok) = intercept[group] + alpha * x: one alpha for all groups (``group_by``,
     default ``task.p``), one intercept each. Compared with separate fits per group by their summed
     SSE and the F statistic ((SSE_shared - SSE_separate) / (G - 1)) / (SSE_separate / (n - 2G)).
     Groups with fewer than ``min_cells`` usable cells are left out and reported. Options as for
     ``delay_law``."""
 
-    x: str = "controller.rho"
     group_by: list[str] = attrs.field(factory=lambda: ["task.p"])
-    stages: list[str] = attrs.field(factory=list)
-    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals)
-    min_grokked: int = 3
-    min_cells: int = 3
-    resamples: int = 2000
-    confidence: float = 0.95
-    seed: int = 0
 
 
 def fit_shared_exponent(groups: dict[Any, dict[float, list[int | None]]], min_grokked: int, min_cells: int,
