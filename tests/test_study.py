@@ -138,3 +138,67 @@ def test_an_interrupted_study_finishes_on_rerun_without_redoing_runs(tmp_path, h
     for run_id, stored in interrupted.items():
         assert finished[run_id] == stored
     assert "[free]" not in rerun.stderr  # the free stage had finished: not trained again
+
+
+def test_show_prints_a_table_per_stage_and_counts_finished_runs(finished_study):
+    _, out = finished_study
+    result = CliRunner().invoke(main, ["show", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "stage free (controller free)" in result.output and "stage clamp (controller clamp)" in result.output
+    assert "rho=0.9" in result.output and "rho=1.1" in result.output
+    assert "6/6 planned runs finished" in result.output
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_export_writes_tidy_run_and_evaluation_tables(finished_study, tmp_path, fmt):
+    import csv
+    import json
+
+    _, out = finished_study
+    result = CliRunner().invoke(main, ["export", str(out), "--format", fmt, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    if fmt == "json":
+        runs = json.loads((tmp_path / "runs.json").read_text())
+        evaluations = json.loads((tmp_path / "evaluations.json").read_text())
+    else:
+        runs = list(csv.DictReader((tmp_path / "runs.csv").open()))
+        evaluations = list(csv.DictReader((tmp_path / "evaluations.csv").open()))
+    stored = _stored(out)
+    assert {row["run_id"] for row in runs} == set(stored)
+    assert len(evaluations) == sum(len(trajectory["step"]) for _, trajectory in stored.values())
+    assert {"run_id", "step", "train_loss", "test_acc", "weight_norm", "norm/embedding"} <= set(evaluations[0])
+    assert {"stage", "seed", "t_grok", "censored", "norm_at_grok", "cell.controller.rho"} <= set(
+        next(row for row in runs if row["stage"] == "clamp"))
+
+
+def test_lifecycle_hooks_see_every_run_and_evaluation(tmp_path):
+    from types import SimpleNamespace
+
+    import gnorm
+    from gnorm.config import load_experiment
+    from gnorm.registry import Provider, build_registry
+    from gnorm.study import Progress, run_experiment
+
+    seen = {"before": [], "evaluations": 0, "after": []}
+
+    class Observer:
+        @gnorm.hookimpl
+        def gnorm_before_run(self, run_id, stage, seed, config):
+            seen["before"].append(run_id)
+
+        @gnorm.hookimpl
+        def gnorm_after_evaluation(self, run_id, step, metrics):
+            assert {"train_acc", "test_acc", "weight_norm", "norm/readout"} <= set(metrics)
+            seen["evaluations"] += 1
+
+        @gnorm.hookimpl
+        def gnorm_after_run(self, record):
+            seen["after"].append(record.run_id)
+
+    registry = build_registry(extra_plugins=[(Observer(), Provider("observer", "0"))], autoload=False)
+    experiment = load_experiment(tiny_study(tmp_path, rhos="[0.9]", max_steps=200, critical_norm="40.0"), registry)
+    run_experiment(experiment, registry, Store(tmp_path / "out", create=True), Progress(SimpleNamespace(
+        isatty=lambda: False, write=lambda text: None, flush=lambda: None)))
+    planned = [run.run_id for run in experiment.runs]
+    assert sorted(seen["before"]) == sorted(planned) and sorted(seen["after"]) == sorted(planned)
+    assert seen["evaluations"] == sum(len(t["step"]) for _, t in _stored(tmp_path / "out").values())
