@@ -13,6 +13,7 @@ import copy
 import difflib
 import itertools
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -36,9 +37,25 @@ else:  # pragma: no cover
 # The fixed sections.
 
 
+def _plain_name(instance: Any, attribute: Any, value: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+        raise ValueError(f"'{attribute.name}' must be letters, digits, '_', '.' or '-' (it names a folder), "
+                         f"found {value!r}")
+
+
+def _unit_interval(instance: Any, attribute: Any, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"'{attribute.name}' must be in [0, 1), found {value}")
+
+
+def _device_name(instance: Any, attribute: Any, value: str) -> None:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise ValueError(f"'{attribute.name}' must be auto, cpu, cuda, cuda:N or mps, found {value!r}")
+
+
 @attrs.frozen
 class ExperimentMeta:
-    name: str
+    name: str = attrs.field(validator=_plain_name)
     seeds: int | list[int] = 4
     output_dir: str | None = None
     description: str = ""
@@ -50,16 +67,16 @@ class OptimizerConfig:
 
     lr: float = attrs.field(default=1e-3, validator=attrs.validators.gt(0))
     weight_decay: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
+    beta1: float = attrs.field(default=0.9, validator=_unit_interval)
+    beta2: float = attrs.field(default=0.999, validator=_unit_interval)
+    eps: float = attrs.field(default=1e-8, validator=attrs.validators.gt(0))
 
 
 @attrs.frozen
 class TrainingConfig:
     max_steps: int = attrs.field(default=10_000, validator=attrs.validators.gt(0))
     precision: str = attrs.field(default="float32", validator=attrs.validators.in_(["float32", "float64"]))
-    device: str = "auto"
+    device: str = attrs.field(default="auto", validator=_device_name)
     #: torch.compile the forward and backward: "auto" (when a compiler is present and the cell is big
     #: enough to repay compiling), "on" or "off". The eager path computes the same function.
     compile: str = attrs.field(default="auto", validator=attrs.validators.in_(["auto", "on", "off"]))
@@ -92,6 +109,8 @@ COMPONENT_SECTIONS: dict[str, tuple[str, str | None]] = {
     "criterion": ("grok_criterion", "test_accuracy"),
 }
 RUN_SECTIONS = tuple(COMPONENT_SECTIONS) + tuple(SECTION_CLASSES)
+#: Training settings that choose how a run is computed, not what it computes.
+EXECUTION_SETTINGS = ("device", "compile", "members_per_chunk")
 TOP_LEVEL_KEYS = ("experiment", *RUN_SECTIONS, "sweep", "zip", "stage", "analysis")
 STAGE_KEYS = ("name", "critical_norm", "seeds", "sweep", "zip", *RUN_SECTIONS)
 
@@ -121,10 +140,13 @@ class RunSpec:
     training: TrainingConfig
     evaluation: EvaluationConfig
     critical_norm: float | str | None
+    #: The runs whose median norm at grok is this run's Wc (when ``critical_norm`` names a stage).
+    critical_norm_source: tuple[str, ...] = ()
 
     def plain(self) -> dict[str, Any]:
         """The run's configuration as plain JSON data."""
-        data: dict[str, Any] = {"stage": self.stage, "seed": self.seed, "critical_norm": self.critical_norm}
+        data: dict[str, Any] = {"stage": self.stage, "seed": self.seed, "critical_norm": self.critical_norm,
+                                "critical_norm_source": list(self.critical_norm_source)}
         for section in COMPONENT_SECTIONS:
             choice = getattr(self, section)
             data[section] = {"name": choice.name, **converter.unstructure(choice.config)}
@@ -132,14 +154,22 @@ class RunSpec:
             data[section] = converter.unstructure(getattr(self, section))
         return data
 
+    def identity(self) -> dict[str, Any]:
+        """What makes a run this run: its configuration without the settings that only choose how it
+        is computed (device, compile, members per chunk), so changing those never retrains."""
+        data = self.plain()
+        data["training"] = {k: v for k, v in data["training"].items() if k not in EXECUTION_SETTINGS}
+        return data
+
     @property
     def run_id(self) -> str:
-        """Content address of the run: the same settings always give the same id."""
-        return f"{derive_seed('run', self.plain()):016x}"[:16]
+        """Content address of the run: the same settings always give the same id. A clamp run's id
+        includes the runs its Wc comes from, so new source seeds mean new clamp runs."""
+        return f"{derive_seed('run', self.identity()):016x}"[:16]
 
     @property
     def cell_id(self) -> str:
-        data = self.plain()
+        data = self.identity()
         del data["seed"]
         return f"{derive_seed('cell', data):016x}"[:16]
 
@@ -149,6 +179,15 @@ class RunSpec:
         plain = self.plain()
         return {"task": plain["task"], "architecture": plain["architecture"],
                 "weight_decay": self.optimizer.weight_decay}
+
+    def matches_source(self, source: "RunSpec") -> bool:
+        """Is ``source`` (a run of the stage that gives Wc) this run's matched free run? Same base
+        configuration (task, architecture, weight decay), same precision, and the same value for every
+        key the source stage sweeps. The learning rate may differ (paper A holds one Wc across lr)."""
+        mine = self.plain()
+        return (self.base_configuration() == source.base_configuration()
+                and self.training.precision == source.training.precision
+                and all(dotted_value(mine, key) == value for key, value in source.cell.items()))
 
     @property
     def init_seed(self) -> int:
@@ -193,6 +232,8 @@ def _strict(expected: str, accept: tuple[type, ...], cast=lambda value: value):
     def hook(value: Any, _type: Any) -> Any:
         if isinstance(value, bool) and bool not in accept or not isinstance(value, accept):
             raise TypeError(f"expected {expected}, found {_describe(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TypeError(f"expected {expected}, found {value} (not finite)")
         return cast(value)
     return hook
 
@@ -564,9 +605,59 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
         raw_analyses = []
     for i, raw in enumerate(raw_analyses):
         analyses.append(_analysis_choice(loader, raw, f"analysis[{i + 1}]"))
+    if not loader.problems:
+        stages = _attach_critical_norm_sources(loader, stages)
+        _refuse_duplicate_runs(loader, stages)
     if loader.problems:
         raise UserError(loader.problems)
     return Experiment(path, meta, stages, [a for a in analyses if a], text)
+
+
+def cells_of(runs: Iterable[RunSpec]) -> list[list[RunSpec]]:
+    """Runs grouped by cell (same settings but the seed), in the order they were written."""
+    cells: dict[str, list[RunSpec]] = {}
+    for run in runs:
+        cells.setdefault(run.cell_id, []).append(run)
+    return list(cells.values())
+
+
+def _attach_critical_norm_sources(loader: _Loader, stages: list[Stage]) -> list[Stage]:
+    """Give every run of a stage whose Wc comes from another stage the run ids of its matched cell."""
+    by_name = {stage.name: stage for stage in stages}
+    attached = []
+    for stage in stages:
+        if not isinstance(stage.critical_norm, str):
+            attached.append(stage)
+            continue
+        runs = []
+        source_cells = cells_of(by_name[stage.critical_norm].runs)
+        for cell in cells_of(stage.runs):
+            matches = [c for c in source_cells if cell[0].matches_source(c[0])]
+            if len(matches) != 1:
+                what = "no cell" if not matches else f"{len(matches)} cells"
+                loader.problem(f"stage[{stage.name}].critical_norm",
+                               f"{what} of stage {stage.critical_norm!r} match{'es' if not matches else ''} cell "
+                               f"{_cell_text(cell[0].cell)} (same task, architecture, weight decay, precision "
+                               "and swept values)")
+                continue
+            source = tuple(sorted(run.run_id for run in matches[0]))
+            runs += [attrs.evolve(run, critical_norm_source=source) for run in cell]
+        attached.append(attrs.evolve(stage, runs=runs))
+    return attached
+
+
+def _refuse_duplicate_runs(loader: _Loader, stages: list[Stage]) -> None:
+    seen: dict[str, RunSpec] = {}
+    for stage in stages:
+        for run in stage.runs:
+            if run.run_id in seen:
+                loader.problem(f"stage[{stage.name}]", f"the sweeps give the same run twice (cell "
+                               f"{_cell_text(run.cell)}, seed {run.seed}); remove the repeated value")
+            seen[run.run_id] = run
+
+
+def _cell_text(cell: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in cell.items()) or "(all)"
 
 
 def _analysis_choice(loader: _Loader, raw: Any, where: str) -> ComponentChoice | None:

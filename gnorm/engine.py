@@ -74,6 +74,10 @@ class CompiledOrEager:
     e.g. where no C++ compiler is present."""
 
     def __init__(self, function: Callable):
+        # Each cell compiles anew (new module, new closure); leave room for a study's many cells.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 1024)
+        torch._dynamo.config.accumulated_recompile_limit = max(
+            torch._dynamo.config.accumulated_recompile_limit, 4096)
         self.eager, self.compiled = function, torch.compile(function, dynamic=True)
 
     def __call__(self, *args: Any) -> Any:
@@ -92,10 +96,13 @@ class CompiledOrEager:
 ROWS_PER_CHUNK = 6000
 
 
-def members_per_chunk(rows_per_member: int, requested: int = 0) -> int:
-    """``requested`` if positive, else max(1, round(ROWS_PER_CHUNK / rows_per_member)). Chunking never
-    changes a member's arithmetic: members are independent, so results are bitwise the same."""
-    return requested if requested > 0 else max(1, round(ROWS_PER_CHUNK / rows_per_member))
+def members_per_chunk(rows_per_member: int, members: int, device: torch.device, requested: int = 0) -> int:
+    """``requested`` if positive; on a GPU all members at once; on a CPU
+    max(1, round(ROWS_PER_CHUNK / rows_per_member)). Members are independent, so chunking never
+    changes their arithmetic."""
+    if requested > 0:
+        return requested
+    return members if device.type != "cpu" else max(1, round(ROWS_PER_CHUNK / rows_per_member))
 
 
 class Ensemble:
@@ -129,8 +136,10 @@ class Ensemble:
         gather = train_index.view(*train_index.shape, *([1] * (self.inputs.dim() - 2)))
         self.train_inputs = torch.take_along_dim(self.inputs, gather, dim=1)
         self.train_labels = torch.take_along_dim(self.labels, train_index, dim=1)
-        self.train_chunk = members_per_chunk(self.train_labels.shape[1], chunk)
-        self.eval_chunk = members_per_chunk(self.labels.shape[1], chunk)
+        members = self.labels.shape[0]
+        self.train_chunk = members_per_chunk(self.train_labels.shape[1], members, device, chunk)
+        self.eval_chunk = members_per_chunk(self.labels.shape[1], members, device, chunk)
+        self.compiled = compile
         self.grads = [torch.zeros_like(p) for p in self.params.values()]
         forward = vmap(lambda params, buffers, x: functional_call(self._base, (params, buffers), (x,)))
         self._train_loss = functools.partial(_train_loss, forward)
@@ -138,6 +147,11 @@ class Ensemble:
         if compile:
             self._train_loss = CompiledOrEager(self._train_loss)
             self._losses_and_hits = CompiledOrEager(self._losses_and_hits)
+
+    @property
+    def is_compiled(self) -> bool:
+        """Whether training ran compiled (False once compiling failed and it fell back to eager)."""
+        return self.compiled and getattr(self._train_loss, "compiled", None) is not None
 
     @property
     def size(self) -> int:
@@ -157,11 +171,15 @@ class Ensemble:
     def gradients(self) -> list[torch.Tensor]:
         """Every member's gradient of its mean training cross-entropy, in ``parameters`` order, computed
         a chunk of members at a time."""
-        for chunk in self._chunks(self.train_chunk):
+        chunks = self._chunks(self.train_chunk)
+        for chunk in chunks:
             leaves = {n: p[chunk].requires_grad_() for n, p in self.params.items()}
             buffers = {n: b[chunk] for n, b in self.buffers.items()}
             loss = self._train_loss(leaves, buffers, self.train_inputs[chunk], self.train_labels[chunk])
-            for buffer, grad in zip(self.grads, torch.autograd.grad(loss, list(leaves.values()))):
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+            if len(chunks) == 1:
+                return list(grads)
+            for buffer, grad in zip(self.grads, grads):
                 buffer[chunk] = grad
         return self.grads
 
@@ -241,12 +259,12 @@ class RunLog:
         for key, value in values.items():
             self.metrics.setdefault(key, []).append(value)
 
-    def record(self, critical_norm: float | None) -> RunRecord:
+    def record(self, critical_norm: float | None, compiled: bool = False) -> RunRecord:
         norm_at_grok = None
         if self.times.t_grok is not None:
             norm_at_grok = self.metrics["weight_norm"][self.steps.index(self.times.t_grok)]
         facts = dict(self.facts, steps_trained=self.steps[-1] if self.steps else 0,
-                     wall_seconds=time.perf_counter() - self.started)
+                     wall_seconds=time.perf_counter() - self.started, compiled=float(compiled))
         if critical_norm is not None:
             facts["critical_norm"] = critical_norm
         return RunRecord(run_id=self.run.run_id, stage=self.run.stage, cell=self.run.cell, seed=self.run.seed,
@@ -262,20 +280,21 @@ class CellJob:
     critical_norm: float | None
 
 
-#: ``compile = "auto"`` compiles a cell whose members x steps x parameters per member reaches this: about
-#: where the ~15 s of compiling is repaid on a 2-core CPU.
-COMPILE_WORK_THRESHOLD = 1e9
+#: ``compile = "auto"`` compiles runs whose max_steps x parameters reaches this (the paper's MLP over
+#: 2000 steps is 1.8e8): about where compiling repays itself on a 2-core CPU. It is decided per run, not
+#: per cell, so a seed is computed the same way whichever seeds share its cell.
+COMPILE_WORK_THRESHOLD = 1e8
 
 
-def should_compile(setting: str, device: torch.device, members: int, max_steps: int, parameters: int) -> bool:
+def should_compile(setting: str, device: torch.device, max_steps: int, parameters: int) -> bool:
     """``on``/``off`` as asked; ``auto``: on CUDA, or on a CPU with a C++ compiler when
-    members * max_steps * parameters >= COMPILE_WORK_THRESHOLD."""
+    max_steps * parameters >= COMPILE_WORK_THRESHOLD."""
     if setting != "auto":
         return setting == "on"
     if device.type == "cuda":
         return True
     has_compiler = any(shutil.which(name) for name in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if name)
-    return has_compiler and members * max_steps * parameters >= COMPILE_WORK_THRESHOLD
+    return has_compiler and max_steps * parameters >= COMPILE_WORK_THRESHOLD
 
 
 def build_ensemble(job: CellJob, registry: Registry) -> tuple[Ensemble, Any]:
@@ -292,7 +311,7 @@ def build_ensemble(job: CellJob, registry: Registry) -> tuple[Ensemble, Any]:
     dtype = {"float32": torch.float32, "float64": torch.float64}[first.training.precision]
     device = resolve_device(first.training.device)
     parameters = sum(p.numel() for p in modules[0].parameters())
-    compile = should_compile(first.training.compile, device, len(modules), first.training.max_steps, parameters)
+    compile = should_compile(first.training.compile, device, first.training.max_steps, parameters)
     return Ensemble(modules, splits, device, dtype, compile, first.training.members_per_chunk), task
 
 
@@ -341,7 +360,7 @@ def _train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunReco
             on_progress(step, len(logs))
             if done:
                 for position in done:
-                    on_finished(logs[position].record(job.critical_norm), logs[position])
+                    on_finished(logs[position].record(job.critical_norm, ensemble.is_compiled), logs[position])
                 keep = [i for i in range(len(logs)) if i not in done]
                 if not keep:
                     return
@@ -351,7 +370,7 @@ def _train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunReco
                 getattr(controller, "keep", lambda index: None)(index)
                 logs = [logs[i] for i in keep]
     for log in logs:
-        on_finished(log.record(job.critical_norm), log)
+        on_finished(log.record(job.critical_norm, ensemble.is_compiled), log)
 
 
 def _evaluate(ensemble: Ensemble, logs: list[RunLog], criterion: Any, step: int, registry: Registry,

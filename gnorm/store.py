@@ -58,11 +58,20 @@ class Store:
         path = self.directory / DATABASE
         if not path.exists() and not create:
             raise UserError(f"{self.directory}: no gnorm results here (expected {path})")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.connection = sqlite3.connect(path, timeout=30)
-        self.connection.execute("PRAGMA journal_mode=WAL")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.connection = sqlite3.connect(path, timeout=30)
+            self.connection.execute("PRAGMA journal_mode=WAL")
+        except (OSError, sqlite3.Error) as error:
+            raise UserError(f"{path}: cannot open a results store here: {error}") from None
+        self._check_schema(path)
+
+    def _check_schema(self, path: Path) -> None:
         self.connection.execute("PRAGMA synchronous=NORMAL")
-        tables = {row[0] for row in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        try:
+            tables = {row[0] for row in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as error:
+            raise UserError(f"{path}: not a gnorm results store ({error})") from None
         found = self.meta("schema_version") if "meta" in tables else None
         if tables and found != SCHEMA_VERSION:
             self.connection.close()
@@ -78,7 +87,10 @@ class Store:
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         """Hold the directory's lock for a whole ``gnorm run``; a second one gets a clear error."""
-        handle = open(self.directory / LOCK, "a+")
+        try:
+            handle = open(self.directory / LOCK, "a+")
+        except OSError as error:
+            raise UserError(f"{self.directory}: cannot lock the results directory: {error.strerror}") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

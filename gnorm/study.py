@@ -5,66 +5,31 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import defaultdict
 from typing import Any, Iterable, TextIO
 
 import attrs
 
 from gnorm.components import RunRecord
-from gnorm.config import Experiment, RunSpec, Stage, dotted_value
-from gnorm.engine import CellJob, RunLog, train_cell
-from gnorm.errors import Problem, UserError
+from gnorm.config import Experiment, RunSpec, Stage, cells_of
+from gnorm.engine import CellJob, RunLog, resolve_device, train_cell
 from gnorm.registry import Registry
 from gnorm.science import critical_norm
 from gnorm.store import Store
 from gnorm.tables import cell_label
 
 
-def cells_of(runs: Iterable[RunSpec]) -> list[list[RunSpec]]:
-    """Runs grouped by cell (same settings but the seed), in the order they were written."""
-    cells: dict[str, list[RunSpec]] = defaultdict(list)
-    for run in runs:
-        cells[run.cell_id].append(run)
-    return list(cells.values())
-
-
-def matches_source(run: RunSpec, source: RunSpec) -> bool:
-    """Is ``source`` (a run of the stage that gives Wc) the matched free run for ``run``? Same task and
-    architecture, and the same value for every key the source stage sweeps."""
-    mine, theirs = run.plain(), source.plain()
-    return (mine["task"] == theirs["task"] and mine["architecture"] == theirs["architecture"]
-            and all(dotted_value(mine, key) == value for key, value in source.cell.items()))
-
-
 @attrs.frozen
 class Plan:
-    """Every cell of the experiment, and for cells whose Wc comes from a stage, the source cell."""
+    """Every cell of the experiment, in order, with its stage."""
 
     cells: list[tuple[Stage, list[RunSpec]]]
-    sources: dict[str, list[RunSpec]]  # cell_id -> runs of the source cell
 
 
 def plan_experiment(experiment: Experiment) -> Plan:
-    problems: list[Problem] = []
-    by_name = {stage.name: stage for stage in experiment.stages}
-    cells, sources = [], {}
-    for stage in experiment.stages:
-        for cell in cells_of(stage.runs):
-            cells.append((stage, cell))
-            if not isinstance(stage.critical_norm, str):
-                continue
-            candidates = [c for c in cells_of(by_name[stage.critical_norm].runs) if matches_source(cell[0], c[0])]
-            key = f"stage[{stage.name}].critical_norm"
-            if len(candidates) != 1:
-                what = "no cell" if not candidates else f"{len(candidates)} cells"
-                problems.append(Problem(str(experiment.source), key,
-                                        f"{what} of stage {stage.critical_norm!r} match{'es' if not candidates else ''} "
-                                        f"cell {cell_label(cell[0].cell)} (same task, architecture and swept values)"))
-                continue
-            sources[cell[0].cell_id] = candidates[0]
-    if problems:
-        raise UserError(problems)
-    return Plan(cells, sources)
+    """The cells to train; refuses (before anything is written) a device this machine lacks."""
+    for device in sorted({run.training.device for run in experiment.runs}):
+        resolve_device(device)
+    return Plan([(stage, cell) for stage in experiment.stages for cell in cells_of(stage.runs)])
 
 
 class Progress:
@@ -107,7 +72,7 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
         label = f"[{stage.name}] {cell_label(cell[0].cell)}"
         wc = stage.critical_norm
         if isinstance(wc, str):
-            source_ids = {run.run_id for run in plan.sources[cell[0].cell_id]}
+            source_ids = set(cell[0].critical_norm_source)
             norms = [r.norm_at_grok for r in store.records() if r.run_id in source_ids]
             wc = critical_norm(norms)
             if wc is None:

@@ -365,7 +365,8 @@ def test_a_grid_sweep_runs_the_product_of_its_lists(tmp_path):
 
 def test_a_zip_pairs_its_lists_in_step(tmp_path):
     path = write(tmp_path, edited(STUDY, ('name = "free"', 'name = "free"\nzip = { "task.p" = [59, 97, 113], '
-                                                           '"optimizer.lr" = [1e-3, 2e-3, 3e-3] }')))
+                                                           '"optimizer.lr" = [1e-3, 2e-3, 3e-3] }'),
+                                  ('critical_norm = "free"', "critical_norm = 50.0")))
     free = [run for run in load(path).runs if run.stage == "free"]
     assert sorted({(run.task.config.p, run.optimizer.lr) for run in free}) == [(59, 1e-3), (97, 2e-3), (113, 3e-3)]
     assert len(free) == 3 * 2
@@ -373,7 +374,7 @@ def test_a_zip_pairs_its_lists_in_step(tmp_path):
 
 def test_a_zip_crossed_with_a_grid_sweep(tmp_path):
     path = write(tmp_path, edited(STUDY, ('sweep = {', 'zip = { "task.p" = [59, 97], "optimizer.lr" = [1e-3, 3e-3] }\n'
-                                                     'sweep = {')))
+                                                     'sweep = {'), ('critical_norm = "free"', "critical_norm = 50.0")))
     clamp = [run for run in load(path).runs if run.stage == "clamp"]
     assert {(run.task.config.p, run.optimizer.lr, run.controller.config.rho) for run in clamp} == {
         (59, 1e-3, 0.9), (59, 1e-3, 1.1), (97, 3e-3, 0.9), (97, 3e-3, 1.1)}
@@ -579,12 +580,12 @@ def test_a_numeric_critical_norm_is_accepted_and_a_negative_one_refused(tmp_path
 
 def test_a_source_stage_without_a_matching_cell_is_an_error(tmp_path):
     path = write(tmp_path, edited(STUDY, ('critical_norm = "free"', 'critical_norm = "free"\ntask = { p = 59 }')))
-    experiment = load(path)  # the file itself is well formed; the plan is not
     with pytest.raises(UserError) as raised:
-        plan_experiment(experiment)
+        load(path)
     problems = raised.value.problems
     assert [(problem.source, problem.key) for problem in problems] == [(str(path), "stage[clamp].critical_norm")] * 2
-    assert all(problem.message.startswith("no cell of stage 'free' matches cell rho=") for problem in problems)
+    assert all(problem.message.startswith("no cell of stage 'free' matches cell controller.rho=")
+               for problem in problems)
     for command in (["validate", path], ["run", "--dry-run", path]):
         lines = error_lines(invoke(*command))
         assert lines == [f"error: {problem}" for problem in problems]
@@ -593,6 +594,35 @@ def test_a_source_stage_without_a_matching_cell_is_an_error(tmp_path):
 def test_a_source_stage_with_a_matching_cell_plans(tmp_path):
     path = write(tmp_path, edited(STUDY, ('name = "free"', 'name = "free"\nsweep = { "task.p" = [59, 97] }'),
                                   ('critical_norm = "free"', 'critical_norm = "free"\ntask = { p = 59 }')))
-    plan = plan_experiment(load(path))
-    assert len(plan.cells) == 2 + 2
-    assert {run.task.config.p for source in plan.sources.values() for run in source} == {59}
+    experiment = load(path)
+    assert len(plan_experiment(experiment).cells) == 2 + 2
+    free_p = {run.run_id: run.task.config.p for run in experiment.stages[0].runs}
+    sources = {source for run in experiment.stages[1].runs for source in run.critical_norm_source}
+    assert sources and {free_p[source] for source in sources} == {59}
+
+
+def test_wc_is_never_taken_from_a_free_run_with_another_weight_decay(tmp_path):
+    path = write(tmp_path, edited(STUDY, ('critical_norm = "free"', 'critical_norm = "free"\noptimizer = { weight_decay = 3.0 }')))
+    with pytest.raises(UserError) as raised:
+        load(path)
+    assert all("weight decay" in problem.message for problem in raised.value.problems)
+
+
+def test_new_seeds_in_the_source_stage_give_new_clamp_runs(tmp_path):
+    before = load(write(tmp_path, STUDY))
+    after = load(write(tmp_path, edited(STUDY, ('name = "free"', 'name = "free"\nseeds = [0, 1, 2]')), name="more.toml"))
+    assert {r.run_id for r in before.stages[1].runs}.isdisjoint({r.run_id for r in after.stages[1].runs})
+
+
+def test_a_sweep_that_repeats_a_value_is_refused(tmp_path):
+    path = write(tmp_path, edited(STUDY, ("[0.9, 1.1]", "[0.9, 0.9]")))
+    assert any("the sweeps give the same run twice" in line for line in problems_of(path))
+
+
+@pytest.mark.parametrize("setting", ["optimizer.lr=inf", "optimizer.beta1=1.5", "optimizer.eps=0.0",
+                                     "task.train_fraction=nan", 'training.device="banana"',
+                                     'experiment.name="../escape"'])
+def test_values_that_would_give_silent_garbage_are_refused(tmp_path, setting):
+    result = invoke("validate", write(tmp_path, STUDY), "--set", setting)
+    assert result.exit_code == 2, result.output
+    assert setting.split("=")[0] in result.output

@@ -9,6 +9,7 @@ import torch
 
 import gnorm
 from gnorm.components import InputSpec, Split
+from gnorm.errors import UserError
 
 
 def _check_fraction(instance, attribute, value) -> None:
@@ -54,6 +55,10 @@ class ModularTask:
         self.labels = operation(a, b) % config.p
 
     def split(self, split_seed: int) -> Split:
+        n_train = train_size(len(self.labels), self.config.train_fraction)
+        if not 0 < n_train < len(self.labels):
+            raise UserError(f"task: train_fraction {self.config.train_fraction} of the {len(self.labels)} pairs at "
+                            f"p = {self.config.p} leaves an empty training or test set")
         train_index, test_index = random_split(len(self.labels), self.config.train_fraction, split_seed)
         return Split(self.inputs, self.labels, train_index, test_index)
 
