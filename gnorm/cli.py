@@ -1,4 +1,4 @@
-"""The ``gnorm`` command: run | validate | plugins | show | analyze | export."""
+"""The ``gnorm`` command: run | validate | plugins | show | analyze | export | report | import | bench."""
 
 from __future__ import annotations
 
@@ -236,6 +236,24 @@ def export(directory: str, fmt: str, out_dir: str | None) -> None:
                 writer.writeheader()
                 writer.writerows(rows)
         click.echo(f"wrote {path} ({len(rows)} rows)")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Where to write report.md and figures/ (default DIRECTORY/report).")
+@reports_user_errors
+def report(directory: str, out_dir: str | None) -> None:
+    """Write a Markdown report of DIRECTORY: the analyzers' tables and figures (PNG and PDF) of the
+    trajectories, Wc against p, the delay law and the rho x lr matrix, where the data has them."""
+    from gnorm.report import write_report
+
+    registry = _registry()
+    store = _open(directory)
+    written = write_report(store, Path(out_dir or Path(directory) / "report"), registry)
+    drawn = len([f for f in written.figures if f.suffix == ".png"])
+    click.echo(f"wrote {written.path}: {drawn} figures (PNG and PDF)"
+               + (f", {len(written.left_out)} left out (see the report)" if written.left_out else ""))
 
 
 @main.command(name="import")
