@@ -11,9 +11,7 @@ per-seed T_grok must agree within one step of the geometric grid.
 
 from __future__ import annotations
 
-import copy
 import math
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,7 +27,7 @@ import torch.nn.functional as F
 from gnorm.config import load_experiment
 from gnorm.engine import CellJob, build_ensemble, deterministic_algorithms, evaluation_steps, train_cell
 from gnorm.registry import Registry
-from gnorm.science import first_crossing, rescale_to_norm, weight_norm
+from gnorm.science import first_crossing
 
 CRITICAL_NORM = 54.8  # paper A's Wc at p = 59, training fraction 0.4
 

@@ -15,8 +15,8 @@ from gnorm import __version__
 from gnorm.components import Analysis
 from gnorm.config import Experiment, load_experiment, parse_override
 from gnorm.errors import UserError
-from gnorm.registry import Registry, build_registry, default_registry
-from gnorm.store import EVALUATION_COLUMNS, Store
+from gnorm.registry import Registry, default_registry
+from gnorm.store import Store
 from gnorm.tables import cell_label, format_table, stage_summaries
 
 
@@ -84,7 +84,7 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
                            f"controller={spec.controller.name}  max_steps={spec.training.max_steps}")
         click.echo(f"{len(experiment.runs)} runs in {len(experiment.stages)} stages")
         return
-    from gnorm.study import Progress, planned_cells, run_experiment
+    from gnorm.study import Progress, run_experiment
 
     directory = Path(out_dir or experiment.meta.output_dir or Path("runs") / experiment.meta.name)
     store = Store(directory, create=True)
@@ -189,8 +189,8 @@ def analyze(directory: str, names: tuple[str, ...], json_path: str | None) -> No
     if chosen is None:
         text, source = store.meta("experiment_toml"), store.meta("source")
         chosen = [("critical_norm", None), ("delay_law", None)]
-        if text and source and Path(source).exists():
-            experiment = load_experiment(source, registry)
+        if text and source:  # the file as it was run, not as it may read now
+            experiment = load_experiment(source, registry, text=text)
             chosen = [(a.name, a.config) for a in experiment.analyses] or chosen
     results = []
     for name, config in chosen:

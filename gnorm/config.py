@@ -509,12 +509,14 @@ class _Loader:
         return float(raw) if not isinstance(raw, str) else raw
 
 
-def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, Any] | None = None) -> Experiment:
-    """Read, check and expand an experiment file. Raises :class:`UserError` listing every problem."""
+def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, Any] | None = None,
+                    text: str | None = None) -> Experiment:
+    """Read, check and expand an experiment file (or ``text``, the file's content as stored, named by
+    ``path``). Raises :class:`UserError` listing every problem."""
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_text()
+        text = path.read_text() if text is None else text
     except OSError as error:
         raise UserError([Problem(source, "", f"cannot read the file: {error.strerror}")]) from None
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -202,3 +201,17 @@ def test_lifecycle_hooks_see_every_run_and_evaluation(tmp_path):
     planned = [run.run_id for run in experiment.runs]
     assert sorted(seen["before"]) == sorted(planned) and sorted(seen["after"]) == sorted(planned)
     assert seen["evaluations"] == sum(len(t["step"]) for _, t in _stored(tmp_path / "out").values())
+
+
+def test_analyze_reports_cells_too_thin_to_fit_instead_of_fitting_them(finished_study, tmp_path):
+    """Two seeds per cell are fewer than the 3 grokked seeds a cell needs: no alpha, and the output
+    and the JSON say which cells were dropped and why."""
+    import json
+
+    _, out = finished_study
+    result = CliRunner().invoke(main, ["analyze", str(out), "--analyzer", "delay_law", "--json",
+                                       str(tmp_path / "numbers.json")])
+    assert result.exit_code == 0, result.output
+    assert "dropped controller.rho=0.9 (2/2 seeds grokked < 3)" in result.output
+    (group,) = json.loads((tmp_path / "numbers.json").read_text())[0]["numbers"]["groups"]
+    assert group["alpha"] is None and group["cells_dropped"] == {"0.9": 2, "1.1": 2}
