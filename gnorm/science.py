@@ -165,3 +165,203 @@ def shared_slope_fit(x: Sequence[float], y: Sequence[float], groups: Sequence[An
     return SharedSlopeFit(slope=float(coefficients[0]), groups=order, intercepts=[float(c) for c in coefficients[1:]],
                           r_squared=1.0 - sse / total if total > 0 else 1.0,
                           within_r_squared=1.0 - sse / within if within > 0 else 1.0, sse=sse, n=int(y.size))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Competing delay laws, compared by AIC on ln T (paper B, Table 1).
+
+
+def akaike_information(sse: float, n: int, n_parameters: int) -> float:
+    """AIC of a least-squares fit: AIC = n ln(SSE / n) + 2k (k fitted parameters; the noise variance is
+    left out of k, which shifts every law's AIC equally). SSE = 0 gives -inf."""
+    return n * math.log(sse / n) + 2 * n_parameters if sse > 0 else -math.inf
+
+
+def corrected_akaike_information(sse: float, n: int, n_parameters: int) -> float | None:
+    """AICc = AIC + 2k(k + 1) / (n - k - 1), the small-sample correction; None when n <= k + 1."""
+    if n <= n_parameters + 1:
+        return None
+    return akaike_information(sse, n, n_parameters) + 2 * n_parameters * (n_parameters + 1) / (n - n_parameters - 1)
+
+
+@attrs.frozen
+class LawFit:
+    """One candidate law fitted by least squares on ln T: its parameters, the SSE of the ln T residuals,
+    the number of fitted parameters k and of points n. ``at_search_edge``: the 1-D search for the
+    law's position parameter (x0 or x_c) ended at the edge of its range (the law is degenerating)."""
+
+    law: str
+    parameters: dict[str, float]
+    sse: float
+    n_parameters: int
+    n: int
+    at_search_edge: bool = False
+
+    @property
+    def aic(self) -> float:
+        return akaike_information(self.sse, self.n, self.n_parameters)
+
+    @property
+    def aicc(self) -> float | None:
+        return corrected_akaike_information(self.sse, self.n, self.n_parameters)
+
+
+def _distances(span: float, points: int = 401) -> np.ndarray:
+    """Candidate distances of a law's position parameter from the data: span * 10^[-3, 3], log-spaced."""
+    return span * np.geomspace(1e-3, 1e3, points)
+
+
+def _refine(distances: np.ndarray, sse: np.ndarray, evaluate, rounds: int = 3) -> tuple[float, float, bool]:
+    """Minimum of sse over a log-spaced grid of distances, refined ``rounds`` times on a finer grid
+    between the best point's neighbours. Returns (distance, sse, whether the coarse best was at an edge)."""
+    best = int(np.nanargmin(sse))
+    at_edge = best in (0, distances.size - 1)
+    distance, value = float(distances[best]), float(sse[best])
+    for _ in range(rounds):
+        low = distances[max(best - 1, 0)]
+        high = distances[min(best + 1, distances.size - 1)]
+        distances = np.geomspace(low, high, 41)
+        sse = np.array([evaluate(d) for d in distances])
+        best = int(np.nanargmin(sse))
+        if sse[best] < value:
+            distance, value = float(distances[best]), float(sse[best])
+    return distance, value, at_edge
+
+
+def exponential_law_fit(x: Sequence[float], t: Sequence[float]) -> LawFit:
+    """The exponential law T = exp(a + b x): OLS of ln T on x; SSE of the ln T residuals, k = 2."""
+    x, y = np.asarray(x, float), np.log(np.asarray(t, float))
+    line = ols_line(x, y)
+    sse = float(np.sum((y - line.intercept - line.slope * x) ** 2))
+    return LawFit("exponential", {"a": line.intercept, "b": line.slope}, sse, 2, int(x.size))
+
+
+def power_law_offset_fit(x: Sequence[float], t: Sequence[float]) -> LawFit:
+    """The power law with offset T = A (x - x0)^k, x0 < min(x) (reported as ln A, which stays finite
+    where A under- or overflows): for each x0 on a log-spaced grid of
+    distances min(x) - x0 = range(x) * 10^[-3, 3], OLS of ln T on ln(x - x0) gives ln A and k; the x0
+    with the least SSE of ln T residuals is kept (grid refined around it). k = 3 parameters
+    (A, x0, exponent). As x0 -> -inf the law tends to the exponential, so a best x0 at the far edge
+    means the data do not want a power law."""
+    x, y = np.asarray(x, float), np.log(np.asarray(t, float))
+
+    def fit(distance: float) -> tuple[float, float, float]:
+        u = np.log(x - (x.min() - distance))
+        slope, intercept = np.polyfit(u, y, 1)
+        return float(np.sum((y - intercept - slope * u) ** 2)), float(slope), float(intercept)
+
+    distances = _distances(float(np.ptp(x)))
+    distance, sse, at_edge = _refine(distances, np.array([fit(d)[0] for d in distances]), lambda d: fit(d)[0])
+    _, exponent, log_amplitude = fit(distance)
+    return LawFit("power_offset", {"ln_amplitude": log_amplitude, "x0": float(x.min() - distance),
+                                   "exponent": exponent}, sse, 3, int(x.size), at_edge)
+
+
+def _log_residual_fit(u: np.ndarray, t: np.ndarray, iterations: int = 30) -> tuple[float, float, float]:
+    """min over (A, B) of sum (ln t - ln(A u + B))^2 with A u + B > 0: start from the relative-error
+    linear fit (A u + B - t) / t, then Gauss-Newton steps, halved until the SSE drops. Returns (sse, A, B)."""
+    design = np.column_stack([u / t, 1 / t])
+    (a, b), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
+    y = np.log(t)
+
+    def sse_of(a: float, b: float) -> float:
+        model = a * u + b
+        return float(np.sum((y - np.log(model)) ** 2)) if np.all(model > 0) else math.inf
+
+    value = sse_of(a, b)
+    if not math.isfinite(value):
+        return math.inf, float(a), float(b)
+    for _ in range(iterations):
+        model = a * u + b
+        jacobian = np.column_stack([u / model, 1 / model])
+        step, *_ = np.linalg.lstsq(jacobian, y - np.log(model), rcond=None)
+        scale = 1.0
+        while scale > 1e-6:
+            trial = sse_of(a + scale * step[0], b + scale * step[1])
+            if trial < value:
+                a, b, value = a + scale * step[0], b + scale * step[1], trial
+                break
+            scale /= 2
+        else:
+            break
+    return value, float(a), float(b)
+
+
+def saddle_node_fit(x: Sequence[float], t: Sequence[float]) -> LawFit:
+    """The saddle-node (bottleneck) law T = A / sqrt(x_c - x) + B, x_c > max(x): the passage time
+    through the ghost of a saddle-node bifurcation diverges as (x_c - x)^(-1/2) when the control
+    parameter x approaches its critical value x_c from below. For each x_c on a log-spaced grid of
+    distances x_c - max(x) = range(x) * 10^[-3, 3], A and B minimize the SSE of ln T residuals
+    (Gauss-Newton); the best x_c is kept (grid refined around it). k = 3 parameters (A, B, x_c)."""
+    x, t = np.asarray(x, float), np.asarray(t, float)
+
+    def fit(distance: float) -> tuple[float, float, float]:
+        return _log_residual_fit(1 / np.sqrt(x.max() + distance - x), t)
+
+    distances = _distances(float(np.ptp(x)))
+    distance, sse, at_edge = _refine(distances, np.array([fit(d)[0] for d in distances]), lambda d: fit(d)[0])
+    _, amplitude, offset = fit(distance)
+    return LawFit("saddle_node", {"amplitude": amplitude, "x_c": float(x.max() + distance), "offset": offset},
+                  sse, 3, int(x.size), at_edge)
+
+
+def compare_laws(x: Sequence[float], t: Sequence[float]) -> dict[str, Any]:
+    """Fit the exponential, power-with-offset and saddle-node laws to (x, T) on ln T and compare them by
+    AIC: delta_AIC = AIC - min AIC; the winner has delta 0. AICc is reported alongside."""
+    fits = [exponential_law_fit(x, t), power_law_offset_fit(x, t), saddle_node_fit(x, t)]
+    best = min(fit.aic for fit in fits)
+    laws = {fit.law: {"parameters": fit.parameters, "sse": fit.sse, "n_parameters": fit.n_parameters,
+                      "aic": fit.aic, "aicc": fit.aicc, "delta_aic": fit.aic - best,
+                      "at_search_edge": fit.at_search_edge} for fit in fits}
+    winner = min(fits, key=lambda fit: fit.aic).law
+    return {"laws": laws, "winner": winner, "n": fits[0].n}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Free contraction of the norm (theory T): T_grok - T_mem = ln(V_mem / V*) / (2 kappa lr lambda).
+
+
+def contraction_norms(steps: Sequence[int], norms: Sequence[float | None], t_mem: int | None,
+                      t_grok: int | None) -> dict[str, float]:
+    """From a run's trajectory of ||W||: ``norm_at_memorization`` = ||W|| at the evaluated step T_mem,
+    ``peak_norm`` = max ||W|| over evaluated steps <= T_grok. Keys are left out where not defined
+    (no T_mem / T_grok, or no norm logged there)."""
+    known = {int(s): float(v) for s, v in zip(steps, norms) if v is not None}
+    facts: dict[str, float] = {}
+    if t_mem is not None and t_mem in known:
+        facts["norm_at_memorization"] = known[t_mem]
+    if t_grok is not None:
+        before = [v for s, v in known.items() if s <= t_grok]
+        if before:
+            facts["peak_norm"] = max(before)
+    return facts
+
+
+def contraction_time(v_mem: float, v_star: float, lr: float, weight_decay: float, kappa: float = 1.0) -> float:
+    """The free-decay prediction T_grok - T_mem = ln(V_mem / V*) / (2 kappa lr lambda), V = ||W||^2."""
+    return math.log(v_mem / v_star) / (2 * kappa * lr * weight_decay)
+
+
+@attrs.frozen
+class OriginFit:
+    """y = slope * x through the origin (least squares): slope = sum x y / sum x^2.
+
+    ``r_squared`` = 1 - SSE / sum (y - mean y)^2 (centred, so it can be negative and is not inflated
+    the way the uncentred 1 - SSE / sum y^2 is); ``correlation``: Pearson r of (x, y)."""
+
+    slope: float
+    r_squared: float
+    correlation: float | None
+    n: int
+
+
+def origin_fit(x: Sequence[float], y: Sequence[float]) -> OriginFit:
+    """Least squares of y on x through the origin (see :class:`OriginFit`)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.size < 1 or not np.any(x):
+        raise ValueError("a line through the origin needs a nonzero x")
+    slope = float(x @ y / (x @ x))
+    total = float(np.sum((y - y.mean()) ** 2))
+    r_squared = 1.0 - float(np.sum((y - slope * x) ** 2)) / total if total > 0 else math.nan
+    correlation = float(np.corrcoef(x, y)[0, 1]) if x.size > 2 and np.ptp(x) > 0 and np.ptp(y) > 0 else None
+    return OriginFit(slope, r_squared, correlation, int(x.size))

@@ -9,6 +9,7 @@ analyzers run on ``Store.records()``. A number "agrees" when it rounds to the pa
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +237,55 @@ def test_same_state_fork(records):
                                             delay_from="controller.t_start",
                                             within={"task.p": [59, 59], "controller.factor": [1.0, 1.15]}))(records)
     assert_agrees(analysis.numbers["x_lever"], "3.36", "clamp at 1.15x vs hold, from the fork")
+
+
+# -- competing delay laws (paper B, Table 1) and the free contraction (theory T) ----------------------
+
+
+def test_the_exponential_law_beats_power_and_saddle_node_forms(records):
+    from gnorm.builtins.analyzers import LawComparisonConfig, law_comparison_analyzer
+
+    dose = law_comparison_analyzer(LawComparisonConfig(stages=["dose/clamp"]))(records)
+    for p in (59, 67, 97, 113):  # p = 43 (one cell dropped, 7 left) prefers the power law with offset
+        group = only(dose, **{"task.p": p})
+        assert group["winner"] == "exponential", f"p={p}: {group['laws']}"
+        assert group["laws"]["saddle_node"]["delta_aic"] > 2
+    dense = law_comparison_analyzer(LawComparisonConfig(stages=["denserho/clamp"], x="controller.rho",
+                                                        group_by=[]))(records)
+    assert only(dense)["winner"] == "exponential" and only(dense)["laws"]["saddle_node"]["delta_aic"] > 10
+
+
+@pytest.fixture(scope="module")
+def free_runs_with_contraction_norms(store, records):
+    import attrs
+
+    from gnorm.science import contraction_norms
+
+    runs = []
+    for run in (r for r in records if r.stage == "grokfss/free"):
+        trajectory = store.trajectory(run.run_id)
+        norms = contraction_norms(trajectory["step"], trajectory["weight_norm"], run.t_mem, run.t_grok)
+        runs.append(attrs.evolve(run, facts=run.facts | norms))
+    return runs
+
+
+def test_free_contraction_kappa_from_the_peak_norm(free_runs_with_contraction_norms):
+    from gnorm.builtins.analyzers import FreeContractionConfig, free_contraction_analyzer
+
+    runs = free_runs_with_contraction_norms
+    analysis = free_contraction_analyzer(FreeContractionConfig(v_mem="peak"))(runs)
+    usable = [r for r in runs if r.t_grok is not None and r.t_mem is not None
+              and r.facts["peak_norm"] > r.norm_at_grok]
+    assert sum(g["runs_used"] for g in analysis.numbers["groups"]) == len(usable) == analysis.numbers["pooled"]["runs_used"]
+    for group in analysis.numbers["groups"]:
+        assert group["kappa"] is not None and 0 < group["kappa"] < math.inf and group["r_squared"] is not None
+    pooled = analysis.numbers["pooled"]  # lr * lambda spans 100x across setups; one kappa gives r ~ 0.28 only
+    assert 0 < pooled["kappa"] < math.inf and pooled["correlation"] > 0
+
+
+def test_the_norm_at_memorization_is_mostly_below_the_norm_at_grok(free_runs_with_contraction_norms):
+    from gnorm.builtins.analyzers import FreeContractionConfig, free_contraction_analyzer
+
+    analysis = free_contraction_analyzer(FreeContractionConfig())(free_runs_with_contraction_norms)
+    group = only(analysis, **{"task.p": 59, "optimizer.lr": 0.001, "optimizer.weight_decay": 1.0})
+    assert group["skipped"]["no_contraction"] > group["runs_used"]  # the overshoot comes after memorization
