@@ -98,6 +98,11 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
                        "run the same command again to finish the rest", err=True)
             sys.exit(130)
         _print_summary(store, experiment, registry)
+        if experiment.analyses:
+            from gnorm.report import write_report
+
+            written = write_report(store, directory / "report", registry, experiment.analyses)
+            click.echo(f"report: {written.path}", err=True)
     for line in skipped:
         click.echo(f"error: {line}", err=True)
     if skipped:
@@ -159,6 +164,14 @@ def _open(directory: str) -> Store:
     return Store(directory)
 
 
+def _stored_analyses(store: Store, registry: Registry) -> list:
+    """The ``[[analysis]]`` choices of the experiment file as it was run (not as it may read now)."""
+    text, source = store.meta("experiment_toml"), store.meta("source")
+    if not (text and source):
+        return []
+    return load_experiment(source, registry, text=text).analyses
+
+
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @reports_user_errors
@@ -187,11 +200,8 @@ def analyze(directory: str, names: tuple[str, ...], json_path: str | None) -> No
     records = store.records()
     chosen = [(name, registry.get("analyzer", name).config_class()) for name in names] if names else None
     if chosen is None:
-        text, source = store.meta("experiment_toml"), store.meta("source")
-        chosen = [("critical_norm", None), ("delay_law", None)]
-        if text and source:  # the file as it was run, not as it may read now
-            experiment = load_experiment(source, registry, text=text)
-            chosen = [(a.name, a.config) for a in experiment.analyses] or chosen
+        chosen = [(a.name, a.config) for a in _stored_analyses(store, registry)]
+        chosen = chosen or [("critical_norm", None), ("delay_law", None)]
     results = []
     for name, config in chosen:
         analyzer = registry.get("analyzer", name)
@@ -250,7 +260,8 @@ def report(directory: str, out_dir: str | None) -> None:
 
     registry = _registry()
     store = _open(directory)
-    written = write_report(store, Path(out_dir or Path(directory) / "report"), registry)
+    written = write_report(store, Path(out_dir or Path(directory) / "report"), registry,
+                           _stored_analyses(store, registry))
     drawn = len([f for f in written.figures if f.suffix == ".png"])
     click.echo(f"wrote {written.path}: {drawn} figures (PNG and PDF)"
                + (f", {len(written.left_out)} left out (see the report)" if written.left_out else ""))

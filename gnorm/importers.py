@@ -38,6 +38,8 @@ wn_at_grok                     ``RunRecord.norm_at_grok`` (else ||W|| at T_grok 
 norm_before/after_int          ``facts.norm_before_clamp`` / ``norm_after_clamp`` (clamp arms, gnorm's
                                own names), else ``norm_before_intervention`` / ``..._after_...``
 wnE/wnW1/wnW2_at_grok          ``facts["norm_at_grok/embedding" | ".../hidden" | ".../readout"]``
+logit_scale (B, seed mean)     ``facts.seed_mean_logit_scale_at_grok``: the seed-mean trajectory at
+                               the seed's own T_grok (linear interpolation)
 every other scalar             ``config.imported.fields`` (verbatim), with ``paper``, ``experiment``,
                                ``cell_file``
 =============================  =======================================================================
@@ -257,6 +259,12 @@ def paper_of(folder: Path) -> str:
     return "A" if (Path(folder) / "metrics").is_dir() else "B"
 
 
+def seed_mean_at(step: int, steps: list[int], seed_mean: np.ndarray) -> float:
+    """The seed-mean trajectory at ``step``, linearly interpolated between logged steps (paper B logs
+    only seed means, so a seed's logit scale at its own T_grok is read off the mean trajectory)."""
+    return float(np.interp(step, steps, seed_mean))
+
+
 def read_cell(path: Path, paper: str, experiment: str) -> list[ImportedRun]:
     """Every seed of one cell file, with an empty cell (``read_experiment`` fills it in)."""
     with np.load(path, allow_pickle=False) as data:
@@ -301,6 +309,9 @@ def read_cell(path: Path, paper: str, experiment: str) -> list[ImportedRun]:
                     facts[name] = float(value[seed])
         if "steps_run" in fields:
             facts["steps_trained"] = int(fields["steps_run"])
+        scale = arrays.get("logit_scale")
+        if t_grok[seed] is not None and scale is not None and scale.ndim == 1 and scale.shape[0] == len(steps):
+            facts["seed_mean_logit_scale_at_grok"] = seed_mean_at(t_grok[seed], steps, scale)
         record = RunRecord(run_id=f"{paper.lower()}/{experiment}/{path.stem}/seed{seed}", stage=config["stage"],
                            cell={}, seed=seed, config=config, t_mem=t_mem[seed], t_grok=t_grok[seed],
                            norm_at_grok=norm_at_grok, budget=config["training"]["max_steps"], facts=facts)

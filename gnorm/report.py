@@ -44,7 +44,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from gnorm.builtins.analyzers import bootstrap_cell_medians, median_t_grok, record_value
+from gnorm.builtins.analyzers import bootstrap_cell_medians, median_t_grok, record_value, select
 from gnorm.components import Analysis, RunRecord, Table
 from gnorm.errors import UserError
 from gnorm.registry import Registry
@@ -548,16 +548,20 @@ class WrittenReport:
 
 #: Name prefixes of the figure files gnorm writes; files of an earlier report with these names that
 #: this report did not write again are removed, so figures/ never shows stale results.
-FIGURE_PREFIXES = ("trajectories_", "critical_norm_vs_p", "delay_law", "rho_lr_heatmap")
+FIGURE_PREFIXES = ("trajectories_", "critical_norm_vs_p", "delay_law", "rho_lr_heatmap", "logit_scale_collapse")
 
 
-def write_report(store: Store, out_dir: str | Path, registry: Registry) -> WrittenReport:
+def write_report(store: Store, out_dir: str | Path, registry: Registry,
+                 analyses: Sequence[Any] = ()) -> WrittenReport:
     """Run the analyzers that apply to ``store``'s runs and write ``out_dir/report.md`` with their
     tables, the figures (PNG and PDF under ``out_dir/figures``) and a line for each figure left out.
 
     Analyzers: ``critical_norm`` and ``delay_law`` (x = rho, grouped by every cell key other than rho
     that varies, and by stage when several stages hold a rho), ``shared_exponent`` when such a key
-    varies, ``levers`` when the learning rate varies too."""
+    varies, ``levers`` when the learning rate varies too, ``logit_mediation`` when runs have a logit
+    scale at grok and the temperature varies. ``analyses`` are the experiment file's ``[[analysis]]``
+    choices (name and config): a ``delay_law`` or ``logit_mediation`` among them sets that section's
+    settings, and every other one gets its tables in a closing section."""
     records = store.records()
     if not records:
         raise UserError(f"{store.directory}: no finished runs to report on")
@@ -568,15 +572,131 @@ def write_report(store: Store, out_dir: str | Path, registry: Registry) -> Writt
         raise UserError(f"{out}: cannot write the report here ({error.strerror})") from None
     report = ReportWriter(out)
     _header(report, store, records)
+    chosen = {choice.name: choice.config for choice in analyses}
     critical = _critical_norm_section(report, registry, records)
-    _delay_law_section(report, registry, records)
+    _delay_law_section(report, registry, records, chosen.get("delay_law"))
+    _logit_mediation_section(report, registry, records, chosen.get("logit_mediation"))
     _trajectory_section(report, store, records, critical)
+    _file_analyses_section(report, registry, records, analyses)
     path = out / "report.md"
     path.write_text("\n\n".join(report.lines) + "\n")
     for old in (out / "figures").glob("*") if (out / "figures").is_dir() else []:
         if old.suffix in (".png", ".pdf") and old.name.startswith(FIGURE_PREFIXES) and old not in report.figures:
             old.unlink()
     return WrittenReport(path, report.figures, report.left_out)
+
+
+#: Analyzers whose ``[[analysis]]`` settings shape a section of their own (the rest are listed at the end).
+SECTION_ANALYZERS = ("delay_law", "logit_mediation")
+
+
+def _file_analyses_section(report: ReportWriter, registry: Registry, records: Sequence[RunRecord],
+                           analyses: Sequence[Any]) -> None:
+    """The experiment file's other ``[[analysis]]`` tables, each with the settings the file gave it."""
+    others = [choice for choice in analyses if choice.name not in SECTION_ANALYZERS]
+    if not others:
+        return
+    report.add("## Analyses from the experiment file")
+    for choice in others:
+        changed = settings_text(choice.config)
+        report.add(f"### {choice.name}" + (f" ({changed})" if changed else ""))
+        report.analysis(registry.get("analyzer", choice.name).factory(choice.config)(records))
+
+
+def settings_text(config: Any) -> str:
+    """``within = `{"task.p": [59, 59]}`, min_cells = `2``: the settings that differ from the defaults."""
+    if not attrs.has(type(config)):
+        return ""
+    defaults = attrs.asdict(type(config)())
+    return ", ".join(f"{key} = `{json.dumps(value)}`" for key, value in attrs.asdict(config).items()
+                     if value != defaults.get(key))
+
+
+def _logit_mediation_section(report: ReportWriter, registry: Registry, records: Sequence[RunRecord],
+                             config: Any = None) -> None:
+    """Drawn when the file asks for ``logit_mediation`` or runs carry a logit scale at grok and the
+    temperature varies."""
+    from gnorm.builtins.analyzers import LOGIT_SCALE_FACTS
+
+    has_scale = any(fact in r.facts for r in records for fact in LOGIT_SCALE_FACTS)
+    temperatures = {record_value(r, "loss.temperature") for r in records}
+    if config is None and not (has_scale and len(temperatures) > 1):
+        return
+    report.add("## Logit-scale mediation")
+    analyzer = registry.get("analyzer", "logit_mediation")
+    config = config if config is not None else analyzer.config_class()
+    analysis = analyzer.factory(config)(records)
+    report.analysis(analysis)
+    points = logit_collapse_points(records, config)
+    if not points:
+        report.leave_out("logit-scale collapse", "no cell has a logit scale at grok and enough grokked seeds")
+        return
+    report.figure("logit_scale_collapse", logit_collapse_figure(points, config.norm_key),
+                  "ln T_grok against the effective logit scale at grok: cells of every norm and temperature "
+                  "fall on one line when the norm acts through the logit scale")
+
+
+@attrs.frozen
+class CollapsePoint:
+    """One cell of a logit-mediation group: median logit scale at grok, median T_grok, its norm."""
+
+    group: str
+    logit_scale: float
+    t_grok: float
+    norm: float
+    temperature: float
+
+
+def logit_collapse_points(records: Sequence[RunRecord], config: Any) -> list[CollapsePoint]:
+    """The cells the ``logit_mediation`` analyzer reads, as (L, T) points per group."""
+    from gnorm.builtins.analyzers import cell_logit_scale_and_delay, logit_scale_fact
+
+    chosen = select(records, config.stages, config.within)
+    fact = logit_scale_fact(chosen, config.logit_scale)
+    cells: dict[tuple, list[tuple[int | None, float | None]]] = defaultdict(list)
+    for record in chosen:
+        norm, temperature = record_value(record, config.norm_key), record_value(record, config.temperature_key)
+        if _numeric(norm) and _numeric(temperature):
+            group = _group_label(config.group_by, [record_value(record, k) for k in config.group_by])
+            cells[(group, float(norm), float(temperature))].append((record.t_grok, record.facts.get(fact)))
+    points = []
+    for (group, norm, temperature), seeds in sorted(cells.items(), key=lambda item: _value_order(item[0])):
+        if sum(t is not None and l is not None for t, l in seeds) >= config.min_grokked:
+            scale, t_grok = cell_logit_scale_and_delay(seeds)
+            points.append(CollapsePoint(group, scale, t_grok, norm, temperature))
+    return points
+
+
+@_styled
+def logit_collapse_figure(points: Sequence[CollapsePoint], norm_key: str = RHO) -> Figure:
+    """T_grok (log y) against the logit scale L at grok, one colour per group and one marker per norm
+    value, with each group's OLS line of ln T on L."""
+    groups = list(dict.fromkeys(pt.group for pt in points))
+    norms = sorted({pt.norm for pt in points})
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
+    figure = _new_figure(7.5, 5.2)
+    axes = figure.subplots()
+    for group, colour in zip(groups, _colours(len(groups), False) if len(groups) > 1 else ["tab:blue"]):
+        chosen = [pt for pt in points if pt.group == group]
+        for pt in chosen:
+            axes.plot(pt.logit_scale, pt.t_grok, ls="", color=colour, ms=6,
+                      marker=markers[norms.index(pt.norm) % len(markers)])
+        if len({pt.logit_scale for pt in chosen}) >= 2:
+            fit = ols_line([pt.logit_scale for pt in chosen], np.log([pt.t_grok for pt in chosen]))
+            grid = np.linspace(min(pt.logit_scale for pt in chosen), max(pt.logit_scale for pt in chosen), 50)
+            axes.plot(grid, np.exp(fit.intercept + fit.slope * grid), color=colour, lw=1.3,
+                      label=f"{group}: fit, $R^2$ = {fit.r_squared:.3f}")
+    handles, _ = axes.get_legend_handles_labels()
+    handles += [Line2D([], [], color="0.3", ls="", marker=markers[i % len(markers)],
+                       label=f"{norm_key.split('.')[-1]} = {norm:g}") for i, norm in enumerate(norms)]
+    axes.set_yscale("log")
+    _plain_log_ticks(axes.yaxis)
+    axes.set_xlabel(r"effective logit scale $L$ at $T_\mathrm{grok}$ (mean $\|$logits$/\tau\|_2$)")
+    axes.set_ylabel(T_GROK_LABEL)
+    axes.set_title(r"Logit-scale collapse: median $T_\mathrm{grok}$ against $L$ (cells: norm x temperature)")
+    figure.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+    return figure
+
 
 
 def describe_schedule(evaluation: dict[str, Any]) -> str:
@@ -670,25 +790,30 @@ class DelayLawResult:
     groups: list[DelayLawGroup]
     group_by: list[str]
     confidence: float
+    x: str = RHO
 
 
-def delay_law_fits(records: Sequence[RunRecord], registry: Registry) -> DelayLawResult | None:
-    """Run ``delay_law`` on the runs that hold a rho, grouped by every other varying cell key (see
-    :func:`varying_keys`), and collect each group's per-seed T_grok and bootstrap band for the figure.
-    None when no group has two or more rho."""
-    swept = [r for r in records if _numeric(record_value(r, RHO))]
-    group_by = varying_keys(swept, exclude=[RHO])
+def delay_law_fits(records: Sequence[RunRecord], registry: Registry, config: Any = None) -> DelayLawResult | None:
+    """Run ``delay_law`` and collect each group's per-seed T_grok and bootstrap band for the figure.
+    With ``config`` (an experiment file's ``[[analysis]]`` settings) the fit and the figure use exactly
+    those settings (x, groups, stages, within); without, x = rho, grouped by every other varying cell
+    key (see :func:`varying_keys`). None when no group has two or more x values."""
+    analyzer = registry.get("analyzer", "delay_law")
+    if config is None:
+        swept = [r for r in records if _numeric(record_value(r, RHO))]
+        config = analyzer.config_class(x=RHO, group_by=varying_keys(swept, exclude=[RHO]))
+    else:
+        swept = [r for r in select(records, config.stages, config.within) if _numeric(record_value(r, config.x))]
+    group_by = list(config.group_by)
     times: dict[tuple, dict[float, list[int | None]]] = defaultdict(lambda: defaultdict(list))
     budgets: dict[tuple, dict[float, int]] = defaultdict(dict)
     for record in swept:
         key = tuple(record_value(record, k) for k in group_by)
-        x = round(float(record_value(record, RHO)), 9)
+        x = round(float(record_value(record, config.x)), 9)
         times[key][x].append(record.t_grok)
         budgets[key][x] = max(budgets[key].get(x, 0), record.budget)
     if not any(len(cells) >= 2 for cells in times.values()):
         return None
-    analyzer = registry.get("analyzer", "delay_law")
-    config = analyzer.config_class(x=RHO, group_by=group_by)
     analysis = analyzer.factory(config)(records)
     groups = []
     for fit in analysis.numbers["groups"]:
@@ -699,25 +824,30 @@ def delay_law_fits(records: Sequence[RunRecord], registry: Registry) -> DelayLaw
                 if fit["alpha"] is not None else None)
         groups.append(DelayLawGroup(fit["label"], cells, used, budgets[key], fit["alpha"], fit.get("intercept"),
                                     fit.get("r_squared"), tuple(fit.get("alpha_ci", (None, None))), band))
-    return DelayLawResult(analysis, groups, group_by, config.confidence)
+    return DelayLawResult(analysis, groups, group_by, config.confidence, config.x)
 
 
-def _delay_law_section(report: ReportWriter, registry: Registry, records: Sequence[RunRecord]) -> None:
+def _delay_law_section(report: ReportWriter, registry: Registry, records: Sequence[RunRecord],
+                       config: Any = None) -> None:
     report.add("## Delay law")
-    result = delay_law_fits(records, registry)
+    result = delay_law_fits(records, registry, config)
+    x_key = config.x if config is not None else RHO
     if result is None:
-        report.leave_out("delay law", f"no sweep of `{RHO}` (the fit needs runs at two or more rho in one "
+        report.leave_out("delay law", f"no sweep of `{x_key}` (the fit needs runs at two or more values in one "
                          "group), so there is no delay-law fit or plot")
         report.leave_out("rho x lr heatmap", f"needs a sweep of `{LR}` as well as `{RHO}`")
         return
     group_by = result.group_by
+    if config is not None:
+        report.add("Settings from the experiment file's `[[analysis]]` table: "
+                   + (settings_text(config) or "the defaults") + ".")
     report.add(f"Fitted per group of {', '.join(f'`{k}`' for k in group_by)}." if group_by else "")
     report.analysis(result.analysis)
     per_figure = 6
     for start in range(0, len(result.groups), per_figure):
         name = "delay_law" if len(result.groups) <= per_figure else f"delay_law_{start // per_figure + 1}"
-        report.figure(name, delay_law_figure(result.groups[start:start + per_figure], RHO, result.confidence),
-                      "T_grok (log scale) against rho: cell medians (bars: IQR over grokked seeds), the fitted "
+        report.figure(name, delay_law_figure(result.groups[start:start + per_figure], x_key, result.confidence),
+                      f"T_grok (log scale) against {x_key}: cell medians (bars: IQR over grokked seeds), the fitted "
                       f"delay law and its {result.confidence:.0%} bootstrap band (seeds resampled within cells)")
     if [k for k in group_by if k != "stage"]:
         report.add("### Shared exponent")

@@ -365,3 +365,33 @@ def origin_fit(x: Sequence[float], y: Sequence[float]) -> OriginFit:
     r_squared = 1.0 - float(np.sum((y - slope * x) ** 2)) / total if total > 0 else math.nan
     correlation = float(np.corrcoef(x, y)[0, 1]) if x.size > 2 and np.ptp(x) > 0 and np.ptp(y) > 0 else None
     return OriginFit(slope, r_squared, correlation, int(x.size))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Logit-scale mediation (paper B).
+
+
+def matched_delay(target_logit_scale: float, logit_scales: Sequence[float], delays: Sequence[float]) -> float | None:
+    """T*(L0): the delay at logit scale L0, by linear interpolation of the arms' delays T_k against their
+    logit scales L_k (sorted by L). None when L0 lies outside [min L_k, max L_k]: no extrapolation."""
+    scales, times = np.asarray(logit_scales, float), np.asarray(delays, float)
+    order = np.argsort(scales)
+    scales, times = scales[order], times[order]
+    if scales.size < 2 or not scales[0] <= target_logit_scale <= scales[-1]:
+        return None
+    return float(np.interp(target_logit_scale, scales, times))
+
+
+def recovery_fraction(raised_delay: float, matched: float, baseline_delay: float) -> float:
+    """R = (T_raised - T*) / (T_raised - T_base): the share of the norm-induced delay T_raised - T_base
+    that is undone when the logit scale is brought back to the baseline's (T* = delay at matched L)."""
+    return (raised_delay - matched) / (raised_delay - baseline_delay)
+
+
+def r_squared(y: Sequence[float], *predictors: Sequence[float]) -> float:
+    """R^2 = 1 - SSE / sum (y - mean y)^2 of the OLS fit y = b0 + sum_j b_j x_j."""
+    y = np.asarray(y, float)
+    design = np.column_stack([np.ones_like(y), *[np.asarray(x, float) for x in predictors]])
+    coefficients = np.linalg.lstsq(design, y, rcond=None)[0]
+    residual = y - design @ coefficients
+    return float(1.0 - residual @ residual / np.sum((y - y.mean()) ** 2))

@@ -114,3 +114,23 @@ def test_free_contraction_recovers_kappa_and_counts_skipped_runs():
 def test_origin_fit_slope_is_sum_xy_over_sum_xx():
     fit = origin_fit([1.0, 2.0, 3.0], [2.0, 4.1, 5.9])
     assert fit.slope == pytest.approx((2 + 8.2 + 17.7) / 14)
+
+
+def test_matched_delay_interpolates_in_logit_scale_and_never_extrapolates():
+    from gnorm.science import matched_delay, recovery_fraction
+
+    scales, delays = [30.0, 20.0, 25.0], [9000.0, 3000.0, 6000.0]
+    assert matched_delay(22.5, scales, delays) == pytest.approx(4500.0)
+    assert matched_delay(19.0, scales, delays) is None and matched_delay(31.0, scales, delays) is None
+    assert recovery_fraction(9000.0, 4500.0, 3000.0) == pytest.approx(0.75)  # 4500 of 6000 steps undone
+
+
+def test_r_squared_is_one_for_an_exact_line_and_added_predictors_never_lower_it():
+    from gnorm.science import r_squared
+
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert r_squared(3.0 + 2.0 * x, x) == pytest.approx(1.0)
+    y = np.array([1.0, 3.0, 2.0, 5.0, 4.0])
+    noise = np.array([0.3, -0.1, 0.4, 0.0, -0.2])
+    assert r_squared(y, x) == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2)
+    assert r_squared(y, x, noise) >= r_squared(y, x)

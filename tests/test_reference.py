@@ -34,7 +34,7 @@ if not REFERENCE.is_dir():
     pytest.skip(f"no reference data at {REFERENCE}", allow_module_level=True)
 
 EXPERIMENTS = ("paper-a/denserho", "paper-a/pscan", "paper-a/efflr", "paper-a/tfnoln_long", "paper-a/normint",
-               "paper-a/grokfss", "paper-a/parity", "paper-b/dose", "paper-b/mediation", "paper-b/samestate")
+               "paper-a/grokfss", "paper-a/parity", "paper-b/dose", "paper-b/mediation", "paper-b/collapse", "paper-b/samestate")
 RHO_085_115 = {"controller.rho": [0.85, 1.15]}
 
 
@@ -230,6 +230,35 @@ def test_temperature_undoes_the_norm_induced_delay(records):
     assert_agrees(delays[(59, 1.0, 1.0)], "3675", "baseline")
     for tau, printed in zip((1.0, 1.15, 1.3, 1.5, 1.7), ("12600", "9100", "6825", "4700", "3450")):
         assert_agrees(delays[(59, 1.15, tau)], printed, f"rho 1.15, tau {tau}")
+
+
+def test_matching_the_logit_scale_recovers_most_of_the_delay(records):
+    from gnorm.builtins.analyzers import LogitMediationConfig, logit_mediation_analyzer
+
+    analysis = logit_mediation_analyzer(LogitMediationConfig(stages=["mediation/clamp"]))(records)
+    assert analysis.numbers["logit_scale_fact"] == "seed_mean_logit_scale_at_grok"
+    for p, printed in ((59, "0.83"), (97, "0.89")):
+        recovery = only(analysis, **{"task.p": p, "loss.name": "cross_entropy"})["recovery"]
+        assert_agrees(recovery["recovery_fraction"], printed, f"recovery at p={p}")
+        low, high = recovery["ci"]
+        assert low < recovery["recovery_fraction"] < high and recovery["paired_seeds"] == 12
+    for p in (59, 97):  # under MSE the logit scale stays near 1 and matching it recovers far less
+        cross_entropy = only(analysis, **{"task.p": p, "loss.name": "cross_entropy"})["recovery"]
+        mse = only(analysis, **{"task.p": p, "loss.name": "mse"})["recovery"]
+        assert mse["baseline_logit_scale"] < 1.5 < cross_entropy["baseline_logit_scale"]
+        assert mse["recovery_fraction"] < cross_entropy["recovery_fraction"] - 0.25
+
+
+def test_ln_t_grok_collapses_on_the_logit_scale(records):
+    from gnorm.builtins.analyzers import LogitMediationConfig, logit_mediation_analyzer
+
+    analysis = logit_mediation_analyzer(LogitMediationConfig(stages=["collapse/clamp"]))(records)
+    for p in (59, 97):
+        collapse = only(analysis, **{"task.p": p, "loss.name": "cross_entropy"})["collapse"]
+        assert collapse["cells"] == 12
+        assert 0.01 <= collapse["added_by_norm"] <= 0.02 and collapse["r_squared_norm"] < 0.5
+    assert_agrees(only(analysis, **{"task.p": 59, "loss.name": "cross_entropy"})["collapse"]["r_squared_logit_scale"],
+                  "0.97", "R^2 of ln T on L")
 
 
 def test_same_state_fork(records):

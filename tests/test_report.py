@@ -270,3 +270,41 @@ def test_dense_rho_sweep_report_shows_alpha_7_64(tmp_path, registry):
     fits = delay_law_fits(store.records(), registry)
     legend = [t.get_text() for t in delay_law_figure(fits.groups).axes[0].get_legend().get_texts()]
     assert any("7.64" in t and "0.994" in t for t in legend), legend
+
+
+# -- the experiment file's [[analysis]] tables -------------------------------------------------------
+
+
+def test_a_delay_law_analysis_table_sets_the_fit_and_figure_of_the_report(tmp_path, registry):
+    from gnorm.builtins.analyzers import DelayLawConfig
+    from gnorm.config import ComponentChoice
+
+    store = build_store(tmp_path / "store")
+    within = DelayLawConfig(group_by=["task.p", "optimizer.lr"], within={"controller.rho": [0.9, 1.1]})
+    written = write_report(store, tmp_path / "report", registry, [ComponentChoice("delay_law", within)])
+    text = written.path.read_text()
+    assert '"controller.rho": [0.9, 1.1]' in text
+    fits = delay_law_fits(store.records(), registry, within)
+    assert all(sorted(g.times) == [0.9, 1.0, 1.1] for g in fits.groups)  # rho 1.2 lies outside the interval
+    assert len(fits.groups) == 4 and all(abs(g.alpha - ALPHA) < 0.6 for g in fits.groups)
+
+
+def test_other_analysis_tables_get_their_own_section_with_their_settings(tmp_path, registry):
+    from gnorm.builtins.analyzers import LeversConfig
+    from gnorm.config import ComponentChoice
+
+    store = build_store(tmp_path / "store")
+    levers = ComponentChoice("levers", LeversConfig(within={"task.p": [59, 59]}))
+    text = write_report(store, tmp_path / "report", registry, [levers]).path.read_text()
+    section = text.split("## Analyses from the experiment file")[1]
+    assert '### levers (within = `{"task.p": [59, 59]}`)' in section and "lever" in section
+
+
+@pytest.mark.skipif(not (REFERENCE / "paper-b" / "collapse").is_dir(), reason=f"no reference data at {REFERENCE}")
+def test_paper_b_collapse_report_draws_t_grok_against_the_logit_scale(tmp_path, registry):
+    store = Store(tmp_path / "collapse", create=True)
+    import_reference(REFERENCE / "paper-b" / "collapse", store)
+    written = write_report(store, tmp_path / "report", registry)
+    text = written.path.read_text()
+    assert "## Logit-scale mediation" in text and "figures/logit_scale_collapse.png" in text
+    assert (tmp_path / "report" / "figures" / "logit_scale_collapse.pdf").stat().st_size > 1000

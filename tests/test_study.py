@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -80,6 +81,17 @@ def test_rerunning_a_finished_study_trains_nothing_and_changes_nothing(finished_
     assert "started" not in result.output
     assert _stored(out) == before
     assert dict(sqlite3.connect(out / DATABASE).execute("SELECT run_id, finished_at FROM runs")) == stamps
+
+
+def test_a_study_with_analysis_tables_ends_with_the_report(finished_study, tmp_path):
+    path, out = finished_study
+    shutil.copytree(out, tmp_path / "out")
+    with_analysis = tmp_path / "tiny.toml"
+    with_analysis.write_text(path.read_text() + '\n[[analysis]]\nname = "delay_law"\nmin_grokked = 2\nmin_cells = 2\n')
+    result = _run(with_analysis, tmp_path / "out")
+    assert "started" not in result.output  # adding an analysis changes no run
+    report = (tmp_path / "out" / "report" / "report.md").read_text()
+    assert "min_grokked = `2`, min_cells = `2`" in report and "figures/delay_law.png" in report
 
 
 def test_same_config_and_seed_give_the_same_t_grok(finished_study, tmp_path):
