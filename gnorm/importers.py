@@ -37,7 +37,8 @@ T_grok_per_seed <= 0           ``RunRecord.t_grok = None`` (censored); T_mem lik
 wn_at_grok                     ``RunRecord.norm_at_grok`` (else ||W|| at T_grok from the trajectory)
 norm_before/after_int          ``facts.norm_before_clamp`` / ``norm_after_clamp`` (clamp arms, gnorm's
                                own names), else ``norm_before_intervention`` / ``..._after_...``
-wnE/wnW1/wnW2_at_grok          ``facts["norm_at_grok/embedding" | ".../hidden" | ".../readout"]``
+wnE/wnW1/wnW2_at_grok          ``facts["norm_at_grok/embedding" | ".../hidden" | ".../readout"]``; where
+                               absent, each ``norm/<group>`` trajectory at T_grok (paper A, per seed)
 logit_scale (B, seed mean)     ``facts.seed_mean_logit_scale_at_grok``: the seed-mean trajectory at
                                the seed's own T_grok (linear interpolation)
 every other scalar             ``config.imported.fields`` (verbatim), with ``paper``, ``experiment``,
@@ -309,6 +310,11 @@ def read_cell(path: Path, paper: str, experiment: str) -> list[ImportedRun]:
                     facts[name] = float(value[seed])
         if "steps_run" in fields:
             facts["steps_trained"] = int(fields["steps_run"])
+        if per_seed_trajectory and t_grok[seed] in steps:  # paper A: each group's norm at T_grok, exactly
+            at = steps.index(t_grok[seed])
+            for key, values in metrics.items():
+                if key.startswith("norm/") and values[at] is not None:
+                    facts.setdefault(f"norm_at_grok/{key[len('norm/'):]}", float(values[at]))
         scale = arrays.get("logit_scale")
         if t_grok[seed] is not None and scale is not None and scale.ndim == 1 and scale.shape[0] == len(steps):
             facts["seed_mean_logit_scale_at_grok"] = seed_mean_at(t_grok[seed], steps, scale)

@@ -34,7 +34,7 @@ if not REFERENCE.is_dir():
     pytest.skip(f"no reference data at {REFERENCE}", allow_module_level=True)
 
 EXPERIMENTS = ("paper-a/denserho", "paper-a/pscan", "paper-a/efflr", "paper-a/tfnoln_long", "paper-a/normint",
-               "paper-a/grokfss", "paper-a/parity", "paper-b/dose", "paper-b/mediation", "paper-b/collapse", "paper-b/samestate")
+               "paper-a/grokfss", "paper-a/tfgrok", "paper-a/parity", "paper-b/dose", "paper-b/mediation", "paper-b/collapse", "paper-b/samestate")
 RHO_085_115 = {"controller.rho": [0.85, 1.15]}
 
 
@@ -202,6 +202,20 @@ def test_attention_model_alpha_15_45(records):
     everything = only(delay_law_analyzer(DelayLawConfig(stages=["tfnoln_long/clamp"]))(records))
     for value, printed in zip(everything["median_t_grok"].values(), ("718", "6608", "73966", "99920")):
         assert_agrees(value, printed, "attention median T_grok")
+
+
+def test_with_layernorm_the_total_norm_spreads_but_the_unembedding_norm_concentrates(records):
+    spread = {}
+    for norm in ("total", "unembedding"):
+        analysis = critical_norm_analyzer(CriticalNormConfig(
+            stages=["tfgrok/free"], norm=norm, across=["task.train_fraction"],
+            within={"optimizer.lr": [1e-3, 1e-3], "optimizer.weight_decay": [1.0, 1.0]}))(records)
+        spread[norm] = {s["at"]["task.p"]: s["cv"] for s in analysis.numbers["spread"]}
+        if norm == "unembedding":
+            assert_agrees(analysis.numbers["power_law"]["exponent"], "0.77", "unembedding Wc ~ p^b")
+    assert sorted(spread["total"]) == [53, 71, 97]
+    for p in (53, 71, 97):  # across training fractions: total 12-21%, unembedding 3.6-5.4% (paper: 12-17%, 3-5%)
+        assert spread["unembedding"][p] < 0.06 and spread["total"][p] > 2 * spread["unembedding"][p]
 
 
 def test_sparse_parity(records):

@@ -21,6 +21,7 @@ Conventions shared by all of them (those of papers A and B):
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections import defaultdict
@@ -40,6 +41,7 @@ from gnorm.science import (
     delay_law_fit,
     held_norm,
     matched_delay,
+    ols_line,
     origin_fit,
     ols_slopes,
     percentile_interval,
@@ -140,37 +142,107 @@ def bootstrap_cell_medians(cells: Sequence[Sequence[int | None]], resamples: int
 
 @attrs.frozen
 class CriticalNormConfig:
-    """``stages``: the stages to read (default: those whose controller is ``free``)."""
+    """``stages``: the stages to read (default: those whose controller is ``free``); ``within``: closed
+    intervals the runs' values must lie in (as for ``delay_law``). ``norm``: ``total``
+    (||W|| at T_grok) or a weight-norm group (that group's norm at T_grok, ``facts.norm_at_grok/<group>``).
+    ``across``: cell keys (e.g. ``task.train_fraction``) over which the spread of Wc is reported.
+    ``power_law_in``: the key Wc is fitted against as a power law (default p)."""
 
     stages: list[str] = attrs.field(factory=list)
+    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals)
+    norm: str = "total"
+    across: list[str] = attrs.field(factory=list)
+    power_law_in: str = "task.p"
     resamples: int = 2000
     confidence: float = 0.95
 
 
+def norm_at_grok(record: RunRecord, norm: str) -> float | None:
+    """The total norm at T_grok, or one group's (``facts.norm_at_grok/<group>``)."""
+    return record.norm_at_grok if norm == "total" else record.facts.get(f"norm_at_grok/{norm}")
+
+
+def spread_across(cells: Sequence[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """For each setting of the other cell keys: CV = std / mean (population std) of the cells' Wc over
+    the values of ``key``, with the values and Wc it used. Only settings with two or more values."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for cell in cells:
+        if key in cell["cell"] and cell["critical_norm"] is not None:
+            others = {k: v for k, v in cell["cell"].items() if k != key}
+            groups[json.dumps({"stage": cell["stage"], **others}, sort_keys=True, default=str)].append(cell)
+    spreads = []
+    for others, members in groups.items():
+        if len(members) >= 2:
+            members = sorted(members, key=lambda c: _sort_key((c["cell"][key],)))
+            norms = [c["critical_norm"] for c in members]
+            spreads.append({"across": key, "at": json.loads(others), "values": [c["cell"][key] for c in members],
+                            "critical_norms": norms, "cv": coefficient_of_variation(norms)})
+    return spreads
+
+
+def power_law_fit(xs: Sequence[float], norms: Sequence[float], resamples: int, level: float,
+                  seed: int = 0) -> dict[str, Any]:
+    """ln Wc = a + b ln x by OLS over cells; the CI of b resamples cells with replacement."""
+    log_x, log_wc = np.log(np.asarray(xs, float)), np.log(np.asarray(norms, float))
+    fit = ols_line(log_x, log_wc)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, log_x.size, (resamples, log_x.size))
+    usable = np.array([np.ptp(log_x[d]) > 0 for d in draws])
+    slopes = np.array([ols_line(log_x[d], log_wc[d]).slope for d in draws[usable]])
+    low, high = percentile_interval(slopes, level) if slopes.size else (None, None)
+    return {"exponent": fit.slope, "prefactor": math.exp(fit.intercept), "r_squared": fit.r_squared,
+            "exponent_ci": [low, high], "cells": int(log_x.size)}
+
+
 def critical_norm_analyzer(config: CriticalNormConfig):
-    """Wc = median over grokked seeds of ||W|| at T_grok, per cell, with a bootstrap CI of the median,
-    the mean and the CV = std / mean of the norms at grok."""
+    """Wc = median over grokked seeds of the norm at T_grok, per cell, with a bootstrap CI of the median,
+    the mean and the CV = std / mean of the norms at grok; its spread across ``across`` keys; and a
+    power law Wc = c x^b in ``power_law_in`` over the cells when that key takes two or more values."""
     def analyze(records: Sequence[RunRecord]) -> Analysis:
-        chosen = [r for r in records if (r.stage in config.stages if config.stages
-                                         else r.config["controller"]["name"] == "free")]
-        rows, numbers = [], []
+        chosen = [r for r in select(records, config.stages, config.within)
+                  if config.stages or r.config["controller"]["name"] == "free"]
+        rows, numbers, notes = [], [], []
         for (stage, label), cell in _cells(chosen).items():
-            norms = [r.norm_at_grok for r in cell if not r.censored and r.norm_at_grok is not None]
+            norms = [v for v in (norm_at_grok(r, config.norm) for r in cell if not r.censored) if v is not None]
+            grokked = sum(not r.censored for r in cell)
+            if len(norms) < grokked:
+                notes.append(f"{stage} {label}: {grokked - len(norms)} grokked seeds have no "
+                             f"{'norm at grok' if config.norm == 'total' else f'norm_at_grok/{config.norm}'}")
             wc = critical_norm(norms)
             low, high = bootstrap_median_interval(norms, config.resamples, config.confidence) if norms else (None, None)
             entry = {"stage": stage, "cell": cell[0].cell, "seeds": len(cell), "grokked": len(norms),
                      "critical_norm": wc, "mean": float(np.mean(norms)) if norms else None,
                      "cv": coefficient_of_variation(norms) if norms else None, "ci": [low, high],
                      "median_t_grok": median_t_grok([r.t_grok for r in cell]),
+                     "power_law_x": record_value(cell[0], config.power_law_in),
                      "run_ids": [r.run_id for r in cell]}
             numbers.append(entry)
             rows.append([stage, label, f"{len(norms)}/{len(cell)}", wc, low, high, entry["mean"], entry["cv"],
                          entry["median_t_grok"]])
         level = f"{config.confidence:.0%}"
-        table = Table("critical norm Wc = median ||W|| at T_grok over grokked seeds",
-                      ["stage", "cell", "grokked", "Wc", f"{level} CI low", "high", "mean", "CV", "median T_grok"],
-                      rows)
-        return Analysis("critical_norm", [table], {"cells": numbers})
+        what = "||W||" if config.norm == "total" else f"||W_{config.norm}||"
+        tables = [Table(f"critical norm Wc = median {what} at T_grok over grokked seeds",
+                        ["stage", "cell", "grokked", "Wc", f"{level} CI low", "high", "mean", "CV", "median T_grok"],
+                        rows)]
+        spreads = [s for key in config.across for s in spread_across(numbers, key)]
+        if spreads:
+            tables.append(Table(f"spread of Wc ({what}) across a swept key: CV = std / mean of the cells' Wc",
+                                ["across", "at", "values", "Wc", "CV"],
+                                [[s["across"], cell_label({k: v for k, v in s["at"].items() if k != "stage"}),
+                                  " / ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in s["values"]),
+                                  " / ".join(f"{w:.3g}" for w in s["critical_norms"]), s["cv"]] for s in spreads]))
+        fitted = [c for c in numbers if c["critical_norm"] is not None and isinstance(c["power_law_x"], (int, float))
+                  and c["power_law_x"] > 0]
+        power_law = None
+        if len({c["power_law_x"] for c in fitted}) >= 2:
+            power_law = power_law_fit([c["power_law_x"] for c in fitted], [c["critical_norm"] for c in fitted],
+                                      config.resamples, config.confidence)
+            tables.append(Table(f"power law: Wc = c * {config.power_law_in}^b over cells",
+                                ["cells", "b", f"{level} CI low", "high", "c", "R^2"],
+                                [[power_law["cells"], power_law["exponent"], *power_law["exponent_ci"],
+                                  power_law["prefactor"], power_law["r_squared"]]]))
+        return Analysis("critical_norm", tables, {"norm": config.norm, "cells": numbers, "spread": spreads,
+                                                  "power_law": power_law}, notes)
     return analyze
 
 
