@@ -170,6 +170,16 @@ def test_group_rescale_multiplies_one_group_once(free_logs):
         assert embedding[25] != pytest.approx(embedding[19], rel=1e-4)  # not held
 
 
+def test_group_rescale_of_all_groups_multiplies_every_norm_tensor():
+    tensors = [torch.randn(2, 4, 3, dtype=torch.float64) for _ in range(3)]
+    before = weight_norm(tensors)
+    context = ControllerContext(None, 2, groups={"embedding": [0], "hidden": [1], "readout": [2]})
+    rescale = BUILTINS.get("norm_controller", "group_rescale")
+    facts = rescale.factory(rescale.config_class(group="all", factor=0.8, t_start=3), context).after_step(3, tensors)
+    torch.testing.assert_close(weight_norm(tensors), 0.8 * before)
+    torch.testing.assert_close(facts["norm_after_intervention"], 0.8 * before)
+
+
 def test_initial_rescale_multiplies_the_initial_norm_by_factor():
     logs = train('name = "initial_rescale"\nfactor = 3.0', steps=5)
     for log in logs:

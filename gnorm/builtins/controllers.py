@@ -72,8 +72,16 @@ def _group_name(instance, attribute, value) -> None:
         raise ValueError(f"'{attribute.name}' must name a weight-norm group (e.g. embedding, hidden, readout)")
 
 
+#: The group name that means every weight-norm tensor (paper A's "layer all" arm), unless an
+#: architecture defines a group of that name itself.
+ALL_GROUPS = "all"
+
+
 def _group_positions(context: ControllerContext, group: str, key: str = "controller.group") -> list[int]:
-    """Positions of ``group``'s tensors in ``norm_tensors``; an unknown group is the user's error."""
+    """Positions of ``group``'s tensors in ``norm_tensors`` (``all``: every one); an unknown group is the
+    user's error."""
+    if group == ALL_GROUPS and group not in context.groups:
+        return sorted(i for positions in context.groups.values() for i in positions)
     if group not in context.groups:
         raise UserError([Problem("", key, f"unknown weight-norm group {group!r}; this architecture's groups "
                                           f"are {', '.join(map(repr, context.groups)) or 'none'}")])
@@ -81,10 +89,12 @@ def _group_positions(context: ControllerContext, group: str, key: str = "control
 
 
 def _group_critical_norm(context: ControllerContext, group: str) -> float:
-    """Wc_g: the group's median norm at grok in the source stage; when the stage gives Wc as a number
-    (no per-group values known), that number is Wc_g."""
+    """Wc_g: the group's median norm at grok in the source stage (for ``all``, Wc itself); when the stage
+    gives Wc as a number (no per-group values known), that number is Wc_g."""
     if group in context.group_critical_norms:
         return context.group_critical_norms[group]
+    if group == ALL_GROUPS and context.critical_norm is not None:
+        return context.critical_norm
     if not context.group_critical_norms and context.critical_norm is not None:
         return context.critical_norm
     raise UserError([Problem("", "critical_norm", f"the source stage recorded no norm at grok for group "
@@ -154,7 +164,8 @@ class GroupClamp:
 
 @attrs.frozen
 class GroupRescaleConfig:
-    """Once, after step ``t_start``, multiply one weight-norm group by ``factor``; free afterwards."""
+    """Once, after step ``t_start``, multiply one weight-norm group (``all``: every one) by ``factor``;
+    free afterwards."""
 
     group: str = attrs.field(validator=_group_name)
     factor: float = attrs.field(default=1.0, validator=_positive)
