@@ -223,6 +223,7 @@ def test_layer_allocation_keeps_the_total_and_moves_the_share_by_gamma():
         torch.testing.assert_close(after[:, 1], shares[:, 1])  # hidden share unchanged
         torch.testing.assert_close(after[:, 0], shares[:, 0] - 0.3 * shares[:, 2])  # the embedding absorbs it
     torch.testing.assert_close(facts["share_before"], shares[:, 2])
+    torch.testing.assert_close(facts["norm_after_intervention"], torch.full((3,), held, dtype=torch.float64))
 
 
 def test_clip_rows_leaves_every_chosen_row_at_most_the_bound_and_others_untouched():

@@ -57,11 +57,6 @@ class Clamp:
         return None
 
 
-def _non_negative(instance, attribute, value) -> None:
-    if value < 0:
-        raise ValueError(f"'{attribute.name}' must be zero or more, found {value}")
-
-
 def _above_minus_one(instance, attribute, value) -> None:
     if value <= -1:
         raise ValueError(f"'{attribute.name}' must be above -1 (a share cannot shrink below zero), found {value}")
@@ -93,9 +88,7 @@ def _group_critical_norm(context: ControllerContext, group: str) -> float:
     gives Wc as a number (no per-group values known), that number is Wc_g."""
     if group in context.group_critical_norms:
         return context.group_critical_norms[group]
-    if group == ALL_GROUPS and context.critical_norm is not None:
-        return context.critical_norm
-    if not context.group_critical_norms and context.critical_norm is not None:
+    if context.critical_norm is not None and (group == ALL_GROUPS or not context.group_critical_norms):
         return context.critical_norm
     raise UserError([Problem("", "critical_norm", f"the source stage recorded no norm at grok for group "
                                                   f"{group!r}, so its critical norm is unknown")])
@@ -249,13 +242,13 @@ class LayerAllocation:
             pooled = partner_shares.sum(1, keepdim=True)
             held[:, partner] = partner_shares * torch.where(pooled > 0, partner_target.unsqueeze(1) / pooled, 0.0)
             self.held_shares = held
-            facts = {"norm_before_clamp": norms.pow(2).sum(1).sqrt(), "share_before": group_share,
+            facts = {"norm_before_intervention": norms.pow(2).sum(1).sqrt(), "share_before": group_share,
                      "held_share": target, "held_norm": torch.full_like(target, self.held_norm)}
         targets = self.held_shares.sqrt() * self.held_norm
         for k, part in enumerate(parts):
             _scale_members(part, torch.where(norms[:, k] > 0, targets[:, k] / norms[:, k], 1.0))
         if facts is not None:
-            facts["norm_after_clamp"] = weight_norm(norm_tensors)
+            facts["norm_after_intervention"] = weight_norm(norm_tensors)
         return facts
 
     def keep(self, index: torch.Tensor) -> None:
