@@ -116,10 +116,19 @@ class WeightNormModule(Protocol):
 
 @attrs.frozen
 class ControllerContext:
-    """What a norm controller may know when it is built."""
+    """What a norm controller may know when it is built.
+
+    ``groups`` maps each weight-norm group (``weight_norm_groups()``) to the positions of its tensors in
+    the ``norm_tensors`` list the controller is handed, and ``tensor_names`` names those tensors in that
+    order. ``group_critical_norms`` holds each group's critical norm (median over grokked source seeds
+    of the group's norm at T_grok) when the stage takes Wc from another stage; empty otherwise.
+    """
 
     critical_norm: float | None
     num_members: int
+    groups: dict[str, list[int]] = attrs.field(factory=dict)
+    group_critical_norms: dict[str, float] = attrs.field(factory=dict)
+    tensor_names: list[str] = attrs.field(factory=list)
 
 
 class Controller(Protocol):
@@ -129,7 +138,10 @@ class Controller(Protocol):
         ``norm_tensors`` are the weight-norm parameters of every ensemble member, stacked on a leading
         member axis; change them in place. Return per-member tensors worth recording (stored once per
         run under their key, e.g. the norm before and after the first clamp), or None.
-        An optional ``keep(index)`` method is called when finished members leave the ensemble, with the
+
+        Optional methods: ``before_training(norm_tensors)`` is called once, under ``torch.no_grad()``,
+        after initialization and before step 1 (for initial rescales), and may return facts like
+        ``after_step``. ``keep(index)`` is called when finished members leave the ensemble, with the
         positions of those that stay, for controllers that hold per-member state.
         """
 

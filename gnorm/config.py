@@ -1,9 +1,9 @@
 """Experiment files: TOML structured into attrs classes by a strict cattrs converter.
 
 A file has base sections (``[task]``, ``[architecture]``, ``[controller]``, ``[criterion]``,
-``[optimizer]``, ``[training]``, ``[evaluation]``), optional ``[sweep]`` / ``[zip]`` tables that apply to
-every stage, and ``[[stage]]`` tables that override any base section and add their own sweeps. Each stage
-expands to runs: one per sweep point and seed. Every problem in a file is collected and reported with
+``[loss]``, ``[optimizer]``, ``[training]``, ``[evaluation]``), optional ``[sweep]`` / ``[zip]`` tables
+that apply to every stage, and ``[[stage]]`` tables that override any base section and add their own
+sweeps. Each stage expands to runs: one per sweep point and seed. Every problem in a file is collected and reported with
 the file and the dotted key, all at once.
 """
 
@@ -96,7 +96,18 @@ class EvaluationConfig:
     stop_when_grokked: bool = True
 
 
+@attrs.frozen
+class LossConfig:
+    """The training loss on logits divided by the output temperature: ``cross_entropy`` or ``mse``
+    (paper B). ``temperature`` tau > 0 divides the logits before the loss and is outside the weight norm;
+    evaluation loss and accuracy see the same logits / tau."""
+
+    name: str = attrs.field(default="cross_entropy", validator=attrs.validators.in_(["cross_entropy", "mse"]))
+    temperature: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
+
+
 SECTION_CLASSES: dict[str, type] = {
+    "loss": LossConfig,
     "optimizer": OptimizerConfig,
     "training": TrainingConfig,
     "evaluation": EvaluationConfig,
@@ -142,6 +153,7 @@ class RunSpec:
     critical_norm: float | str | None
     #: The runs whose median norm at grok is this run's Wc (when ``critical_norm`` names a stage).
     critical_norm_source: tuple[str, ...] = ()
+    loss: LossConfig = LossConfig()
 
     def plain(self) -> dict[str, Any]:
         """The run's configuration as plain JSON data."""

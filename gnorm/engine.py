@@ -28,7 +28,7 @@ from gnorm.components import ControllerContext, GrokTimes, RunRecord
 from gnorm.config import OptimizerConfig, RunSpec
 from gnorm.errors import UserError
 from gnorm.registry import Registry
-from gnorm.science import every_schedule, geometric_schedule, weight_norm
+from gnorm.science import every_schedule, example_losses, geometric_schedule, weight_norm
 
 METRICS = ("train_loss", "test_loss", "train_acc", "test_acc", "weight_norm")
 
@@ -53,19 +53,21 @@ def evaluation_steps(run: RunSpec) -> np.ndarray:
     return every_schedule(budget, evaluation.every)
 
 
-def _train_loss(forward: Callable, params: dict, buffers: dict, inputs: torch.Tensor,
+def _train_loss(forward: Callable, loss: str, params: dict, buffers: dict, inputs: torch.Tensor,
                 labels: torch.Tensor) -> torch.Tensor:
-    """sum_m mean_i CE(f(W_m, x_mi), y_mi): each member's loss depends on its own weights only, so the
-    gradient of the sum is every member's own gradient."""
+    """sum_m mean_i loss(f(W_m, x_mi) / tau, y_mi): each member's loss depends on its own weights only,
+    so the gradient of the sum is every member's own gradient (``forward`` already divides by tau)."""
     logits = forward(params, buffers, inputs)
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / labels.shape[1]
+    if loss == "cross_entropy":  # one fused reduction, as before losses were pluggable
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / labels.shape[1]
+    return example_losses(loss, logits, labels).sum() / labels.shape[1]
 
 
-def _example_losses_and_hits(forward: Callable, params: dict, buffers: dict, inputs: torch.Tensor,
+def _example_losses_and_hits(forward: Callable, loss: str, params: dict, buffers: dict, inputs: torch.Tensor,
                              labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per member and example: the cross-entropy, and 1.0 where the arg-max class is the label."""
+    """Per member and example: the training loss, and 1.0 where the arg-max class is the label."""
     logits = forward(params, buffers, inputs)
-    losses = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape)
+    losses = example_losses(loss, logits, labels)
     return losses, (logits.argmax(-1) == labels).to(losses.dtype)
 
 
@@ -110,7 +112,8 @@ class Ensemble:
     """M copies of one module, parameters stacked on a leading member axis, each with its own split."""
 
     def __init__(self, modules: Sequence[torch.nn.Module], splits: Sequence[Any], device: torch.device,
-                 dtype: torch.dtype, compile: bool = False, chunk: int = 0):
+                 dtype: torch.dtype, compile: bool = False, chunk: int = 0, loss: str = "cross_entropy",
+                 temperature: float = 1.0):
         template = modules[0]
         self._base = copy.deepcopy(template).to("meta")
         self.groups = template.weight_norm_groups()
@@ -142,9 +145,17 @@ class Ensemble:
         self.eval_chunk = members_per_chunk(self.labels.shape[1], members, device, chunk)
         self.compiled = compile
         self.grads = [torch.zeros_like(p) for p in self.params.values()]
-        forward = vmap(lambda params, buffers, x: functional_call(self._base, (params, buffers), (x,)))
-        self._train_loss = functools.partial(_train_loss, forward)
-        self._losses_and_hits = functools.partial(_example_losses_and_hits, forward)
+        self.loss, self.temperature = loss, temperature
+
+        def logits(params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+            """One member's logits / tau: the output temperature tau is outside the weight norm."""
+            out = functional_call(self._base, (params, buffers), (x,))
+            return out if temperature == 1.0 else out / temperature
+
+        #: Every member's logits / tau: ``forward(params, buffers, inputs)`` on stacked params and inputs.
+        self.forward = forward = vmap(logits)
+        self._train_loss = functools.partial(_train_loss, forward, loss)
+        self._losses_and_hits = functools.partial(_example_losses_and_hits, forward, loss)
         if compile:
             self._train_loss = CompiledOrEager(self._train_loss)
             self._losses_and_hits = CompiledOrEager(self._losses_and_hits)
@@ -170,7 +181,7 @@ class Ensemble:
         return [slice(start, start + size) for start in range(0, self.size, size)]
 
     def gradients(self) -> list[torch.Tensor]:
-        """Every member's gradient of its mean training cross-entropy, in ``parameters`` order, computed
+        """Every member's gradient of its mean training loss, in ``parameters`` order, computed
         a chunk of members at a time."""
         chunks = self._chunks(self.train_chunk)
         for chunk in chunks:
@@ -261,10 +272,16 @@ class RunLog:
             self.metrics.setdefault(key, []).append(value)
 
     def record(self, critical_norm: float | None, compiled: bool = False) -> RunRecord:
+        """The run as stored; a grokked run's facts hold each group's norm at T_grok as
+        ``norm_at_grok/<group>`` (what per-group critical norms are the median of)."""
         norm_at_grok = None
+        facts = dict(self.facts)
         if self.times.t_grok is not None:
-            norm_at_grok = self.metrics["weight_norm"][self.steps.index(self.times.t_grok)]
-        facts = dict(self.facts, steps_trained=self.steps[-1] if self.steps else 0,
+            at_grok = self.steps.index(self.times.t_grok)
+            norm_at_grok = self.metrics["weight_norm"][at_grok]
+            facts.update({f"norm_at_grok/{key[len('norm/'):]}": values[at_grok]
+                          for key, values in self.metrics.items() if key.startswith("norm/")})
+        facts.update(steps_trained=self.steps[-1] if self.steps else 0,
                      wall_seconds=time.perf_counter() - self.started, compiled=float(compiled))
         if critical_norm is not None:
             facts["critical_norm"] = critical_norm
@@ -275,10 +292,12 @@ class RunLog:
 
 @attrs.frozen
 class CellJob:
-    """One cell's runs (same settings, different seeds) and the critical norm its controller uses."""
+    """One cell's runs (same settings, different seeds) and the critical norm its controller uses, in
+    total and per weight-norm group (empty when not known)."""
 
     runs: list[RunSpec]
     critical_norm: float | None
+    group_critical_norms: dict[str, float] = attrs.field(factory=dict)
 
 
 #: ``compile = "auto"`` compiles runs whose max_steps x parameters reaches this (the paper's MLP over
@@ -313,7 +332,8 @@ def build_ensemble(job: CellJob, registry: Registry) -> tuple[Ensemble, Any]:
     device = resolve_device(first.training.device)
     parameters = sum(p.numel() for p in modules[0].parameters())
     compile = should_compile(first.training.compile, device, first.training.max_steps, parameters)
-    return Ensemble(modules, splits, device, dtype, compile, first.training.members_per_chunk), task
+    return Ensemble(modules, splits, device, dtype, compile, first.training.members_per_chunk,
+                    loss=first.loss.name, temperature=first.loss.temperature), task
 
 
 @contextmanager
@@ -336,26 +356,41 @@ def train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunRecor
         _train_cell(job, registry, on_finished, on_progress)
 
 
+def controller_context(job: CellJob, ensemble: Ensemble) -> ControllerContext:
+    """What the cell's controller is told: Wc (total and per group), the member count, and where each
+    weight-norm group's tensors sit in ``ensemble.norm_tensors``."""
+    positions = {name: i for i, name in enumerate(ensemble.norm_names)}
+    groups = {group: [positions[name] for name in names] for group, names in ensemble.groups.items()}
+    return ControllerContext(job.critical_norm, len(job.runs), groups=groups,
+                             group_critical_norms=dict(job.group_critical_norms),
+                             tensor_names=list(ensemble.norm_names))
+
+
 def _train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunRecord, RunLog], None],
                 on_progress: Callable[[int, int], None]) -> None:
     first = job.runs[0]
     ensemble, _ = build_ensemble(job, registry)
     optimizer = BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params], first.optimizer)
     controller = registry.get("norm_controller", first.controller.name).factory(
-        first.controller.config, ControllerContext(job.critical_norm, len(job.runs)))
+        first.controller.config, controller_context(job, ensemble))
     criterion = registry.get("grok_criterion", first.criterion.name).factory(first.criterion.config)
     logs = [RunLog(run) for run in job.runs]
     for run in job.runs:
         registry.hook.gnorm_before_run(run_id=run.run_id, stage=run.stage, seed=run.seed, config=run.plain())
     schedule = set(evaluation_steps(first).tolist())
 
-    for step in range(1, first.training.max_steps + 1):
-        optimizer.step(ensemble.parameters, ensemble.gradients())
-        with torch.no_grad():
-            facts = controller.after_step(step, ensemble.norm_tensors)
+    def record_facts(facts: dict[str, torch.Tensor] | None) -> None:
         for key, values in (facts or {}).items():
             for log, value in zip(logs, values.tolist()):
                 log.facts[key] = value
+
+    if hasattr(controller, "before_training"):
+        with torch.no_grad():
+            record_facts(controller.before_training(ensemble.norm_tensors))
+    for step in range(1, first.training.max_steps + 1):
+        optimizer.step(ensemble.parameters, ensemble.gradients())
+        with torch.no_grad():
+            record_facts(controller.after_step(step, ensemble.norm_tensors))
         if step in schedule:
             done = _evaluate(ensemble, logs, criterion, step, registry, first.evaluation.stop_when_grokked)
             on_progress(step, len(logs))

@@ -72,7 +72,12 @@ def gnorm_norm_controllers() -> list[NormController]:
     """Register norm controllers. Called once at start-up; return a list of :class:`gnorm.NormController`.
 
     ``factory(config, context)`` returns an object whose ``after_step(step, norm_tensors)`` runs after
-    every optimizer step on the stacked weight-norm tensors (leading axis: ensemble member)::
+    every optimizer step on the stacked weight-norm tensors (leading axis: ensemble member). The
+    context (:class:`gnorm.components.ControllerContext`) gives Wc (``critical_norm``, and per group
+    ``group_critical_norms``), the member count, and ``groups``: group name -> positions of its tensors
+    in ``norm_tensors``. Optional: ``before_training(norm_tensors)``, called once before step 1, and
+    ``keep(index)``, called with the positions of the members that stay when others finish. Both
+    ``after_step`` and ``before_training`` may return per-member tensors to record as facts::
 
         @attrs.frozen
         class HalveConfig:

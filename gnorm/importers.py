@@ -23,9 +23,9 @@ lam, lr                        ``config.optimizer.weight_decay``, ``config.optim
 arm none / ctrl / free         ``config.controller = {"name": "free"}``
 arm clamp                      ``{"name": "clamp", "rho", "t_start": t_int}``; with a group (tfnormint)
                                ``{"name": "group_clamp", "group", "rho", "t_start"}``
-arm rescale                    ``{"name": "rescale_once", "rho", "t_start"}`` (one jump at t_int)
-arm layer (normint)            ``{"name": "group_rescale_once", "group", "factor": f, "t_start"}``
-arm alloc (B)                  ``{"name": "allocated_clamp", "rho", "allocation": gamma, "t_start"}``
+arm rescale                    ``{"name": "rescale", "rho", "t_start"}`` (one jump at t_int)
+arm layer (normint)            ``{"name": "group_rescale", "group", "factor": f, "t_start"}``
+arm alloc (B)                  ``{"name": "layer_allocation", "rho", "allocation": gamma, "t_start"}``
 arm clamp_same/raised/lowered  ``{"name": "relative_clamp", "factor": 1 / rho / 1/rho, "t_start": t_fork}``
 wc / wc_used / wc_group        ``config.critical_norm`` and ``facts.critical_norm`` (controllers that
                                use Wc only); ``facts.held_norm = rho * Wc``
@@ -163,13 +163,13 @@ def controller_of(fields: dict[str, Any]) -> dict[str, Any]:
             return {"name": "group_clamp", "group": GROUPS.get(group, group), "rho": rho, "t_start": t_start}
         return {"name": "clamp", "rho": rho, "t_start": t_start}
     if arm == "rescale":
-        return {"name": "rescale_once", "rho": rho, "t_start": t_start}
+        return {"name": "rescale", "rho": rho, "t_start": t_start}
     if arm == "layer":
         group = str(fields.get("layer", "all"))
-        return {"name": "group_rescale_once", "group": GROUPS.get(group, group),
+        return {"name": "group_rescale", "group": GROUPS.get(group, group),
                 "factor": significant(fields.get("f", 1.0)), "t_start": t_start}
     if arm == "alloc":
-        return {"name": "allocated_clamp", "rho": rho, "allocation": significant(fields.get("gamma", 0.0)),
+        return {"name": "layer_allocation", "rho": rho, "allocation": significant(fields.get("gamma", 0.0)),
                 "t_start": t_start}
     if arm.startswith("clamp_"):
         factor = {"clamp_same": 1.0, "clamp_raised": rho, "clamp_lowered": 1.0 / rho}[arm]
@@ -177,7 +177,7 @@ def controller_of(fields: dict[str, Any]) -> dict[str, Any]:
     return {"name": arm, "rho": rho, "t_start": t_start}
 
 
-USES_CRITICAL_NORM = {"clamp", "group_clamp", "rescale_once", "allocated_clamp"}
+USES_CRITICAL_NORM = {"clamp", "group_clamp", "rescale", "layer_allocation"}
 
 
 def task_of(fields: dict[str, Any]) -> dict[str, Any]:
@@ -299,7 +299,7 @@ def read_cell(path: Path, paper: str, experiment: str) -> list[ImportedRun]:
         wc = config["critical_norm"]
         if wc is not None:
             facts["critical_norm"] = wc
-            if "rho" in config["controller"] and controller != "rescale_once":
+            if "rho" in config["controller"] and controller != "rescale":
                 facts["held_norm"] = config["controller"]["rho"] * wc
         kind = "clamp" if "clamp" in controller else "intervention"
         for key, name in (("norm_before_int", f"norm_before_{kind}"), ("norm_after_int", f"norm_after_{kind}"),

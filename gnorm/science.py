@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import attrs
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def weight_norm(norm_tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -34,6 +35,38 @@ def rescale_to_norm(norm_tensors: Sequence[torch.Tensor], target: torch.Tensor |
     for tensor in norm_tensors:
         tensor.mul_(scale.view(-1, *([1] * (tensor.dim() - 1))))
     return before
+
+
+def example_losses(loss: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-example loss of logits z (already divided by the output temperature: z = f(x) / tau) against
+    integer labels y, over C classes; logits (..., C), labels (...) -> losses (...).
+
+    cross_entropy: -log softmax(z)_y
+    mse (paper B): (1/C) sum_c (z_c - [c = y])^2, the squared error to the one-hot label, mean over classes.
+    """
+    if loss == "cross_entropy":
+        return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="none").view(labels.shape)
+    if loss == "mse":
+        one_hot = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+        return (logits - one_hot).pow(2).mean(-1)
+    raise ValueError(f"unknown loss {loss!r}: expected cross_entropy or mse")
+
+
+def clip_rows(tensor: torch.Tensor, max_row_norm: float) -> None:
+    """Per-row L2 clipping in place; a row is a vector along the last axis (a 1-D tensor per member is
+    one row): r <- r * min(1, max_row_norm / ||r||_2)."""
+    row_norms = tensor.norm(dim=-1, keepdim=True)
+    tensor.mul_((max_row_norm / row_norms.clamp_min(torch.finfo(tensor.dtype).tiny)).clamp(max=1.0))
+
+
+def allocated_shares(group_share: torch.Tensor, partner_share: torch.Tensor,
+                     allocation: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paper B's layer allocation: a group's share s_g = ||W_g||^2 / ||W||^2 of the squared norm moves
+    to S_g = clip(s_g (1 + allocation), 0, s_g + s_p), and the partner's share s_p absorbs the change,
+    S_p = s_g + s_p - S_g, so the total share is unchanged. Returns (S_g, S_p)."""
+    pooled = group_share + partner_share
+    target = torch.minimum((group_share * (1 + allocation)).clamp_min(0), pooled)
+    return target, pooled - target
 
 
 def held_norm(rho: float, critical_norm: float) -> float:

@@ -59,6 +59,25 @@ class Progress:
         print(("\r\x1b[K" if self.live else "") + f"{self.text}: {text}", file=self.stream, flush=True)
 
 
+def resolve_critical_norms(stage: Stage, cell: list[RunSpec],
+                           records: Iterable[RunRecord]) -> tuple[float | None, dict[str, float]]:
+    """A cell's Wc and per-group Wc_g. A number given as the stage's ``critical_norm`` is Wc (no
+    per-group values); a stage name means the cell's matched source runs among ``records``:
+    Wc = median over grokked source seeds of ||W|| at T_grok, and Wc_g = median over them of the
+    group's norm at T_grok (fact ``norm_at_grok/<group>``). (None, {}) when no source seed grokked."""
+    if not isinstance(stage.critical_norm, str):
+        return stage.critical_norm, {}
+    source_ids = set(cell[0].critical_norm_source)
+    grokked = [r for r in records if r.run_id in source_ids and r.norm_at_grok is not None]
+    wc = critical_norm([r.norm_at_grok for r in grokked])
+    if wc is None:
+        return None, {}
+    prefix = "norm_at_grok/"
+    groups = sorted({key[len(prefix):] for r in grokked for key in r.facts if key.startswith(prefix)})
+    group_wcs = {group: critical_norm([r.facts.get(prefix + group) for r in grokked]) for group in groups}
+    return wc, group_wcs
+
+
 def run_experiment(experiment: Experiment, registry: Registry, store: Store, progress: Progress) -> list[str]:
     """Train every run the store lacks; return one line per cell that could not start."""
     plan = plan_experiment(experiment)
@@ -70,14 +89,11 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
         if not todo:
             continue
         label = f"[{stage.name}] {cell_label(cell[0].cell)}"
-        wc = stage.critical_norm
-        if isinstance(wc, str):
-            source_ids = set(cell[0].critical_norm_source)
-            norms = [r.norm_at_grok for r in store.records() if r.run_id in source_ids]
-            wc = critical_norm(norms)
-            if wc is None:
-                skipped.append(f"{label}: not run, no seed of its source cell in stage {stage.critical_norm!r} grokked")
-                continue
+        from_stage = isinstance(stage.critical_norm, str)
+        wc, group_wcs = resolve_critical_norms(stage, cell, store.records() if from_stage else [])
+        if from_stage and wc is None:
+            skipped.append(f"{label}: not run, no seed of its source cell in stage {stage.critical_norm!r} grokked")
+            continue
         progress.start(f"{label} ({len(todo)} seeds{'' if wc is None else f', Wc {wc:.4g}'})")
         count = [0, 0]
 
@@ -87,7 +103,7 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
             count[0] += 1
             count[1] += not record.censored
 
-        train_cell(CellJob(todo, wc), registry, finished_run,
+        train_cell(CellJob(todo, wc, group_wcs), registry, finished_run,
                    lambda step, running: progress.update(step, todo[0].training.max_steps, running, len(todo)))
         progress.finish(f"{count[1]}/{count[0]} grokked, {time.monotonic() - progress.started:.0f}s")
     return skipped

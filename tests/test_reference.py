@@ -191,7 +191,7 @@ def test_alpha_is_larger_at_larger_learning_rates(records):
 
 
 def test_one_shot_rescale_moves_t_grok_only_1_23x(records):
-    analysis = levers_analyzer(LeversConfig(stages=["normint/rescale_once"], across=""))(records)
+    analysis = levers_analyzer(LeversConfig(stages=["normint/rescale"], across=""))(records)
     assert analysis.numbers["x_levers"][0]["from"] == 0.7 and analysis.numbers["x_levers"][0]["to"] == 1.3
     assert_agrees(analysis.numbers["x_lever"], "1.23", "rescale lever")
 
