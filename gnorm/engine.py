@@ -28,7 +28,7 @@ from gnorm.components import ControllerContext, GrokTimes, RunRecord
 from gnorm.config import OptimizerConfig, RunSpec
 from gnorm.errors import UserError
 from gnorm.registry import Registry
-from gnorm.science import every_schedule, example_losses, geometric_schedule, weight_norm
+from gnorm.science import contraction_norms, every_schedule, example_losses, geometric_schedule, weight_norm
 
 METRICS = ("train_loss", "test_loss", "train_acc", "test_acc", "weight_norm")
 
@@ -272,8 +272,11 @@ class RunLog:
             self.metrics.setdefault(key, []).append(value)
 
     def record(self, critical_norm: float | None, compiled: bool = False) -> RunRecord:
-        """The run as stored; a grokked run's facts hold each group's norm at T_grok as
-        ``norm_at_grok/<group>`` (what per-group critical norms are the median of)."""
+        """The run as stored. A grokked run's facts hold each group's norm at T_grok as
+        ``norm_at_grok/<group>`` (what per-group critical norms are the median of) and the logit scale
+        at T_grok when it was observed (``logit_scale_at_grok``, read by ``logit_mediation``); every
+        run's facts hold ``norm_at_memorization`` and ``peak_norm`` (read by ``free_contraction``) where
+        defined."""
         norm_at_grok = None
         facts = dict(self.facts)
         if self.times.t_grok is not None:
@@ -281,6 +284,10 @@ class RunLog:
             norm_at_grok = self.metrics["weight_norm"][at_grok]
             facts.update({f"norm_at_grok/{key[len('norm/'):]}": values[at_grok]
                           for key, values in self.metrics.items() if key.startswith("norm/")})
+            if "logit_scale" in self.metrics:
+                facts["logit_scale_at_grok"] = self.metrics["logit_scale"][at_grok]
+        if self.steps:
+            facts.update(contraction_norms(self.steps, self.metrics["weight_norm"], self.times.t_mem, self.times.t_grok))
         facts.update(steps_trained=self.steps[-1] if self.steps else 0,
                      wall_seconds=time.perf_counter() - self.started, compiled=float(compiled))
         if critical_norm is not None:

@@ -73,6 +73,17 @@ def test_grokked_runs_stop_at_t_grok_and_store_the_norm_there(finished_study):
         assert np.sqrt(np.sum(np.square(groups))) == pytest.approx(record.norm_at_grok, rel=1e-5)
 
 
+def test_runs_record_the_norm_at_memorization_and_the_peak_norm(finished_study):
+    _, out = finished_study
+    for record, trajectory in _stored(out).values():
+        if record.t_mem is None or record.t_grok is None:
+            continue
+        steps = trajectory["step"]
+        assert record.facts["norm_at_memorization"] == trajectory["weight_norm"][steps.index(record.t_mem)]
+        up_to_grok = [n for s, n in zip(steps, trajectory["weight_norm"]) if s <= record.t_grok]
+        assert record.facts["peak_norm"] == max(up_to_grok) >= record.norm_at_grok
+
+
 def test_rerunning_a_finished_study_trains_nothing_and_changes_nothing(finished_study):
     path, out = finished_study
     before = _stored(out)
