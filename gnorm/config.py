@@ -574,7 +574,8 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
                                         stage_names, stage_names[:i])
         stage_points = loader.sweep_points(raw_stage.get("sweep"), raw_stage.get("zip"), where)
         runs: list[RunSpec] = []
-        for global_point, stage_point in itertools.product(global_points, stage_points):
+        for global_point, stage_point in itertools.product(_stage_global_points(loader, data, raw_stage, global_points),
+                                                           stage_points):
             point = {**global_point, **stage_point}
             config = copy.deepcopy(merged)
             refused = [(origin_of_value, why) for dotted, (value, origin_of_value) in point.items()
@@ -625,6 +626,24 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
     if loader.problems:
         raise UserError(loader.problems)
     return Experiment(path, meta, stages, [a for a in analyses if a], text)
+
+
+def _stage_global_points(loader: _Loader, data: dict, raw_stage: dict,
+                         global_points: list[dict[str, tuple[Any, str]]]) -> list[dict[str, tuple[Any, str]]]:
+    """The file-level sweep points as a stage sees them: a key the stage sweeps itself is taken out of
+    the file-level ``sweep`` / ``zip`` (the stage's values replace the file's, never multiply them)."""
+    own = set()
+    for table in (raw_stage.get("sweep"), raw_stage.get("zip")):
+        if isinstance(table, dict):
+            own |= set(_flatten_sweep(table))
+    tables = [data.get("sweep"), data.get("zip")]
+    if not own or not any(isinstance(t, dict) and own & set(_flatten_sweep(t)) for t in tables):
+        return global_points
+    problems_before = len(loader.problems)  # the file-level tables were checked once already
+    points = loader.sweep_points(*[{k: v for k, v in _flatten_sweep(t).items() if k not in own}
+                                   if isinstance(t, dict) else t for t in tables], "")
+    del loader.problems[problems_before:]
+    return points
 
 
 def cells_of(runs: Iterable[RunSpec]) -> list[list[RunSpec]]:

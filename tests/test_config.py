@@ -626,3 +626,12 @@ def test_values_that_would_give_silent_garbage_are_refused(tmp_path, setting):
     result = invoke("validate", write(tmp_path, STUDY), "--set", setting)
     assert result.exit_code == 2, result.output
     assert setting.split("=")[0] in result.output
+
+
+def test_a_stage_that_sweeps_a_key_replaces_the_file_level_sweep_of_it(tmp_path):
+    text = edited(STUDY, ('[[stage]]\nname = "free"\n', '[sweep]\n"task.p" = [41, 59, 71]\n\n[[stage]]\nname = "free"\n'),
+                  ('sweep = { "controller.rho" = [0.9, 1.1] }', 'sweep = { "controller.rho" = [0.9, 1.1], "task.p" = [59] }'))
+    experiment = load(write(tmp_path, text))
+    free, clamp = experiment.stages
+    assert sorted({run.task.config.p for run in free.runs}) == [41, 59, 71]
+    assert {run.task.config.p for run in clamp.runs} == {59} and len(clamp.runs) == 2 * 2  # rho x seeds, once each
