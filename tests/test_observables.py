@@ -29,7 +29,7 @@ from gnorm.store import Store
 from gnorm.study import Progress, run_experiment
 
 REGISTRY = build_registry(autoload=False)
-ALL_BUILTINS = ["logit_scale", "softmax_collapse", "fourier", "spectral"]
+ALL_BUILTINS = ["logit_scale", "softmax_collapse", "fourier", "spectral_all"]
 
 EXPERIMENT = """
 [experiment]
@@ -162,6 +162,7 @@ def test_switched_on_observables_become_trajectory_columns_in_the_store(tmp_path
         assert len(trajectory["logit_scale"]) == 3 and all(v > 0 for v in trajectory["logit_scale"])
         assert all(1 <= v <= 8 for v in trajectory["effective_rank/embedding"])  # 17 x 8: rank <= 8
         assert "fourier_gini" not in trajectory and "softmax_collapse_fraction" not in trajectory
+        assert "effective_rank/hidden" not in trajectory  # spectral: the embedding only; spectral_all: every group
 
 
 def test_runs_without_observables_keep_their_ids_and_runs_with_them_are_different_runs(tmp_path):
@@ -224,7 +225,7 @@ class FlatPlugin:
 
 def test_fourier_on_an_architecture_without_an_embedding_group_is_a_config_error(tmp_path):
     registry = build_registry(extra_plugins=[(FlatPlugin, Provider("test-flat", "0"))], autoload=False)
-    path = write(tmp_path, observables=["logit_scale", "fourier"], architecture="flat")
+    path = write(tmp_path, observables=["logit_scale", "fourier", "spectral_all"], architecture="flat")
     [line] = problems(path, registry)
     assert line == (f"{path}: evaluation.observables[1]: observable 'fourier' needs the weight-norm group(s) "
                     "'embedding', which architecture 'flat' does not have here (its groups: all)")
