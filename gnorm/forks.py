@@ -18,6 +18,8 @@ from typing import Any
 import attrs
 import torch
 
+from gnorm.errors import UserError
+
 TRUNK_FOLDER = "trunks"
 FORMAT_VERSION = 1
 
@@ -76,8 +78,12 @@ class TrunkFiles:
     def load(self, trunk_id: str) -> TrunkState:
         """The stored state; refuses a file whose content no longer matches the hash it was saved with."""
         path = self.path(trunk_id)
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        state = TrunkState(**data["state"])
+        refusal = f"{path}: trunk state is damaged or from another gnorm; delete it to train the trunk again"
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            state = TrunkState(**data["state"])
+        except Exception:  # unreadable or of another layout: same advice
+            raise UserError(refusal) from None
         if data.get("format") != FORMAT_VERSION or state_sha256(state) != data["sha256"]:
-            raise ValueError(f"{path}: trunk state is damaged or from another gnorm; delete it to retrain the trunk")
+            raise UserError(refusal)
         return state

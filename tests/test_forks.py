@@ -193,6 +193,21 @@ def test_a_study_interrupted_after_the_trunk_resumes_without_training_it_again(t
         assert records[("arm_a", seed)].facts["fork_state_sha256"] == records[("arm_b", seed)].facts["fork_state_sha256"]
 
 
+def test_a_damaged_trunk_file_is_refused_not_used(forked_study, tmp_path):
+    run = next(run for run in forked_study.experiment.runs if run.stage == "arm_free")
+    original = forked_study.files.load(run.trunk_id)
+    files = TrunkFiles(tmp_path / TRUNK_FOLDER)
+    files.save(run.trunk_id, run.trunk_identity(), original)
+    data = torch.load(files.path(run.trunk_id), weights_only=True)
+    data["state"]["params"]["w_out"][0, 0] += 1.0  # one weight changed after the hash was taken
+    torch.save(data, files.path(run.trunk_id))
+    with pytest.raises(UserError, match="trunk state is damaged"):
+        files.load(run.trunk_id)
+    files.path(run.trunk_id).write_bytes(b"not a torch file")
+    with pytest.raises(UserError, match="delete it to train the trunk again"):
+        files.load(run.trunk_id)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The experiment file.
 
