@@ -19,6 +19,7 @@ from gnorm.components import (  # noqa: E402  (re-exported for plugin authors)
     Architecture,
     GrokCriterion,
     NormController,
+    Observable,
     Task,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "Architecture",
     "GrokCriterion",
     "NormController",
+    "Observable",
     "Task",
     "__version__",
     "hookimpl",

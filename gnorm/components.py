@@ -69,7 +69,22 @@ class Analyzer(Component):
     kind: ClassVar[str] = "analyzer"
 
 
-COMPONENT_KINDS: tuple[type[Component], ...] = (Task, Architecture, NormController, GrokCriterion, Analyzer)
+@attrs.frozen
+class Observable(Component):
+    """Per-member scalars measured at every scheduled evaluation, without autograd, from the logits
+    the evaluation computes anyway and the weights. ``factory(config, context: ObservableContext) ->
+    Observer``; an experiment switches it on with ``[evaluation] observables = ["<name>"]``.
+
+    ``requires_groups`` names weight-norm groups the architecture must have; an experiment that asks
+    for the observable on an architecture without them is refused when the file is read.
+    """
+
+    kind: ClassVar[str] = "observable"
+    requires_groups: tuple[str, ...] = ()
+
+
+COMPONENT_KINDS: tuple[type[Component], ...] = (Task, Architecture, NormController, GrokCriterion, Analyzer,
+                                                Observable)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -122,6 +137,8 @@ class ControllerContext:
     the ``norm_tensors`` list the controller is handed, and ``tensor_names`` names those tensors in that
     order. ``group_critical_norms`` holds each group's critical norm (median over grokked source seeds
     of the group's norm at T_grok) when the stage takes Wc from another stage; empty otherwise.
+    ``start_step`` is the step training resumes after: 0, or a same-state fork's ``at_step`` (the first
+    ``after_step`` call is then ``start_step + 1``).
     """
 
     critical_norm: float | None
@@ -129,6 +146,7 @@ class ControllerContext:
     groups: dict[str, list[int]] = attrs.field(factory=dict)
     group_critical_norms: dict[str, float] = attrs.field(factory=dict)
     tensor_names: list[str] = attrs.field(factory=list)
+    start_step: int = 0
 
 
 class Controller(Protocol):
@@ -144,6 +162,37 @@ class Controller(Protocol):
         ``after_step``. ``keep(index)`` is called when finished members leave the ensemble, with the
         positions of those that stay, for controllers that hold per-member state.
         """
+
+
+@attrs.frozen
+class ObservableContext:
+    """What an observable may know when it is built: the architecture's weight-norm groups (group ->
+    parameter names), the task's input shape and its number of classes."""
+
+    groups: dict[str, list[str]]
+    input_spec: InputSpec
+    num_classes: int
+
+
+@attrs.frozen(eq=False)
+class EvaluationChunk:
+    """A chunk of ensemble members at one evaluation, as an observer sees it (leading axis: member).
+
+    ``logits[m, i]`` is member m's logit vector for example i exactly as the loss sees it (the
+    forward's output), over every example of the task; ``labels[m, i]`` its class; ``train_mask[m, i]``
+    is True for member m's training examples; ``params`` are the members' parameters by name.
+    """
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    train_mask: torch.Tensor
+    params: dict[str, torch.Tensor]
+
+
+class Observer(Protocol):
+    def observe(self, chunk: EvaluationChunk) -> dict[str, torch.Tensor]:
+        """Called under ``torch.no_grad()`` for every chunk of members at every scheduled evaluation.
+        Return metric key -> one value per member of the chunk; the values become trajectory columns."""
 
 
 @attrs.frozen
@@ -171,7 +220,8 @@ class RunRecord:
     ``cell`` holds the swept values that name the run's cell (e.g. ``{"controller.rho": 1.1}``);
     ``config`` is the run's fully resolved configuration as plain data (``config["task"]["p"]``).
     ``t_grok`` is None for a censored run, which trained for ``budget`` steps without grokking.
-    ``facts`` holds what controllers recorded once per run (e.g. ``norm_before_clamp``).
+    ``facts`` holds what controllers recorded once per run (e.g. ``norm_before_clamp``), and for a
+    forked run the hash of the state it started from (``fork_state_sha256``, a string).
     """
 
     run_id: str
@@ -183,7 +233,7 @@ class RunRecord:
     t_grok: int | None
     norm_at_grok: float | None
     budget: int
-    facts: dict[str, float] = attrs.field(factory=dict)
+    facts: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def censored(self) -> bool:

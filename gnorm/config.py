@@ -88,12 +88,14 @@ class TrainingConfig:
 class EvaluationConfig:
     """When runs are evaluated: ``geometric`` (``points`` steps on a geometric grid over the budget,
     paper A) or ``every`` (every ``every`` steps, paper B). With ``stop_when_grokked`` a run stops at
-    its T_grok, and a cell ends once all its seeds have grokked."""
+    its T_grok, and a cell ends once all its seeds have grokked. ``observables``: names of registered
+    observables measured at every evaluation besides the losses, accuracies and norms."""
 
     schedule: str = attrs.field(default="geometric", validator=attrs.validators.in_(["geometric", "every"]))
     points: int = attrs.field(default=360, validator=attrs.validators.gt(0))
     every: int = attrs.field(default=25, validator=attrs.validators.gt(0))
     stop_when_grokked: bool = True
+    observables: list[str] = attrs.field(factory=list)
 
 
 @attrs.frozen
@@ -123,7 +125,8 @@ RUN_SECTIONS = tuple(COMPONENT_SECTIONS) + tuple(SECTION_CLASSES)
 #: Training settings that choose how a run is computed, not what it computes.
 EXECUTION_SETTINGS = ("device", "compile", "members_per_chunk")
 TOP_LEVEL_KEYS = ("experiment", *RUN_SECTIONS, "sweep", "zip", "stage", "analysis")
-STAGE_KEYS = ("name", "critical_norm", "seeds", "sweep", "zip", *RUN_SECTIONS)
+STAGE_KEYS = ("name", "critical_norm", "seeds", "fork", "sweep", "zip", *RUN_SECTIONS)
+FORK_KEYS = ("at_step", "controller")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -134,6 +137,15 @@ STAGE_KEYS = ("name", "critical_norm", "seeds", "sweep", "zip", *RUN_SECTIONS)
 class ComponentChoice:
     name: str
     config: Any
+
+
+@attrs.frozen
+class ForkSpec:
+    """A same-state fork: the run starts from the state its seed reaches at ``at_step`` under the
+    trunk ``controller`` (same base configuration, optimizer and precision)."""
+
+    at_step: int
+    controller: ComponentChoice
 
 
 @attrs.frozen
@@ -154,9 +166,11 @@ class RunSpec:
     #: The runs whose median norm at grok is this run's Wc (when ``critical_norm`` names a stage).
     critical_norm_source: tuple[str, ...] = ()
     loss: LossConfig = LossConfig()
+    fork: ForkSpec | None = None
 
     def plain(self) -> dict[str, Any]:
-        """The run's configuration as plain JSON data."""
+        """The run's configuration as plain JSON data. ``fork`` and ``evaluation.observables`` appear
+        only when used, so runs that use neither keep the ids they always had."""
         data: dict[str, Any] = {"stage": self.stage, "seed": self.seed, "critical_norm": self.critical_norm,
                                 "critical_norm_source": list(self.critical_norm_source)}
         for section in COMPONENT_SECTIONS:
@@ -164,6 +178,11 @@ class RunSpec:
             data[section] = {"name": choice.name, **converter.unstructure(choice.config)}
         for section in SECTION_CLASSES:
             data[section] = converter.unstructure(getattr(self, section))
+        if not self.evaluation.observables:
+            del data["evaluation"]["observables"]
+        if self.fork is not None:
+            data["fork"] = {"at_step": self.fork.at_step, "controller": {
+                "name": self.fork.controller.name, **converter.unstructure(self.fork.controller.config)}}
         return data
 
     def identity(self) -> dict[str, Any]:
@@ -200,6 +219,21 @@ class RunSpec:
         return (self.base_configuration() == source.base_configuration()
                 and self.training.precision == source.training.precision
                 and all(dotted_value(mine, key) == value for key, value in source.cell.items()))
+
+    def trunk_identity(self) -> dict[str, Any] | None:
+        """What a forked run's starting state depends on: base configuration, seed, optimizer,
+        precision, the fork step and the trunk's controller. Arms that share it share the trunk."""
+        if self.fork is None:
+            return None
+        plain = self.plain()
+        return {"base": self.base_configuration(), "seed": self.seed, "optimizer": plain["optimizer"],
+                "precision": self.training.precision, "fork": plain["fork"]}
+
+    @property
+    def trunk_id(self) -> str | None:
+        """Content address of the trunk state this run starts from (None when not forked)."""
+        identity = self.trunk_identity()
+        return None if identity is None else f"{derive_seed('trunk', identity):016x}"[:16]
 
     @property
     def init_seed(self) -> int:
@@ -417,6 +451,7 @@ class _Loader:
         self.registry = registry
         self.problems: list[Problem] = []
         self._seen: set[tuple[str, str]] = set()
+        self._groups: dict[str, list[str]] = {}
 
     def problem(self, key: str, message: str) -> None:
         if (key, message) not in self._seen:
@@ -484,6 +519,65 @@ class _Loader:
         config, problems = structure(options, component.config_class)
         self.report(section, problems, origin)
         return ComponentChoice(name, config) if config is not None else None
+
+    def fork(self, raw: Any, where: str) -> ForkSpec | None:
+        """``fork = { at_step = N, controller = {...} }`` (the trunk's controller, default free)."""
+        if raw is None:
+            return None
+        key = f"{where}fork"
+        if not isinstance(raw, dict):
+            self.problem(key, f"expected a table like {{ at_step = 800 }}, found {_describe(raw)}")
+            return None
+        self.unknown_keys(raw, FORK_KEYS, f"{key}.")
+        at_step = raw.get("at_step")
+        if at_step is None:
+            self.problem(f"{key}.at_step", "required key is missing (the step whose state every arm starts from)")
+        elif isinstance(at_step, bool) or not isinstance(at_step, int) or at_step < 1:
+            self.problem(f"{key}.at_step", f"expected a positive integer, found {_describe(at_step)}")
+            at_step = None
+        controller = self.component("controller", raw.get("controller"), lambda parts: f"{key}." + ".".join(parts))
+        if controller is not None and getattr(self.registry.get("norm_controller", controller.name),
+                                              "uses_critical_norm", False):
+            self.problem(f"{key}.controller.name", f"the trunk cannot use {controller.name!r}: it needs Wc; "
+                         "give the trunk a controller without a critical norm (default free)")
+            return None
+        return ForkSpec(at_step, controller) if at_step is not None and controller is not None else None
+
+    def observables(self, evaluation: Any, task: ComponentChoice | None, architecture: ComponentChoice | None,
+                    origin) -> None:
+        """Every name in ``evaluation.observables`` is a registered observable, listed once, whose
+        required weight-norm groups the architecture has."""
+        key = origin(("evaluation", "observables"))
+        names = evaluation.observables
+        for index, name in enumerate(names):
+            try:
+                observable = self.registry.get("observable", name)
+            except UnknownComponent as unknown:
+                self.problem(f"{key}[{index}]", str(unknown))
+                continue
+            if names.index(name) != index:
+                self.problem(f"{key}[{index}]", f"{name!r} is listed twice")
+            if observable.requires_groups and task is not None and architecture is not None:
+                groups = self.architecture_groups(task, architecture)
+                missing = [g for g in observable.requires_groups if g not in groups]
+                if missing:
+                    self.problem(f"{key}[{index}]", f"observable {name!r} needs the weight-norm group(s) "
+                                 f"{', '.join(map(repr, missing))}, which architecture {architecture.name!r} "
+                                 f"does not have here (its groups: {', '.join(groups) or 'none'})")
+
+    def architecture_groups(self, task: ComponentChoice, architecture: ComponentChoice) -> list[str]:
+        """The weight-norm groups of an architecture on a task, from a copy built on the meta device
+        (no memory, no arithmetic)."""
+        import torch  # only files that ask for group-bound observables pay for it
+
+        cache_key = json.dumps([task.name, converter.unstructure(task.config), architecture.name,
+                                converter.unstructure(architecture.config)], sort_keys=True, default=str)
+        if cache_key not in self._groups:
+            task_data = self.registry.get("task", task.name).factory(task.config)
+            with torch.device("meta"):
+                module = self.registry.get("architecture", architecture.name).factory(architecture.config, task_data)
+            self._groups[cache_key] = list(module.weight_norm_groups())
+        return self._groups[cache_key]
 
     def section(self, section: str, raw: Any, origin) -> Any:
         config, problems = structure(raw if raw is not None else {}, SECTION_CLASSES[section])
@@ -573,6 +667,7 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
         critical = loader.critical_norm(raw_stage.get("critical_norm"), f"{where}critical_norm",
                                         stage_names, stage_names[:i])
         stage_points = loader.sweep_points(raw_stage.get("sweep"), raw_stage.get("zip"), where)
+        fork = loader.fork(raw_stage.get("fork"), where)
         runs: list[RunSpec] = []
         for global_point, stage_point in itertools.product(_stage_global_points(loader, data, raw_stage, global_points),
                                                            stage_points):
@@ -606,11 +701,18 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
                         and "critical_norm" not in raw_stage:
                     loader.problem(f"{where}critical_norm", f"required: controller {controller.name!r} holds the "
                                    "norm relative to Wc; give a number or the name of a free stage")
+            if resolved["evaluation"] is not None:
+                loader.observables(resolved["evaluation"], resolved["task"], resolved["architecture"], origin)
+            if fork is not None and resolved["training"] is not None \
+                    and fork.at_step >= resolved["training"].max_steps:
+                loader.problem(f"{where}fork.at_step", f"must be below training.max_steps "
+                               f"({resolved['training'].max_steps}), found {fork.at_step}")
             if refused or any(value is None for value in resolved.values()):
                 continue
             cell = {dotted: value for dotted, (value, _) in point.items()}
             for seed in seeds:
-                runs.append(RunSpec(stage=stage_name, cell=cell, seed=seed, critical_norm=critical, **resolved))
+                runs.append(RunSpec(stage=stage_name, cell=cell, seed=seed, critical_norm=critical, fork=fork,
+                                    **resolved))
         stages.append(Stage(stage_name, critical, runs))
 
     analyses: list[ComponentChoice] = []

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-from gnorm.components import ControllerContext, GrokTimes, RunRecord
+from gnorm.components import ControllerContext, EvaluationChunk, GrokTimes, ObservableContext, RunRecord
 from gnorm.config import OptimizerConfig, RunSpec
 from gnorm.errors import UserError
+from gnorm.forks import TrunkState, state_sha256
 from gnorm.registry import Registry
 from gnorm.science import contraction_norms, every_schedule, example_losses, geometric_schedule, weight_norm
 
@@ -47,10 +48,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def evaluation_steps(run: RunSpec) -> np.ndarray:
+    """The scheduled evaluation steps; a forked run's are those after its fork step."""
     evaluation, budget = run.evaluation, run.training.max_steps
     if evaluation.schedule == "geometric":
-        return geometric_schedule(budget, evaluation.points)
-    return every_schedule(budget, evaluation.every)
+        steps = geometric_schedule(budget, evaluation.points)
+    else:
+        steps = every_schedule(budget, evaluation.every)
+    return steps[steps > run.fork.at_step] if run.fork is not None else steps
 
 
 def _train_loss(forward: Callable, loss: str, params: dict, buffers: dict, inputs: torch.Tensor,
@@ -64,11 +68,12 @@ def _train_loss(forward: Callable, loss: str, params: dict, buffers: dict, input
 
 
 def _example_losses_and_hits(forward: Callable, loss: str, params: dict, buffers: dict, inputs: torch.Tensor,
-                             labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per member and example: the training loss, and 1.0 where the arg-max class is the label."""
+                             labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per member and example: the training loss, 1.0 where the arg-max class is the label, and the
+    logits themselves (already divided by tau; for observables)."""
     logits = forward(params, buffers, inputs)
     losses = example_losses(loss, logits, labels)
-    return losses, (logits.argmax(-1) == labels).to(losses.dtype)
+    return losses, (logits.argmax(-1) == labels).to(losses.dtype), logits
 
 
 class CompiledOrEager:
@@ -196,13 +201,22 @@ class Ensemble:
         return self.grads
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, torch.Tensor]:
-        """Per-member loss and accuracy on train and test sets, the weight norm and one norm per group."""
-        parts = [self._losses_and_hits({n: p[chunk] for n, p in self.params.items()},
-                                       {n: b[chunk] for n, b in self.buffers.items()},
-                                       self.inputs[chunk], self.labels[chunk]) for chunk in self._chunks(self.eval_chunk)]
+    def evaluate(self, observers: Sequence[Any] = ()) -> dict[str, torch.Tensor]:
+        """Per-member loss and accuracy on train and test sets, the weight norm, one norm per group, and
+        what each observer measures from a chunk's logits (dropped before the next chunk's are made)."""
+        parts, observed = [], {}
+        for chunk in self._chunks(self.eval_chunk):
+            params = {n: p[chunk] for n, p in self.params.items()}
+            losses, hits, logits = self._losses_and_hits(params, {n: b[chunk] for n, b in self.buffers.items()},
+                                                         self.inputs[chunk], self.labels[chunk])
+            parts.append((losses, hits))
+            view = EvaluationChunk(logits, self.labels[chunk], self.train_mask[chunk], params)
+            for observer in observers:
+                for key, values in observer.observe(view).items():
+                    observed.setdefault(key, []).append(values)
+            del logits, view
         losses, correct = torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
-        out = {}
+        out = {key: torch.cat(values) for key, values in observed.items()}
         for split, mask in (("train", self.train_mask), ("test", self.test_mask)):
             count = mask.sum(1)
             out[f"{split}_loss"] = (losses * mask).sum(1) / count
@@ -211,6 +225,30 @@ class Ensemble:
         for group, names in self.groups.items():
             out[f"norm/{group}"] = weight_norm([self.params[n] for n in names])
         return out
+
+    def member_state(self, optimizer: "BatchedAdamW", position: int) -> TrunkState:
+        """Member ``position``'s full training state, copied to the CPU."""
+        def cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {n: t[position].detach().cpu().clone() for n, t in tensors.items()}
+        names = list(self.params)
+        return TrunkState(cpu(self.params), cpu(self.buffers), cpu(dict(zip(names, optimizer.exp_avg))),
+                          cpu(dict(zip(names, optimizer.exp_avg_sq))), optimizer.step_count)
+
+    @torch.no_grad()
+    def start_from(self, optimizer: "BatchedAdamW", states: Sequence[TrunkState]) -> None:
+        """Overwrite every member's weights, buffers and AdamW state with ``states`` (one per member,
+        all after the same step)."""
+        if len(states) != self.size or len({s.step for s in states}) != 1:
+            raise ValueError("start_from needs one state per member, all after the same step")
+        names = list(self.params)
+        targets = {"params": self.params, "buffers": self.buffers, "exp_avg": dict(zip(names, optimizer.exp_avg)),
+                   "exp_avg_sq": dict(zip(names, optimizer.exp_avg_sq))}
+        for part, tensors in targets.items():
+            if any(set(getattr(s, part)) != set(tensors) for s in states):
+                raise ValueError(f"the stored trunk state's {part} do not match this architecture's")
+            for name, tensor in tensors.items():
+                tensor.copy_(torch.stack([getattr(s, part)[name] for s in states]))
+        optimizer.step_count = states[0].step
 
     def keep(self, index: torch.Tensor) -> None:
         """Drop every member not in ``index`` (positions of those that stay)."""
@@ -300,11 +338,13 @@ class RunLog:
 @attrs.frozen
 class CellJob:
     """One cell's runs (same settings, different seeds) and the critical norm its controller uses, in
-    total and per weight-norm group (empty when not known)."""
+    total and per weight-norm group (empty when not known); for a forked cell, the trunk state each run
+    starts from (see gnorm.forks)."""
 
     runs: list[RunSpec]
     critical_norm: float | None
     group_critical_norms: dict[str, float] = attrs.field(factory=dict)
+    start_states: list[TrunkState] | None = None
 
 
 #: ``compile = "auto"`` compiles runs whose max_steps x parameters reaches this (the paper's MLP over
@@ -363,63 +403,110 @@ def train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunRecor
         _train_cell(job, registry, on_finished, on_progress)
 
 
-def controller_context(job: CellJob, ensemble: Ensemble) -> ControllerContext:
-    """What the cell's controller is told: Wc (total and per group), the member count, and where each
-    weight-norm group's tensors sit in ``ensemble.norm_tensors``."""
+def controller_context(job: CellJob, ensemble: Ensemble, start_step: int = 0) -> ControllerContext:
+    """What the cell's controller is told: Wc (total and per group), the member count, where each
+    weight-norm group's tensors sit in ``ensemble.norm_tensors``, and the step training resumes from
+    (a fork's ``at_step``, else 0)."""
     positions = {name: i for i, name in enumerate(ensemble.norm_names)}
     groups = {group: [positions[name] for name in names] for group, names in ensemble.groups.items()}
     return ControllerContext(job.critical_norm, len(job.runs), groups=groups,
                              group_critical_norms=dict(job.group_critical_norms),
-                             tensor_names=list(ensemble.norm_names))
+                             tensor_names=list(ensemble.norm_names), start_step=start_step)
+
+
+def train_trunk(job: CellJob, registry: Registry) -> list[TrunkState]:
+    """The trunk of a forked cell: each run's seed trained from its usual initialization and split for
+    ``fork.at_step`` steps under the fork's controller; returns every member's state then."""
+    first = job.runs[0]
+    at_step = first.fork.at_step
+    # The trunk is computed the same way whichever arm asks for it first: decide compiling on at_step.
+    runs = [attrs.evolve(run, training=attrs.evolve(run.training, max_steps=at_step)) for run in job.runs]
+    with deterministic_algorithms():
+        ensemble, _ = build_ensemble(CellJob(runs, None), registry)
+        optimizer = BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params],
+                                 first.optimizer)
+        controller = registry.get("norm_controller", first.fork.controller.name).factory(
+            first.fork.controller.config, controller_context(CellJob(runs, None), ensemble))
+        with torch.no_grad():
+            getattr(controller, "before_training", lambda tensors: None)(ensemble.norm_tensors)
+        for step in range(1, at_step + 1):
+            optimizer.step(ensemble.parameters, ensemble.gradients())
+            with torch.no_grad():
+                controller.after_step(step, ensemble.norm_tensors)
+        return [ensemble.member_state(optimizer, position) for position in range(ensemble.size)]
+
+
+def _start_from_trunk(job: CellJob, ensemble: Ensemble, optimizer: BatchedAdamW, logs: list[RunLog]) -> int:
+    """Load a forked cell's trunk states; return the step training resumes after (0 when not forked).
+    Each arm records the hash of the state it really starts from, and its norm there."""
+    first = job.runs[0]
+    if first.fork is None:
+        return 0
+    if job.start_states is None:
+        raise ValueError(f"stage {first.stage!r} forks at step {first.fork.at_step}; its job needs the trunk states")
+    ensemble.start_from(optimizer, job.start_states)
+    norms = weight_norm(ensemble.norm_tensors).tolist()
+    for position, log in enumerate(logs):
+        log.facts["fork_state_sha256"] = state_sha256(ensemble.member_state(optimizer, position))
+        log.facts["norm_at_fork"] = norms[position]
+    return first.fork.at_step
+
+
+def _observers(first: RunSpec, ensemble: Ensemble, task: Any, registry: Registry) -> list[Any]:
+    context = ObservableContext(dict(ensemble.groups), task.input_spec, task.num_classes)
+    return [registry.get("observable", name).factory(registry.get("observable", name).config_class(), context)
+            for name in first.evaluation.observables]
+
+
+def _record_facts(logs: list[RunLog], facts: dict[str, torch.Tensor] | None) -> None:
+    for key, values in (facts or {}).items():
+        for log, value in zip(logs, values.tolist()):
+            log.facts[key] = value
 
 
 def _train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunRecord, RunLog], None],
                 on_progress: Callable[[int, int], None]) -> None:
     first = job.runs[0]
-    ensemble, _ = build_ensemble(job, registry)
+    ensemble, task = build_ensemble(job, registry)
     optimizer = BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params], first.optimizer)
-    controller = registry.get("norm_controller", first.controller.name).factory(
-        first.controller.config, controller_context(job, ensemble))
     criterion = registry.get("grok_criterion", first.criterion.name).factory(first.criterion.config)
+    observers = _observers(first, ensemble, task, registry)
     logs = [RunLog(run) for run in job.runs]
+    start = _start_from_trunk(job, ensemble, optimizer, logs)
+    controller = registry.get("norm_controller", first.controller.name).factory(
+        first.controller.config, controller_context(job, ensemble, start))
     for run in job.runs:
         registry.hook.gnorm_before_run(run_id=run.run_id, stage=run.stage, seed=run.seed, config=run.plain())
     schedule = set(evaluation_steps(first).tolist())
-
-    def record_facts(facts: dict[str, torch.Tensor] | None) -> None:
-        for key, values in (facts or {}).items():
-            for log, value in zip(logs, values.tolist()):
-                log.facts[key] = value
-
-    if hasattr(controller, "before_training"):
-        with torch.no_grad():
-            record_facts(controller.before_training(ensemble.norm_tensors))
-    for step in range(1, first.training.max_steps + 1):
+    with torch.no_grad():
+        _record_facts(logs, getattr(controller, "before_training", lambda tensors: None)(ensemble.norm_tensors))
+    for step in range(start + 1, first.training.max_steps + 1):
         optimizer.step(ensemble.parameters, ensemble.gradients())
         with torch.no_grad():
-            record_facts(controller.after_step(step, ensemble.norm_tensors))
-        if step in schedule:
-            done = _evaluate(ensemble, logs, criterion, step, registry, first.evaluation.stop_when_grokked)
-            on_progress(step, len(logs))
-            if done:
-                for position in done:
-                    on_finished(logs[position].record(job.critical_norm, ensemble.is_compiled), logs[position])
-                keep = [i for i in range(len(logs)) if i not in done]
-                if not keep:
-                    return
-                index = torch.tensor(keep, device=ensemble.labels.device)
-                ensemble.keep(index)
-                optimizer.keep(index)
-                getattr(controller, "keep", lambda index: None)(index)
-                logs = [logs[i] for i in keep]
+            _record_facts(logs, controller.after_step(step, ensemble.norm_tensors))
+        if step not in schedule:
+            continue
+        done = _evaluate(ensemble, logs, criterion, step, registry, first.evaluation.stop_when_grokked, observers)
+        on_progress(step, len(logs))
+        for position in done:
+            on_finished(logs[position].record(job.critical_norm, ensemble.is_compiled), logs[position])
+        if done:
+            keep = [i for i in range(len(logs)) if i not in done]
+            if not keep:
+                return
+            index = torch.tensor(keep, device=ensemble.labels.device)
+            ensemble.keep(index)
+            optimizer.keep(index)
+            getattr(controller, "keep", lambda index: None)(index)
+            logs = [logs[i] for i in keep]
     for log in logs:
         on_finished(log.record(job.critical_norm, ensemble.is_compiled), log)
 
 
 def _evaluate(ensemble: Ensemble, logs: list[RunLog], criterion: Any, step: int, registry: Registry,
-              stop_when_grokked: bool) -> list[int]:
+              stop_when_grokked: bool, observers: Sequence[Any] = ()) -> list[int]:
     """Record one evaluation for every member; return the positions of members that are done."""
-    values = {key: tensor.tolist() for key, tensor in ensemble.evaluate().items()}
+    values = {key: tensor.tolist() for key, tensor in ensemble.evaluate(observers).items()}
     done = []
     for position, log in enumerate(logs):
         metrics = {key: column[position] for key, column in values.items()}

@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 
 from gnorm import PROJECT_NAME
-from gnorm.components import Analyzer, Architecture, GrokCriterion, NormController, RunRecord, Task
+from gnorm.components import Analyzer, Architecture, GrokCriterion, NormController, Observable, RunRecord, Task
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -129,6 +129,30 @@ def gnorm_analyzers() -> list[Analyzer]:
     """
 
 
+@hookspec
+def gnorm_observables() -> list[Observable]:
+    """Register observables. Called once at start-up; return a list of :class:`gnorm.Observable`.
+
+    An experiment switches one on with ``[evaluation] observables = ["<name>"]``. ``factory(config,
+    context)`` (context: :class:`gnorm.components.ObservableContext`) returns an object whose
+    ``observe(chunk)`` is called under ``torch.no_grad()`` for every chunk of ensemble members at every
+    scheduled evaluation (chunk: :class:`gnorm.components.EvaluationChunk`, with the logits the
+    evaluation has already computed) and returns metric key -> one value per member of the chunk; the
+    values are stored as trajectory columns::
+
+        class MaxLogit:
+            def __init__(self, config, context):
+                pass
+            def observe(self, chunk):
+                return {"max_logit": chunk.logits.amax(dim=(1, 2))}
+
+        @gnorm.hookimpl
+        def gnorm_observables():
+            return [gnorm.Observable(name="max_logit", summary="largest logit over all examples",
+                                     config_class=EmptyConfig, factory=MaxLogit)]
+    """
+
+
 # ---------------------------------------------------------------------------------------------------
 # Run lifecycle: observers (trackers, loggers). They are called in the process that trains, must not
 # change anything, and their return values are ignored.
@@ -147,7 +171,8 @@ def gnorm_before_run(run_id: str, stage: str, seed: int, config: dict[str, Any])
 @hookspec
 def gnorm_after_evaluation(run_id: str, step: int, metrics: dict[str, float]) -> None:
     """Called for every run at every scheduled evaluation, with that run's metrics (train_loss,
-    test_loss, train_acc, test_acc, weight_norm and one ``norm/<group>`` per parameter group)::
+    test_loss, train_acc, test_acc, weight_norm, one ``norm/<group>`` per parameter group and the keys
+    of the observables the experiment switched on)::
 
         @gnorm.hookimpl
         def gnorm_after_evaluation(run_id, step, metrics):

@@ -11,7 +11,8 @@ import attrs
 
 from gnorm.components import RunRecord
 from gnorm.config import Experiment, RunSpec, Stage, cells_of
-from gnorm.engine import CellJob, RunLog, resolve_device, train_cell
+from gnorm.engine import CellJob, RunLog, resolve_device, train_cell, train_trunk
+from gnorm.forks import TRUNK_FOLDER, TrunkFiles, TrunkState
 from gnorm.registry import Registry
 from gnorm.science import critical_norm
 from gnorm.store import Store
@@ -78,6 +79,16 @@ def resolve_critical_norms(stage: Stage, cell: list[RunSpec],
     return wc, group_wcs
 
 
+def trunk_states(runs: list[RunSpec], registry: Registry, files: TrunkFiles) -> list[TrunkState]:
+    """The state each forked run starts from: loaded where its trunk is stored, else trained (the
+    missing seeds together, once) and stored before any arm uses it."""
+    missing = [run for run in runs if not files.has(run.trunk_id)]
+    if missing:
+        for run, state in zip(missing, train_trunk(CellJob(missing, None), registry)):
+            files.save(run.trunk_id, run.trunk_identity(), state)
+    return [files.load(run.trunk_id) for run in runs]
+
+
 def run_experiment(experiment: Experiment, registry: Registry, store: Store, progress: Progress) -> list[str]:
     """Train every run the store lacks; return one line per cell that could not start."""
     plan = plan_experiment(experiment)
@@ -95,6 +106,9 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
             skipped.append(f"{label}: not run, no seed of its source cell in stage {stage.critical_norm!r} grokked")
             continue
         progress.start(f"{label} ({len(todo)} seeds{'' if wc is None else f', Wc {wc:.4g}'})")
+        start_states = None
+        if todo[0].fork is not None:
+            start_states = trunk_states(todo, registry, TrunkFiles(store.directory / TRUNK_FOLDER))
         count = [0, 0]
 
         def finished_run(record: RunRecord, log: RunLog) -> None:
@@ -103,7 +117,7 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
             count[0] += 1
             count[1] += not record.censored
 
-        train_cell(CellJob(todo, wc, group_wcs), registry, finished_run,
+        train_cell(CellJob(todo, wc, group_wcs, start_states), registry, finished_run,
                    lambda step, running: progress.update(step, todo[0].training.max_steps, running, len(todo)))
         progress.finish(f"{count[1]}/{count[0]} grokked, {time.monotonic() - progress.started:.0f}s")
     return skipped
