@@ -7,13 +7,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner
 
 from conftest import tiny_study
 from gnorm.builtins.architectures import MLP, MLPConfig, Transformer, TransformerConfig
 from gnorm.builtins.tasks import ModularConfig, ModularTask, SparseParityConfig, SparseParityTask
+from gnorm.cli import main
 from gnorm.config import load_experiment
 from gnorm.errors import UserError
 from gnorm.registry import build_registry
+from gnorm.store import Store
 
 P = 11
 TASK = ModularTask(ModularConfig(p=P, train_fraction=0.5), torch.add)
@@ -186,3 +189,28 @@ def test_mlp_activation_is_the_one_asked_for():
         expected = function(inputs @ model.w_in + model.b_in) @ model.w_out + model.b_out
         torch.testing.assert_close(model(inputs), expected, rtol=1e-12, atol=1e-12)
     assert "embedding" not in dict(model.named_parameters())  # vector inputs skip the embedding
+
+
+# ---------------------------------------------------------------------------------------------------
+# End to end.
+
+
+def test_a_transformer_study_runs_through_gnorm_run_and_stores_its_runs(tmp_path):
+    text = tiny_study(tmp_path, p=11, max_steps=200, critical_norm="10.0", rhos="[1.0]").read_text().replace(
+        'name = "mlp"\nembed_dim = 16\nhidden_dim = 32',
+        'name = "transformer"\nembed_dim = 16\nnum_heads = 2\nmlp_dim = 32\nlayernorm = "pre"')
+    path = tmp_path / "transformer.toml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    store = Store(tmp_path / "out")
+    records = store.records()
+    assert sorted((r.stage, r.seed) for r in records) == [("clamp", 0), ("clamp", 1), ("free", 0), ("free", 1)]
+    for record in records:
+        assert record.config["architecture"] == {"name": "transformer", "embed_dim": 16, "num_heads": 2,
+                                                 "mlp_dim": 32, "num_layers": 1, "layernorm": "pre"}
+        trajectory = store.trajectory(record.run_id)
+        assert trajectory["step"][0] == 20 and len(trajectory["step"]) >= 1
+        assert {"norm/embedding", "norm/attention", "norm/mlp", "norm/unembedding"} <= set(trajectory)
+    for record in (r for r in records if r.stage == "clamp"):
+        assert record.facts["norm_after_clamp"] == pytest.approx(10.0, rel=1e-5)

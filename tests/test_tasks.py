@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from conftest import tiny_study
+from gnorm.builtins.architectures import MLP, MLPConfig
 from gnorm.builtins.tasks import (ModularConfig, PrimeModularConfig, SparseParityConfig, SparseParityTask,
                                   is_prime, modular_inverses, parity_labels)
-from gnorm.config import load_experiment
+from gnorm.config import OptimizerConfig, load_experiment
+from gnorm.engine import BatchedAdamW, Ensemble
 from gnorm.errors import UserError
 from gnorm.registry import build_registry
 
@@ -89,6 +91,25 @@ def test_sparse_parity_draws_train_and_test_sets_from_the_seed():
     signs = split.inputs[:, :3].prod(1)
     assert torch.equal(split.labels, (signs < 0).long())
     assert 0.35 < split.labels.float().mean() < 0.65  # both classes, about half each
+
+
+def test_each_ensemble_member_trains_on_its_own_parity_sample():
+    task = SparseParityTask(SparseParityConfig(n_bits=10, k=2, train_size=64, test_size=64))
+    splits = [task.split(seed) for seed in (0, 1)]
+    modules = []
+    for _ in splits:
+        torch.manual_seed(0)  # the same initial weights; only the samples differ
+        modules.append(MLP(MLPConfig(hidden_dim=16), task))
+    ensemble = Ensemble(modules, splits, torch.device("cpu"), torch.float64)
+    assert torch.equal(ensemble.train_inputs[1], splits[1].inputs[:64].double())
+    optimizer = BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params],
+                             OptimizerConfig(lr=1e-2, weight_decay=0.1))
+    start = ensemble.evaluate()
+    for _ in range(100):
+        optimizer.step(ensemble.parameters, ensemble.gradients())
+    end = ensemble.evaluate()
+    assert (end["train_loss"] < 0.5 * start["train_loss"]).all()  # each fits its own sample
+    assert end["train_loss"][0] != end["train_loss"][1]
 
 
 def test_sparse_parity_defaults_match_the_paper():
