@@ -102,12 +102,14 @@ LAYERNORM_TOLERANCE = 2e-3
 
 def relative_change(changed: torch.Tensor, reference: torch.Tensor) -> float:
     """max |changed - reference| / max |reference|."""
-    return float((changed - reference).abs().max() / reference.abs().max()) if not changed.requires_grad else \
-        relative_change(changed.detach(), reference.detach())
+    changed, reference = changed.detach(), reference.detach()
+    return float((changed - reference).abs().max() / reference.abs().max())
+
 
 #: Multiplies the residual stream by c without changing anything the attention or MLP compute from it:
 #: (E, P) x c; Wq / c^2 (so q . k is unchanged); W_in / c; W_out x c (GELU sees the same input).
-STREAM_RESCALE = {"token_embedding": 1, "positions": 1, "blocks.0.query": -2, "blocks.0.mlp_in": -1, "blocks.0.mlp_out": 1}
+STREAM_RESCALE = {"token_embedding": 1, "positions": 1, "blocks.0.query": -2, "blocks.0.mlp_in": -1,
+                  "blocks.0.mlp_out": 1}
 
 
 @pytest.mark.parametrize("c", [0.5, 3.0])

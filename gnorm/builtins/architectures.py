@@ -154,7 +154,7 @@ class Transformer(torch.nn.Module):
         spec = task.input_spec
         if spec.kind != "tokens" or spec.length != 2:
             raise UserError(f"architecture: transformer reads two tokens [a, b]; this task gives "
-                                  f"{spec.length} {spec.kind} inputs")
+                            f"{spec.length} {spec.kind} inputs")
         d, vocab = config.embed_dim, spec.vocab_size + 1
         self.num_heads, self.layernorm = config.num_heads, config.layernorm
         self.equals_token = spec.vocab_size
@@ -172,20 +172,21 @@ class Transformer(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         streams = [self._norm(self.token_embedding + self.positions[j]) for j in range(2)]  # per-vocab tables
         last = self.token_embedding[self.equals_token] + self.positions[2]  # (d,), becomes (..., d)
+        d = last.shape[-1]
         for block in self.blocks:
             keys, values = [], []
-            query = self._heads(self._norm(last) @ block.query)
             for j, table in enumerate(streams):
-                rows = x[..., j].unsqueeze(-1).expand(*x.shape[:-1], 2 * table.shape[-1])
+                rows = x[..., j].unsqueeze(-1).expand(*x.shape[:-1], 2 * d)
                 key_value = torch.gather(table @ torch.cat([block.key, block.value], dim=1), 0, rows)
-                keys.append(self._heads(key_value[..., :table.shape[-1]]))
-                values.append(self._heads(key_value[..., table.shape[-1]:]))
-            keys.append(self._heads(self._norm(last) @ block.key))
-            values.append(self._heads(self._norm(last) @ block.value))
+                keys.append(self._heads(key_value[..., :d]))
+                values.append(self._heads(key_value[..., d:]))
+            reader = self._norm(last)
+            query = self._heads(reader @ block.query)
+            keys.append(self._heads(reader @ block.key))
+            values.append(self._heads(reader @ block.value))
             scores = torch.broadcast_tensors(*((query * key).sum(-1) for key in keys))  # the first query is shared
-            scores = torch.stack(scores, dim=-1) / math.sqrt(query.shape[-1])
-            weights = torch.softmax(scores, dim=-1)  # (..., heads, 3)
-            attended = sum(weights[..., j, None] * values[j] for j in range(3))
+            weights = torch.softmax(torch.stack(scores, dim=-1) / math.sqrt(query.shape[-1]), dim=-1)
+            attended = sum((weights[..., j, None] * values[j] for j in range(1, 3)), weights[..., 0, None] * values[0])
             last = last + attended.flatten(-2) @ block.out
             last = last + F.gelu(self._norm(last) @ block.mlp_in) @ block.mlp_out
         if self.layernorm != "none":
@@ -203,8 +204,8 @@ class Transformer(torch.nn.Module):
 @gnorm.hookimpl
 def gnorm_architectures() -> list[gnorm.Architecture]:
     return [
-        gnorm.Architecture(name="mlp", summary="the papers' GELU MLP on a shared embedding (depth and activation optional)",
-                           config_class=MLPConfig, factory=MLP),
-        gnorm.Architecture(name="transformer", summary="the papers' one-layer attention model on [a, b, =], query from the last position",
-                           config_class=TransformerConfig, factory=Transformer),
+        gnorm.Architecture(name="mlp", config_class=MLPConfig, factory=MLP,
+                           summary="the papers' GELU MLP on a shared embedding (depth and activation optional)"),
+        gnorm.Architecture(name="transformer", config_class=TransformerConfig, factory=Transformer,
+                           summary="the papers' one-layer attention model on [a, b, =], query from the last position"),
     ]
