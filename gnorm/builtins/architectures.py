@@ -176,10 +176,9 @@ class Transformer(torch.nn.Module):
         for block in self.blocks:
             keys, values = [], []
             for j, table in enumerate(streams):
-                rows = x[..., j].unsqueeze(-1).expand(*x.shape[:-1], 2 * d)
-                key_value = torch.gather(table @ torch.cat([block.key, block.value], dim=1), 0, rows)
-                keys.append(self._heads(key_value[..., :d]))
-                values.append(self._heads(key_value[..., d:]))
+                rows = x[..., j].unsqueeze(-1).expand(*x.shape[:-1], d)
+                keys.append(self._heads(torch.gather(table @ block.key, 0, rows)))
+                values.append(self._heads(torch.gather(table @ block.value, 0, rows)))
             reader = self._norm(last)
             query = self._heads(reader @ block.query)
             keys.append(self._heads(reader @ block.key))
