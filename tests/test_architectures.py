@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from conftest import tiny_study
+from conftest import REFERENCE, tiny_study
 from gnorm.builtins.architectures import MLP, MLPConfig, Transformer, TransformerConfig
 from gnorm.builtins.tasks import ModularConfig, ModularTask, SparseParityConfig, SparseParityTask
 from gnorm.cli import main
 from gnorm.config import load_experiment
 from gnorm.errors import UserError
+from gnorm.importers import read_cell
 from gnorm.registry import build_registry
 from gnorm.store import Store
 
@@ -216,3 +218,30 @@ def test_a_transformer_study_runs_through_gnorm_run_and_stores_its_runs(tmp_path
         assert {"norm/embedding", "norm/attention", "norm/mlp", "norm/unembedding"} <= set(trajectory)
     for record in (r for r in records if r.stage == "clamp"):
         assert record.facts["norm_after_clamp"] == pytest.approx(10.0, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Against the papers' released runs (skipped where ../shared/reference is absent).
+
+
+@pytest.mark.parametrize("experiment, layernorm", [("tfnoln", "none"), ("tfgrok", "pre")])
+def test_imported_attention_cells_build_a_transformer_that_starts_at_their_group_norms(experiment, layernorm):
+    """The reference importer's architecture table is a valid ``transformer`` table, and 16 seeds of our
+    initialisation start within 2% of the released runs' step-0 norm of every group (medians)."""
+    folder = REFERENCE / "paper-a" / experiment / "metrics"
+    if not folder.is_dir():
+        pytest.skip(f"no reference data at {folder}")
+    runs = read_cell(sorted(folder.glob("*.npz"))[0], "paper-a", experiment)
+    table = dict(runs[0].record.config["architecture"])
+    assert table.pop("name") == "transformer" and table["layernorm"] == layernorm
+    task = ModularTask(ModularConfig(p=runs[0].record.config["task"]["p"]), torch.add)
+    ours = {}
+    for seed in range(16):
+        torch.manual_seed(seed)
+        model = Transformer(TransformerConfig(**table), task)
+        for group, names in model.weight_norm_groups().items():
+            norm = math.sqrt(sum(float(model.get_parameter(n).detach().pow(2).sum()) for n in names))
+            ours.setdefault(group, []).append(norm)
+    for group, norms in ours.items():
+        released = statistics.median(run.metrics[f"norm/{group}"][0] for run in runs)
+        assert statistics.median(norms) == pytest.approx(released, rel=0.02), group
