@@ -17,8 +17,8 @@ p                              ``config.task.p`` (task ``modular_addition``)
 alpha (training fraction)      ``config.task.train_fraction`` (never called alpha in gnorm)
 n, k, m, m_test (parity)       task ``sparse_parity``: ``n_bits``, ``k``, ``train_size``, ``test_size``
 d_model, H                     ``config.architecture.embed_dim`` / ``hidden_dim`` (``mlp``); for the
-                               attention model ``attention`` with ``embed_dim``, ``num_heads``,
-                               ``mlp_dim`` (= H), ``num_layers`` and ``layernorm``
+                               attention model ``transformer`` with ``embed_dim``, ``num_heads``,
+                               ``mlp_dim`` (= H), ``num_layers`` and ``layernorm`` ("pre" or "none")
 lam, lr                        ``config.optimizer.weight_decay``, ``config.optimizer.lr``
 arm none / ctrl / free         ``config.controller = {"name": "free"}``
 arm clamp                      ``{"name": "clamp", "rho", "t_start": t_int}``; with a group (tfnormint)
@@ -191,10 +191,10 @@ def task_of(fields: dict[str, Any]) -> dict[str, Any]:
 def architecture_of(fields: dict[str, Any], experiment: str) -> dict[str, Any]:
     attention = "n_heads" in fields or str(fields.get("arch", "mlp")).startswith("tf")
     if attention:
-        return {"name": "attention", "embed_dim": int(fields.get("d_model", 128)),
+        return {"name": "transformer", "embed_dim": int(fields.get("d_model", 128)),
                 "num_heads": int(fields.get("n_heads", ATTENTION_HEADS)), "mlp_dim": int(fields.get("H", 512)),
                 "num_layers": int(fields.get("n_layers", 1)),
-                "layernorm": not ("noln" in experiment or "noln" in str(fields.get("arch", "")))}
+                "layernorm": "none" if "noln" in experiment or "noln" in str(fields.get("arch", "")) else "pre"}
     embedding = {"embed_dim": int(fields["d_model"])} if "d_model" in fields else {}  # parity: vector inputs
     architecture = {"name": "mlp", **embedding, "hidden_dim": int(fields.get("H", 256)), "final_layernorm": False}
     return architecture

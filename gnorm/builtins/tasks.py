@@ -1,8 +1,10 @@
-"""Built-in tasks: modular arithmetic on all p^2 pairs (a, b)."""
+"""Built-in tasks: modular arithmetic on pairs (a, b) mod p, and sparse parity on {-1,+1}^n."""
 
 from __future__ import annotations
 
 from typing import Callable
+
+import math
 
 import attrs
 import torch
@@ -30,6 +32,25 @@ class ModularConfig:
     train_fraction: float = attrs.field(default=0.4, validator=_check_fraction)
 
 
+def is_prime(n: int) -> bool:
+    """Trial division up to sqrt(n)."""
+    return n >= 2 and all(n % divisor for divisor in range(2, math.isqrt(n) + 1))
+
+
+def _check_prime(instance, attribute, value) -> None:
+    if not is_prime(value):
+        raise ValueError(f"'{attribute.name}' must be prime (division needs every b != 0 to have an inverse), "
+                         f"found {value}")
+
+
+@attrs.frozen
+class PrimeModularConfig:
+    """``p``: a prime modulus; ``train_fraction``: share of the pairs used for training."""
+
+    p: int = attrs.field(default=97, validator=_check_prime)
+    train_fraction: float = attrs.field(default=0.4, validator=_check_fraction)
+
+
 def train_size(num_examples: int, train_fraction: float) -> int:
     """n_train = round(train_fraction * num_examples)."""
     return int(round(train_fraction * num_examples))
@@ -44,13 +65,17 @@ def random_split(num_examples: int, train_fraction: float, split_seed: int) -> t
 
 
 class ModularTask:
-    """All pairs (a, b) in [0, p)^2 with label op(a, b) mod p; inputs are the two token ids."""
+    """All pairs (a, b) in [0, p)^2 (with b != 0 when ``nonzero_b``) with label op(a, b) mod p; inputs
+    are the two token ids."""
 
-    def __init__(self, config: ModularConfig, operation: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    def __init__(self, config: ModularConfig | PrimeModularConfig,
+                 operation: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], nonzero_b: bool = False):
         self.config = config
         self.num_classes = config.p
         self.input_spec = InputSpec(kind="tokens", length=2, vocab_size=config.p)
         a, b = torch.cartesian_prod(torch.arange(config.p), torch.arange(config.p)).unbind(1)
+        if nonzero_b:
+            a, b = a[b != 0], b[b != 0]
         self.inputs = torch.stack([a, b], dim=1)
         self.labels = operation(a, b) % config.p
 
@@ -63,6 +88,69 @@ class ModularTask:
         return Split(self.inputs, self.labels, train_index, test_index)
 
 
+def modular_inverses(p: int) -> torch.Tensor:
+    """inverse[b] = b^(p-2) mod p for b in [0, p) (Fermat: b * b^(p-2) = 1 mod p for prime p and b != 0;
+    inverse[0] = 0 is never used)."""
+    return torch.tensor([pow(b, p - 2, p) for b in range(p)])
+
+
+def modular_quotient(a: torch.Tensor, b: torch.Tensor, p: int) -> torch.Tensor:
+    """a / b mod p = a * b^(p-2) mod p, for b != 0 and prime p."""
+    return a * modular_inverses(p)[b] % p
+
+
+def modular_sum_of_squares(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a^2 + b^2 (reduced mod p by the task)."""
+    return a * a + b * b
+
+
+def _positive(instance, attribute, value) -> None:
+    if value < 1:
+        raise ValueError(f"'{attribute.name}' must be at least 1, found {value}")
+
+
+@attrs.frozen
+class SparseParityConfig:
+    """``n_bits`` input bits, label the parity of the first ``k``; ``train_size`` training samples and a
+    fresh test set of ``test_size``, both drawn from the split seed."""
+
+    n_bits: int = attrs.field(default=30, validator=_positive)
+    k: int = attrs.field(default=3, validator=_positive)
+    train_size: int = attrs.field(default=1000, validator=_positive)
+    test_size: int = attrs.field(default=2000, validator=_positive)
+
+    @k.validator
+    def _at_most_n_bits(self, attribute, value) -> None:
+        if value > self.n_bits:
+            raise ValueError(f"'k' must be at most n_bits ({self.n_bits}), found {value}")
+
+
+def parity_labels(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Label of x in {-1,+1}^n: the parity of the bits b_i = (1 - x_i) / 2 of the first k coordinates,
+    sum_{i<k} b_i mod 2; 1 exactly where prod_{i<k} x_i = -1."""
+    return (x[..., :k] < 0).sum(-1) % 2
+
+
+class SparseParityTask:
+    """x uniform on {-1,+1}^n_bits (float vector inputs), label parity_labels(x, k), two classes. Each
+    seed draws its own training and test samples, so the inputs differ between seeds; the two sets are
+    independent draws (a test point may repeat a training point, with probability about
+    train_size * test_size / 2^n_bits)."""
+
+    def __init__(self, config: SparseParityConfig):
+        self.config = config
+        self.num_classes = 2
+        self.input_spec = InputSpec(kind="vector", length=config.n_bits)
+
+    def split(self, split_seed: int) -> Split:
+        c = self.config
+        generator = torch.Generator().manual_seed(split_seed)
+        total = c.train_size + c.test_size
+        inputs = torch.randint(0, 2, (total, c.n_bits), generator=generator).float() * 2 - 1
+        index = torch.arange(total)
+        return Split(inputs, parity_labels(inputs, c.k), index[:c.train_size], index[c.train_size:])
+
+
 @gnorm.hookimpl
 def gnorm_tasks() -> list[gnorm.Task]:
     return [
@@ -70,4 +158,14 @@ def gnorm_tasks() -> list[gnorm.Task]:
                    config_class=ModularConfig, factory=lambda config: ModularTask(config, torch.add)),
         gnorm.Task(name="modular_multiplication", summary="(a * b) mod p on all p^2 pairs",
                    config_class=ModularConfig, factory=lambda config: ModularTask(config, torch.mul)),
+        gnorm.Task(name="modular_subtraction", summary="(a - b) mod p on all p^2 pairs",
+                   config_class=ModularConfig, factory=lambda config: ModularTask(config, torch.sub)),
+        gnorm.Task(name="modular_division", config_class=PrimeModularConfig,
+                   summary="a / b = a * b^(p-2) mod p on the p(p-1) pairs with b != 0, p prime",
+                   factory=lambda config: ModularTask(config, lambda a, b: modular_quotient(a, b, config.p),
+                                                      nonzero_b=True)),
+        gnorm.Task(name="modular_sum_of_squares", summary="(a^2 + b^2) mod p on all p^2 pairs",
+                   config_class=ModularConfig, factory=lambda config: ModularTask(config, modular_sum_of_squares)),
+        gnorm.Task(name="sparse_parity", summary="parity of the first k of n_bits +-1 inputs; fresh test set per seed",
+                   config_class=SparseParityConfig, factory=SparseParityTask),
     ]
