@@ -5,7 +5,7 @@ second (one seed advanced one full-batch step), eager and compiled, with the pap
 The three are timed in interleaved rounds, so that load from other processes falls on all of them;
 the best round is the closest to the machine's speed, the median says how noisy it was.
 
-    OMP_NUM_THREADS=2 python examples/transformer_speed.py [rounds, default 5] [seconds a round, default 4]
+    OMP_NUM_THREADS=2 python benchmarks/transformer_speed.py [rounds, default 5] [seconds a round, default 4]
 """
 
 from __future__ import annotations
