@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 
 from gnorm import PROJECT_NAME
-from gnorm.components import Analyzer, Architecture, GrokCriterion, NormController, RunRecord, Task
+from gnorm.components import Analyzer, Architecture, Executor, GrokCriterion, NormController, RunRecord, Task
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -121,6 +121,29 @@ def gnorm_analyzers() -> list[Analyzer]:
                 grokked = sum(not r.censored for r in records)
                 return Analysis(analyzer="count", numbers={"grokked": grokked})
             return analyze
+    """
+
+
+@hookspec
+def gnorm_executors() -> list[Executor]:
+    """Register executors (where cells train). Called once at start-up; return a list of
+    :class:`gnorm.Executor`.
+
+    ``factory(config, context)`` returns something that behaves like ``concurrent.futures.Executor``:
+    ``submit(fn, *args)`` returning a ``concurrent.futures.Future``, and ``shutdown(wait=True)``. The
+    coordinator submits one task per cell; the task only trains and returns its runs' results, so an
+    executor never sees the store. An experiment picks one with ``[executor] name = "..."`` (or
+    ``gnorm run --executor NAME``)::
+
+        @attrs.frozen
+        class ThreadsConfig:
+            workers: int = 2
+
+        @gnorm.hookimpl
+        def gnorm_executors():
+            return [gnorm.Executor(name="threads", summary="a thread pool", config_class=ThreadsConfig,
+                                   factory=lambda config, context: ThreadPoolExecutor(config.workers),
+                                   in_process=True)]
     """
 
 

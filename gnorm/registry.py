@@ -32,6 +32,7 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "norm_controller": "gnorm_norm_controllers",
     "grok_criterion": "gnorm_grok_criteria",
     "analyzer": "gnorm_analyzers",
+    "executor": "gnorm_executors",
 }
 _CLASS_OF_KIND = {cls.kind: cls for cls in COMPONENT_KINDS}
 #: Every hook a plugin may implement (registration and lifecycle), as specified in gnorm.hookspecs.
