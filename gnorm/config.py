@@ -704,10 +704,11 @@ class ExecutorChoice:
 
 
 def with_executor(experiment: Experiment, name: str | None, scheduler: str | None) -> Experiment:
-    """The experiment with the command line's ``--executor`` / ``--scheduler``: another executor's name
-    replaces the file's table (its options belong to the other executor), the same name keeps them."""
+    """The experiment with the command line's ``--executor`` / ``--scheduler``. Naming another executor
+    than the file's ``[executor] name`` drops that table's options (they belong to the other executor)
+    but keeps ``retries`` and ``threads``."""
     table = dict(experiment.executor)
-    if name is not None and name != table.get("name", DEFAULT_EXECUTOR):
+    if name is not None and name != table.get("name", name):
         table = {key: table[key] for key in ("retries", "threads") if key in table}
     if name is not None:
         table["name"] = name
