@@ -143,9 +143,9 @@ def validate(experiment_file: str, overrides: tuple[str, ...]) -> None:
     from gnorm.config import executor_choice
 
     plan = plan_experiment(experiment)
-    executor = executor_choice(experiment, _registry())
+    executor_choice(experiment, _registry())  # the [executor] table is checked too
     click.echo(f"{experiment_file}: ok, {len(experiment.runs)} runs in {len(plan.cells)} cells, "
-               f"{len(experiment.stages)} stages, executor {executor.name}")
+               f"{len(experiment.stages)} stages")
 
 
 @main.command()

@@ -132,8 +132,10 @@ def gnorm_executors() -> list[Executor]:
     ``factory(config, context)`` returns something that behaves like ``concurrent.futures.Executor``:
     ``submit(fn, *args)`` returning a ``concurrent.futures.Future``, and ``shutdown(wait=True)``. The
     coordinator submits one task per cell; the task only trains and returns its runs' results, so an
-    executor never sees the store. An experiment picks one with ``[executor] name = "..."`` (or
-    ``gnorm run --executor NAME``)::
+    executor never sees the store. Optional: a ``capacity`` attribute (the coordinator keeps at most
+    that many cells submitted; default: all that are ready) and ``terminate_workers()`` (called instead
+    of ``shutdown`` when the study is interrupted). An experiment picks one with
+    ``[executor] name = "..."`` (or ``gnorm run --executor NAME``)::
 
         @attrs.frozen
         class ThreadsConfig:
