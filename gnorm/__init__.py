@@ -17,6 +17,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 from gnorm.components import (  # noqa: E402  (re-exported for plugin authors)
     Analyzer,
     Architecture,
+    Executor,
     GrokCriterion,
     NormController,
     Observable,
@@ -26,6 +27,7 @@ from gnorm.components import (  # noqa: E402  (re-exported for plugin authors)
 __all__ = [
     "Analyzer",
     "Architecture",
+    "Executor",
     "GrokCriterion",
     "NormController",
     "Observable",

@@ -70,10 +70,20 @@ def main() -> None:
               help="Override any key of the file, e.g. --set task.p=59 --set stage.clamp.seeds=2 (a stage by "
                    "name or 0-based index; repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the expanded list of runs and exit.")
+@click.option("--executor", "executor_name", metavar="NAME",
+              help="Where cells train (default: the file's [executor] table, else local); see gnorm plugins.")
+@click.option("--scheduler", metavar="ADDRESS", help="Scheduler address for executors that have one, e.g. "
+              "--executor dask --scheduler tcp://host:8786 (sets executor.scheduler).")
 @reports_user_errors
-def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], dry_run: bool) -> None:
-    """Run every stage of EXPERIMENT_FILE; finished runs already in the store are skipped."""
+def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], dry_run: bool,
+        executor_name: str | None, scheduler: str | None) -> None:
+    """Run every stage of EXPERIMENT_FILE; finished runs already in the store are skipped, runs stored
+    as failed are tried again."""
+    from gnorm.config import executor_choice, with_executor
+
     experiment, registry = _load(experiment_file, overrides)
+    experiment = with_executor(experiment, executor_name, scheduler)
+    executor = executor_choice(experiment, registry)
     if dry_run:
         from gnorm.study import plan_experiment
 
@@ -91,7 +101,7 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
     with store.exclusive():
         click.echo(f"gnorm {__version__}: {experiment.source} -> {directory}", err=True)
         try:
-            skipped = run_experiment(experiment, registry, store, Progress())
+            skipped = run_experiment(experiment, registry, store, Progress(), executor)
         except KeyboardInterrupt:
             done = len(store.finished_run_ids() & {r.run_id for r in experiment.runs})
             click.echo(f"\ninterrupted: {done}/{len(experiment.runs)} runs are stored in {directory}; "
@@ -135,7 +145,10 @@ def validate(experiment_file: str, overrides: tuple[str, ...]) -> None:
     experiment, _ = _load(experiment_file, overrides)
     from gnorm.study import plan_experiment
 
+    from gnorm.config import executor_choice
+
     plan = plan_experiment(experiment)
+    executor_choice(experiment, _registry())  # the [executor] table is checked too
     click.echo(f"{experiment_file}: ok, {len(experiment.runs)} runs in {len(plan.cells)} cells, "
                f"{len(experiment.stages)} stages")
 
@@ -180,11 +193,16 @@ def show(directory: str) -> None:
     from gnorm.study import planned_cells
 
     store = _open(directory)
-    records, plan = store.records(), store.plan()
+    records, plan, failed = store.records(), store.plan(), store.failed_runs()
     for table in stage_summaries(records, planned_cells(plan)):
         click.echo(format_table(table) + "\n")
-    missing = len(plan) - len(records)
-    click.echo(f"{len(records)}/{len(plan)} planned runs finished" + (f", {missing} still to run" if missing else ""))
+    for run in failed:
+        click.echo(f"failed: [{run.stage}] {cell_label(run.cell)} seed {run.seed} after {run.attempts} attempts: "
+                   f"{run.error}")
+    missing = len(plan) - len(records) - len(failed)
+    click.echo(f"{len(records)}/{len(plan)} planned runs finished"
+               + (f", {len(failed)} failed (run the file again to retry them)" if failed else "")
+               + (f", {missing} still to run" if missing else ""))
 
 
 @main.command()

@@ -83,8 +83,24 @@ class Observable(Component):
     requires_groups: tuple[str, ...] = ()
 
 
+@attrs.frozen
+class Executor(Component):
+    """Where cells train. ``factory(config, context: ExecutorContext)`` returns an object that behaves
+    like ``concurrent.futures.Executor`` (``submit(fn, *args) -> concurrent.futures.Future`` and
+    ``shutdown(wait=True)``). gnorm's coordinator submits one task per cell (a picklable function and a
+    :class:`gnorm.engine.CellJob`) and keeps planning, retries and the store to itself.
+
+    Set ``in_process`` when tasks run in the coordinator's own process: they then receive the
+    coordinator's plugin registry (so plugins registered in-process work); other executors' workers
+    build the registry from the ``gnorm`` entry points.
+    """
+
+    kind: ClassVar[str] = "executor"
+    in_process: bool = False
+
+
 COMPONENT_KINDS: tuple[type[Component], ...] = (Task, Architecture, NormController, GrokCriterion, Analyzer,
-                                                Observable)
+                                                Observable, Executor)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -207,6 +223,15 @@ class Criterion(Protocol):
     def times(self, steps: np.ndarray, metrics: dict[str, np.ndarray]) -> GrokTimes:
         """T_mem and T_grok from a run's evaluations so far (``metrics`` keys: train_acc, test_acc,
         train_loss, test_loss, weight_norm)."""
+
+
+@attrs.frozen
+class ExecutorContext:
+    """What an executor may know when it is built: the coordinator's plugin registry (for in-process
+    executors) and how many torch threads each cell trains with (to size a pool: workers x threads)."""
+
+    registry: Any
+    threads_per_cell: int
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ COMPONENT_SECTIONS: dict[str, tuple[str, str | None]] = {
 RUN_SECTIONS = tuple(COMPONENT_SECTIONS) + tuple(SECTION_CLASSES)
 #: Training settings that choose how a run is computed, not what it computes.
 EXECUTION_SETTINGS = ("device", "compile", "members_per_chunk")
-TOP_LEVEL_KEYS = ("experiment", *RUN_SECTIONS, "sweep", "zip", "stage", "analysis")
+TOP_LEVEL_KEYS = ("experiment", *RUN_SECTIONS, "sweep", "zip", "stage", "analysis", "executor")
 STAGE_KEYS = ("name", "critical_norm", "seeds", "fork", "sweep", "zip", *RUN_SECTIONS)
 FORK_KEYS = ("at_step", "controller")
 
@@ -258,6 +258,9 @@ class Experiment:
     stages: list[Stage]
     analyses: list[ComponentChoice]
     text: str
+    #: The file's ``[executor]`` table as written; resolved by :func:`executor_choice` when the study
+    #: runs, so that results can be analysed where the executor's plugin is not installed.
+    executor: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def runs(self) -> list[RunSpec]:
@@ -725,9 +728,12 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
     if not loader.problems:
         stages = _attach_critical_norm_sources(loader, stages)
         _refuse_duplicate_runs(loader, stages)
+    executor = data.get("executor", {})
+    if not isinstance(executor, dict):
+        loader.problem("executor", f"expected a table, found {_describe(executor)}")
     if loader.problems:
         raise UserError(loader.problems)
-    return Experiment(path, meta, stages, [a for a in analyses if a], text)
+    return Experiment(path, meta, stages, [a for a in analyses if a], text, executor)
 
 
 def _stage_global_points(loader: _Loader, data: dict, raw_stage: dict,
@@ -810,6 +816,67 @@ def _analysis_choice(loader: _Loader, raw: Any, where: str) -> ComponentChoice |
     for path, message, valid in problems:
         loader.problem(".".join((where,) + path), message + (_suggest(path[-1], valid) if valid else ""))
     return ComponentChoice(name, config) if config is not None else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where a study runs: the [executor] table.
+
+DEFAULT_EXECUTOR = "local"
+
+
+@attrs.frozen
+class ExecutorChoice:
+    """The executor plugin and its config, and what the coordinator itself reads from the table:
+    ``retries`` (a failing cell is tried 1 + retries times) and ``threads`` (torch threads per cell;
+    results depend on it, see gnorm.worker.torch_threads)."""
+
+    name: str
+    config: Any
+    retries: int = 2
+    threads: int = 1
+
+
+def with_executor(experiment: Experiment, name: str | None, scheduler: str | None) -> Experiment:
+    """The experiment with the command line's ``--executor`` / ``--scheduler``. Naming another executor
+    than the file's ``[executor] name`` drops that table's options (they belong to the other executor)
+    but keeps ``retries`` and ``threads``."""
+    table = dict(experiment.executor)
+    if name is not None and name != table.get("name", name):
+        table = {key: table[key] for key in ("retries", "threads") if key in table}
+    if name is not None:
+        table["name"] = name
+    if scheduler is not None:
+        table["scheduler"] = scheduler
+    return attrs.evolve(experiment, executor=table)
+
+
+def executor_choice(experiment: Experiment, registry: Registry) -> ExecutorChoice:
+    """Resolve the ``[executor]`` table (default ``local``); raises :class:`UserError` naming the file
+    and the dotted key of every problem."""
+    source = str(experiment.source)
+    options = dict(experiment.executor)
+    name = options.pop("name", DEFAULT_EXECUTOR)
+    problems: list[Problem] = []
+    own = {}
+    for key, default in (("retries", 2), ("threads", 1)):
+        value = options.pop(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "retries" else 1):
+            problems.append(Problem(source, f"executor.{key}",
+                                    f"expected an integer >= {0 if key == 'retries' else 1}, found {_describe(value)}"))
+        own[key] = value
+    if not isinstance(name, str):
+        raise UserError(problems + [Problem(source, "executor.name", f"expected a string, found {_describe(name)}")])
+    try:
+        component = registry.get("executor", name)
+    except UnknownComponent as unknown:
+        raise UserError(problems + [Problem(source, "executor.name", str(unknown))]) from None
+    config, found = structure(options, component.config_class)
+    for path, message, valid in found:
+        problems.append(Problem(source, ".".join(("executor",) + path),
+                                message + (_suggest(path[-1], valid + ["name", "retries", "threads"]) if valid else "")))
+    if problems:
+        raise UserError(problems)
+    return ExecutorChoice(name, config, **own)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -17,7 +17,8 @@ from typing import Any
 import pluggy
 
 from gnorm import PROJECT_NAME
-from gnorm.components import Analyzer, Architecture, GrokCriterion, NormController, Observable, RunRecord, Task
+from gnorm.components import (Analyzer, Architecture, Executor, GrokCriterion, NormController, Observable,
+                              RunRecord, Task)
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -150,6 +151,31 @@ def gnorm_observables() -> list[Observable]:
         def gnorm_observables():
             return [gnorm.Observable(name="max_logit", summary="largest logit over all examples",
                                      config_class=EmptyConfig, factory=MaxLogit)]
+    """
+
+
+@hookspec
+def gnorm_executors() -> list[Executor]:
+    """Register executors (where cells train). Called once at start-up; return a list of
+    :class:`gnorm.Executor`.
+
+    ``factory(config, context)`` returns something that behaves like ``concurrent.futures.Executor``:
+    ``submit(fn, *args)`` returning a ``concurrent.futures.Future``, and ``shutdown(wait=True)``. The
+    coordinator submits one task per cell; the task only trains and returns its runs' results, so an
+    executor never sees the store. Optional: a ``capacity`` attribute (the coordinator keeps at most
+    that many cells submitted; default: all that are ready) and ``terminate_workers()`` (called instead
+    of ``shutdown`` when the study is interrupted). An experiment picks one with
+    ``[executor] name = "..."`` (or ``gnorm run --executor NAME``)::
+
+        @attrs.frozen
+        class ThreadsConfig:
+            workers: int = 2
+
+        @gnorm.hookimpl
+        def gnorm_executors():
+            return [gnorm.Executor(name="threads", summary="a thread pool", config_class=ThreadsConfig,
+                                   factory=lambda config, context: ThreadPoolExecutor(config.workers),
+                                   in_process=True)]
     """
 
 

@@ -33,6 +33,7 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "grok_criterion": "gnorm_grok_criteria",
     "analyzer": "gnorm_analyzers",
     "observable": "gnorm_observables",
+    "executor": "gnorm_executors",
 }
 _CLASS_OF_KIND = {cls.kind: cls for cls in COMPONENT_KINDS}
 #: Every hook a plugin may implement (registration and lifecycle), as specified in gnorm.hookspecs.

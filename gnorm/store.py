@@ -2,6 +2,8 @@
 
 Only the coordinating process writes. A run is written in one transaction when it finishes, so an
 interrupted study loses at most the runs in flight, and re-running the same file skips finished runs.
+A run whose cell kept failing is stored with status ``failed`` and its error; it is not a result
+(``records()`` leaves it out), and re-running the file trains it again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
+import attrs
 
 from gnorm.components import RunRecord
 from gnorm.errors import UserError
@@ -146,6 +150,17 @@ class Store:
                  time.time()))
             self.connection.executemany("INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
+    def write_failed(self, run_id: str, stage: str, cell: dict[str, Any], seed: int, config: dict[str, Any],
+                     budget: int, error: str, attempts: int) -> None:
+        """Store a run whose cell failed ``attempts`` times, with the last error. A finished run is never
+        overwritten."""
+        with self.connection:
+            self.connection.execute(
+                "INSERT OR REPLACE INTO runs SELECT ?, ?, ?, ?, ?, 'failed', NULL, NULL, NULL, ?, ?, ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM runs WHERE run_id = ? AND status = 'done')",
+                (run_id, stage, json.dumps(cell), seed, json.dumps(config), budget,
+                 json.dumps({"error": error, "attempts": attempts}), time.time(), run_id))
+
     # -- reading --------------------------------------------------------------------------------------
 
     def finished_run_ids(self) -> set[str]:
@@ -162,9 +177,17 @@ class Store:
 
     def records(self, planned_only: bool = True) -> list[RunRecord]:
         """Finished runs, in the order of the latest plan (or all runs ever stored)."""
-        query = ("SELECT r.* FROM plan p JOIN runs r ON r.run_id = p.run_id ORDER BY p.position" if planned_only
-                 else "SELECT * FROM runs ORDER BY finished_at")
+        query = ("SELECT r.* FROM plan p JOIN runs r ON r.run_id = p.run_id WHERE r.status = 'done' "
+                 "ORDER BY p.position" if planned_only else
+                 "SELECT * FROM runs WHERE status = 'done' ORDER BY finished_at")
         return [_record(row) for row in self.connection.execute(query)]
+
+    def failed_runs(self) -> list[FailedRun]:
+        """Planned runs whose last attempt failed, in plan order."""
+        return [FailedRun(run_id, stage, json.loads(cell), seed, **json.loads(facts)) for run_id, stage, cell, seed, facts
+                in self.connection.execute(
+                    "SELECT r.run_id, r.stage, r.cell_json, r.seed, r.facts_json FROM plan p JOIN runs r "
+                    "ON r.run_id = p.run_id WHERE r.status = 'failed' ORDER BY p.position")]
 
     def trajectory(self, run_id: str) -> dict[str, list[Any]]:
         columns: dict[str, list[Any]] = {"step": [], **{k: [] for k in EVALUATION_COLUMNS}}
@@ -176,6 +199,16 @@ class Store:
             for key, value in json.loads(row[-1]).items():
                 columns.setdefault(key, []).append(value)
         return columns
+
+
+@attrs.frozen
+class FailedRun:
+    run_id: str
+    stage: str
+    cell: dict[str, Any]
+    seed: int
+    error: str
+    attempts: int
 
 
 def _record(row: tuple) -> RunRecord:

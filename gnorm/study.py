@@ -1,22 +1,25 @@
-"""The coordinator: turns an experiment into cells, resolves each cell's critical norm from the stage
-it depends on, trains what the store does not have yet, and writes each run as it finishes."""
+"""The coordinator: turns an experiment into cells, resolves each cell's critical norm from the cell it
+depends on, hands the cells the store does not have yet to an executor, retries failed ones, and writes
+each run as its cell's task returns it. Executors' workers only train."""
 
 from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
 from typing import Any, Iterable, TextIO
 
 import attrs
 
-from gnorm.components import RunRecord
-from gnorm.config import Experiment, RunSpec, Stage, cells_of
-from gnorm.engine import CellJob, RunLog, resolve_device, train_cell, train_trunk
+from gnorm.components import ExecutorContext, RunRecord
+from gnorm.config import Experiment, ExecutorChoice, RunSpec, Stage, cells_of, executor_choice
+from gnorm.engine import CellJob, resolve_device, train_trunk
 from gnorm.forks import TRUNK_FOLDER, TrunkFiles, TrunkState
 from gnorm.registry import Registry
 from gnorm.science import critical_norm
 from gnorm.store import Store
 from gnorm.tables import cell_label
+from gnorm.worker import RunResult, torch_threads, train_cell_task
 
 
 @attrs.frozen
@@ -33,31 +36,67 @@ def plan_experiment(experiment: Experiment) -> Plan:
     return Plan([(stage, cell) for stage in experiment.stages for cell in cells_of(stage.runs)])
 
 
+@attrs.frozen
+class StudyCounts:
+    """Where a study stands, in runs: ``remaining`` are neither settled nor running."""
+
+    done: int
+    running: int
+    failed: int
+    remaining: int
+    elapsed: float
+    settled_here: int  # runs finished or failed since this invocation started
+
+    @property
+    def time_left(self) -> float | None:
+        return time_left(self.elapsed, self.settled_here, self.running + self.remaining)
+
+
+def time_left(elapsed: float, settled: int, unsettled: int) -> float | None:
+    """Seconds left at this invocation's pace: elapsed * unsettled / settled (None before any run has
+    settled). Runs that were stored before this invocation do not count towards the pace."""
+    return None if settled == 0 else elapsed * unsettled / settled
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else (
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
+
+
 class Progress:
-    """Plain lines when not a terminal (one per cell and at most one per ``every`` seconds), a live
-    line when it is."""
+    """One line per cell event, and the study's state (runs done / running / failed / remaining, time
+    left): a live line on a terminal, else a plain line at most once per ``every`` seconds."""
 
     def __init__(self, stream: TextIO = sys.stderr, every: float = 30.0):
         self.stream, self.every = stream, every
         self.live = stream.isatty()
-        self.last = 0.0
+        self.last = time.monotonic()
+        self.status = ""
 
-    def start(self, text: str) -> None:
-        self.text, self.started, self.last = text, time.monotonic(), time.monotonic()
-        if not self.live:
-            print(f"{text}: started", file=self.stream, flush=True)
+    def _print(self, line: str) -> None:
+        print(("\r\x1b[K" if self.live else "") + line, file=self.stream, flush=True)
+        if self.live and self.status:
+            print(self.status, end="", file=self.stream, flush=True)
 
-    def update(self, step: int, budget: int, running: int, total: int) -> None:
+    def cell(self, label: str, text: str) -> None:
+        self._print(f"{label}: {text}")
+
+    def update(self, counts: StudyCounts, force: bool = False) -> None:
+        left = counts.time_left
+        self.status = (f"runs: {counts.done} done, {counts.running} running, {counts.failed} failed, "
+                       f"{counts.remaining} remaining; {_duration(counts.elapsed)} elapsed"
+                       + (f", about {_duration(left)} left" if left is not None else ""))
         now = time.monotonic()
-        line = f"{self.text}: step {step}/{budget}, {running}/{total} seeds running, {now - self.started:.0f}s"
         if self.live:
-            print(f"\r{line}\x1b[K", end="", file=self.stream, flush=True)
-        elif now - self.last >= self.every:
-            print(line, file=self.stream, flush=True)
+            print(f"\r{self.status}\x1b[K", end="", file=self.stream, flush=True)
+        elif force or now - self.last >= self.every:
+            print(self.status, file=self.stream, flush=True)
             self.last = now
 
-    def finish(self, text: str) -> None:
-        print(("\r\x1b[K" if self.live else "") + f"{self.text}: {text}", file=self.stream, flush=True)
+    def close(self) -> None:
+        if self.live and self.status:
+            print(file=self.stream, flush=True)
 
 
 def resolve_critical_norms(stage: Stage, cell: list[RunSpec],
@@ -79,48 +118,156 @@ def resolve_critical_norms(stage: Stage, cell: list[RunSpec],
     return wc, group_wcs
 
 
-def trunk_states(runs: list[RunSpec], registry: Registry, files: TrunkFiles) -> list[TrunkState]:
-    """The state each forked run starts from: loaded where its trunk is stored, else trained (the
-    missing seeds together, once) and stored before any arm uses it."""
+def trunk_states(runs: list[RunSpec], registry: Registry, files: TrunkFiles, threads: int) -> list[TrunkState]:
+    """The state each forked run starts from: loaded where its trunk is stored, else trained here, in
+    the coordinator (the missing seeds together, once, with ``threads`` torch threads like any cell)
+    and stored before any arm uses it. Arms then carry their states to whichever worker trains them."""
     missing = [run for run in runs if not files.has(run.trunk_id)]
     if missing:
-        for run, state in zip(missing, train_trunk(CellJob(missing, None), registry)):
+        with torch_threads(threads):
+            states = train_trunk(CellJob(missing, None), registry)
+        for run, state in zip(missing, states):
             files.save(run.trunk_id, run.trunk_identity(), state)
     return [files.load(run.trunk_id) for run in runs]
 
 
-def run_experiment(experiment: Experiment, registry: Registry, store: Store, progress: Progress) -> list[str]:
-    """Train every run the store lacks; return one line per cell that could not start."""
+@attrs.define
+class _Cell:
+    stage: Stage
+    runs: list[RunSpec]  # the runs still to train
+    label: str
+    critical_norm: float | None = None
+    group_critical_norms: dict[str, float] = attrs.field(factory=dict)
+    attempts: int = 0
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or "(no message)"
+    return f"{type(error).__name__}: {text}"[:500]
+
+
+def run_experiment(experiment: Experiment, registry: Registry, store: Store, progress: Progress,
+                   executor: ExecutorChoice | None = None) -> list[str]:
+    """Train every run the store lacks on the experiment's executor; return one line per problem (a cell
+    that could not start, and one summary line for runs that failed on every attempt).
+
+    A cell whose Wc comes from another stage starts as soon as its own source cell is settled, not
+    after that whole stage. A task that raises is submitted again up to ``retries`` times, then its
+    runs are stored as failed and the study goes on.
+    """
     plan = plan_experiment(experiment)
     store.set_plan(str(experiment.source), experiment.text, [(r.run_id, r.stage, r.cell) for r in experiment.runs])
+    choice = executor or executor_choice(experiment, registry)
+    component = registry.get("executor", choice.name)
     finished = store.finished_run_ids()
-    skipped: list[str] = []
-    for stage, cell in plan.cells:
-        todo = [run for run in cell if run.run_id not in finished]
-        if not todo:
-            continue
-        label = f"[{stage.name}] {cell_label(cell[0].cell)}"
-        from_stage = isinstance(stage.critical_norm, str)
-        wc, group_wcs = resolve_critical_norms(stage, cell, store.records() if from_stage else [])
-        if from_stage and wc is None:
-            skipped.append(f"{label}: not run, no seed of its source cell in stage {stage.critical_norm!r} grokked")
-            continue
-        progress.start(f"{label} ({len(todo)} seeds{'' if wc is None else f', Wc {wc:.4g}'})")
+    waiting = [_Cell(stage, todo, f"[{stage.name}] {cell_label(cell[0].cell)}")
+               for stage, cell in plan.cells if (todo := [run for run in cell if run.run_id not in finished])]
+    unsettled = {run.run_id for item in waiting for run in item.runs}
+    if not waiting:
+        return []
+    counts = {"done": len({r.run_id for r in experiment.runs} & finished), "failed": 0, "settled": 0}
+    problems: list[str] = []
+    failed_lines: list[str] = []
+    started = time.monotonic()
+
+    def make_pool() -> Any:
+        return component.factory(choice.config, ExecutorContext(registry, choice.threads))
+
+    pool = make_pool()
+    capacity = getattr(pool, "capacity", None) or len(waiting)
+    in_flight: dict[Future, _Cell] = {}
+
+    def submit(item: _Cell) -> None:
+        item.attempts += 1
         start_states = None
-        if todo[0].fork is not None:
-            start_states = trunk_states(todo, registry, TrunkFiles(store.directory / TRUNK_FOLDER))
-        count = [0, 0]
+        if item.runs[0].fork is not None:
+            start_states = trunk_states(item.runs, registry, TrunkFiles(store.directory / TRUNK_FOLDER), choice.threads)
+        job = CellJob(item.runs, item.critical_norm, item.group_critical_norms, start_states)
+        shared_registry = registry if component.in_process else None
+        attempt = f", attempt {item.attempts}" if item.attempts > 1 else ""
+        wc = "" if item.critical_norm is None else f", Wc {item.critical_norm:.4g}"
+        progress.cell(item.label, f"started ({len(item.runs)} seeds{wc}{attempt})")
+        in_flight[pool.submit(train_cell_task, job, choice.threads, shared_registry)] = item
 
-        def finished_run(record: RunRecord, log: RunLog) -> None:
-            store.write_run(record, log.steps, log.metrics)
-            registry.hook.gnorm_after_run(record=record)
-            count[0] += 1
-            count[1] += not record.censored
+    def report(force: bool = False) -> None:
+        running = sum(len(item.runs) for item in in_flight.values())
+        progress.update(StudyCounts(counts["done"], running, counts["failed"],
+                                    len(unsettled) - running, time.monotonic() - started, counts["settled"]), force)
 
-        train_cell(CellJob(todo, wc, group_wcs, start_states), registry, finished_run,
-                   lambda step, running: progress.update(step, todo[0].training.max_steps, running, len(todo)))
-        progress.finish(f"{count[1]}/{count[0]} grokked, {time.monotonic() - progress.started:.0f}s")
-    return skipped
+    def stored(item: _Cell, results: list[RunResult]) -> None:
+        grokked = 0
+        for result in results:
+            store.write_run(result.record, result.steps, result.metrics)
+            registry.hook.gnorm_after_run(record=result.record)
+            unsettled.discard(result.record.run_id)
+            grokked += not result.record.censored
+        counts["done"] += len(results)
+        counts["settled"] += len(results)
+        seconds = max((r.record.facts.get("wall_seconds", 0.0) for r in results), default=0.0)
+        progress.cell(item.label, f"{grokked}/{len(results)} grokked, {seconds:.0f}s")
+
+    def failed(item: _Cell, error: BaseException) -> None:
+        why = _one_line(error)
+        if item.attempts <= choice.retries:
+            progress.cell(item.label, f"failed ({why}); trying again")
+            waiting.insert(0, item)
+            return
+        for run in item.runs:
+            store.write_failed(run.run_id, run.stage, run.cell, run.seed, run.plain(), run.training.max_steps,
+                               why, item.attempts)
+            unsettled.discard(run.run_id)
+        counts["failed"] += len(item.runs)
+        counts["settled"] += len(item.runs)
+        progress.cell(item.label, f"failed {item.attempts} times, its {len(item.runs)} runs are stored as failed: {why}")
+        failed_lines.append(why)
+
+    try:
+        while waiting or in_flight:
+            for item in list(waiting):
+                if len(in_flight) >= capacity:
+                    break
+                if unsettled & set(item.runs[0].critical_norm_source):
+                    continue  # its source cell is still training
+                waiting.remove(item)
+                if item.attempts == 0:
+                    from_stage = isinstance(item.stage.critical_norm, str)
+                    item.critical_norm, item.group_critical_norms = resolve_critical_norms(
+                        item.stage, item.runs, store.records() if from_stage else [])
+                    if from_stage and item.critical_norm is None:
+                        problems.append(f"{item.label}: not run, no seed of its source cell in stage "
+                                        f"{item.stage.critical_norm!r} grokked")
+                        unsettled.difference_update(run.run_id for run in item.runs)
+                        continue
+                submit(item)
+            if not in_flight:
+                if waiting:
+                    raise RuntimeError("cells wait on runs that nothing is training")  # cannot happen
+                break
+            report()
+            done, _ = wait(in_flight, timeout=1.0 if progress.live else progress.every,
+                           return_when=FIRST_COMPLETED)
+            broken = False
+            for future in done:
+                item = in_flight.pop(future)
+                error = future.exception()
+                if error is None:
+                    stored(item, future.result())
+                else:
+                    broken |= isinstance(error, BrokenExecutor)
+                    failed(item, error)
+            if broken:  # a worker process died and took the pool with it: the cells it held are retried
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = make_pool()
+    except BaseException:
+        getattr(pool, "terminate_workers", lambda: pool.shutdown(wait=False, cancel_futures=True))()
+        raise
+    pool.shutdown(wait=True)
+    report(force=True)
+    progress.close()
+    if failed_lines:
+        problems.append(f"{counts['failed']} runs failed {choice.retries + 1} times and are stored as failed "
+                        f"(first error: {failed_lines[0]}); see gnorm show, run again to retry them")
+    return problems
 
 
 def planned_cells(plan: Iterable[tuple[str, str, dict[str, Any]]]) -> dict[str, dict[str, int]]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import gnorm.study
+import gnorm.worker
 from gnorm.config import load_experiment
 from gnorm.engine import BatchedAdamW, CellJob, build_ensemble
 from gnorm.errors import UserError
@@ -39,6 +40,8 @@ max_steps = {max_steps}
 [evaluation]
 schedule = "every"
 every = 20
+[executor]
+name = "serial"    # in-process, so the tests can count and interrupt what trains
 {stages}
 """
 #: p = 41 at these settings groks near step 800 (both seeds), after the fork at step 300.
@@ -170,7 +173,7 @@ def test_a_study_interrupted_after_the_trunk_resumes_without_training_it_again(t
     experiment = load_experiment(write(tmp_path, stages=RESUMABLE, p=17, max_steps=120), REGISTRY)
     count = TrunkCount()
     monkeypatch.setattr(gnorm.study, "train_trunk", count)
-    real_train_cell, cells = gnorm.study.train_cell, []
+    real_train_cell, cells = gnorm.worker.train_cell, []
 
     def interrupted_in_second_cell(job, *args):
         cells.append(job.runs[0].stage)
@@ -178,13 +181,13 @@ def test_a_study_interrupted_after_the_trunk_resumes_without_training_it_again(t
             raise KeyboardInterrupt
         return real_train_cell(job, *args)
 
-    monkeypatch.setattr(gnorm.study, "train_cell", interrupted_in_second_cell)
+    monkeypatch.setattr(gnorm.worker, "train_cell", interrupted_in_second_cell)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(experiment, REGISTRY, Store(tmp_path / "out", create=True), quiet())
     assert count.calls == [[0, 1]]
     assert {r.stage for r in Store(tmp_path / "out").records()} == {"arm_a"}
 
-    monkeypatch.setattr(gnorm.study, "train_cell", real_train_cell)
+    monkeypatch.setattr(gnorm.worker, "train_cell", real_train_cell)
     run_experiment(experiment, REGISTRY, Store(tmp_path / "out"), quiet())
     assert count.calls == [[0, 1]]  # not trained again
     records = {(r.stage, r.seed): r for r in Store(tmp_path / "out").records()}

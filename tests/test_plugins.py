@@ -41,6 +41,8 @@ BUILTINS = {
     ("grok_criterion", "test_accuracy"),
     ("analyzer", "critical_norm"),
     ("analyzer", "delay_law"),
+    ("executor", "serial"),
+    ("executor", "local"),
 }
 
 

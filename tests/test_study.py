@@ -218,7 +218,8 @@ def test_lifecycle_hooks_see_every_run_and_evaluation(tmp_path):
             seen["after"].append(record.run_id)
 
     registry = build_registry(extra_plugins=[(Observer(), Provider("observer", "0"))], autoload=False)
-    experiment = load_experiment(tiny_study(tmp_path, rhos="[0.9]", max_steps=200, critical_norm="40.0"), registry)
+    experiment = load_experiment(tiny_study(tmp_path, rhos="[0.9]", max_steps=200, critical_norm="40.0"), registry,
+                                 {"executor.name": "serial"})  # observers registered in-process see in-process runs
     run_experiment(experiment, registry, Store(tmp_path / "out", create=True), Progress(SimpleNamespace(
         isatty=lambda: False, write=lambda text: None, flush=lambda: None)))
     planned = [run.run_id for run in experiment.runs]

@@ -1,0 +1,83 @@
+"""Built-in executors: ``serial`` (in this process, one cell after another) and ``local`` (a pool of
+worker processes on this machine)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+from typing import Any, Callable
+
+import attrs
+
+import gnorm
+from gnorm.components import ExecutorContext
+from gnorm.worker import exit_with_parent
+
+
+@attrs.frozen
+class SerialConfig:
+    """No options: cells train one after another in the coordinator's process."""
+
+
+class SerialExecutor(concurrent.futures.Executor):
+    """Runs each task inside ``submit`` and returns a finished future. One task at a time
+    (``capacity = 1``), so the coordinator stores a cell before it starts the next."""
+
+    capacity = 1
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as error:  # the coordinator decides about retries; Ctrl-C still stops everything
+            future.set_exception(error)
+        return future
+
+
+def machine_cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@attrs.frozen
+class LocalConfig:
+    """``workers``: worker processes (0: the machine's cores divided by ``[executor] threads``)."""
+
+    workers: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+
+
+class LocalExecutor(concurrent.futures.ProcessPoolExecutor):
+    """A ``spawn`` process pool whose workers live for the whole study, so torch's import and the plugin
+    registry are paid once per worker. Workers ignore Ctrl-C and exit if the coordinator dies."""
+
+    def __init__(self, workers: int):
+        super().__init__(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                         initializer=exit_with_parent, initargs=(os.getpid(),))
+        self.capacity = workers
+
+    def terminate_workers(self) -> None:
+        """Stop every worker now (an interrupted study): running cells are lost, stored runs are not."""
+        processes = list((self._processes or {}).values())
+        self.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+
+
+def local_executor(config: LocalConfig, context: ExecutorContext) -> LocalExecutor:
+    return LocalExecutor(config.workers or max(1, machine_cores() // context.threads_per_cell))
+
+
+@gnorm.hookimpl
+def gnorm_executors() -> list[gnorm.Executor]:
+    return [
+        gnorm.Executor(name="serial", summary="cells one after another in this process",
+                       config_class=SerialConfig, factory=lambda config, context: SerialExecutor(),
+                       in_process=True),
+        gnorm.Executor(name="local", summary="a pool of worker processes on this machine, one cell per task",
+                       config_class=LocalConfig, factory=local_executor),
+    ]

@@ -1,0 +1,80 @@
+"""The ``dask`` executor: a study's cells as dask.distributed tasks.
+
+gnorm's coordinator keeps planning, Wc, retries and the store; the cluster only trains cells. Workers
+must have gnorm (and every plugin the experiment uses) installed: they build gnorm's plugin registry
+from entry points, like the ``local`` executor's workers.
+
+Worker loss: when a worker dies, the scheduler gives the cells it held to other workers (dask's own
+rescheduling); a cell that keeps failing reaches gnorm as an error, and gnorm retries it
+``[executor] retries`` times before it stores its runs as failed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from typing import Any, Callable
+
+import attrs
+
+import gnorm
+from gnorm.components import ExecutorContext
+from gnorm.errors import Problem, UserError
+
+
+def _address(instance: Any, attribute: Any, value: str) -> None:
+    if value and "://" not in value:
+        raise ValueError(f"'{attribute.name}' must be a scheduler address like tcp://host:8786, found {value!r}")
+
+
+@attrs.frozen
+class DaskConfig:
+    """``scheduler``: address of a running dask scheduler (empty: start a LocalCluster on this machine
+    with ``workers`` processes of ``[executor] threads`` threads each; 0 workers: cores / threads).
+    ``connect_timeout``: seconds to wait for the scheduler."""
+
+    scheduler: str = attrs.field(default="", validator=_address)
+    workers: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    connect_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+
+
+class DaskExecutor(concurrent.futures.Executor):
+    """``concurrent.futures`` facade over a dask Client. Tasks are submitted with ``pure=False``: a
+    retried cell is a new task, never the cached failure of the last one."""
+
+    def __init__(self, config: DaskConfig, context: ExecutorContext):
+        from distributed import Client, LocalCluster
+
+        self.cluster = None
+        if config.scheduler:
+            try:
+                self.client = Client(config.scheduler, timeout=f"{config.connect_timeout}s")
+            except OSError as error:
+                raise UserError([Problem("", "executor.scheduler", f"cannot reach the dask scheduler at "
+                                         f"{config.scheduler}: {' '.join(str(error).split())}")]) from None
+        else:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            workers = config.workers or max(1, cores // context.threads_per_cell)
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=None)
+            self.client = Client(self.cluster)
+        self.executor = self.client.get_executor(pure=False)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        return self.executor.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.executor.shutdown(wait=wait and not cancel_futures)
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def terminate_workers(self) -> None:
+        """An interrupted study: cancel its tasks, leave a shared cluster's workers running."""
+        self.shutdown(wait=False, cancel_futures=True)
+
+
+@gnorm.hookimpl
+def gnorm_executors() -> list[gnorm.Executor]:
+    return [gnorm.Executor(name="dask", summary="dask.distributed: a scheduler address, or a LocalCluster",
+                           config_class=DaskConfig, factory=DaskExecutor)]

@@ -1,0 +1,278 @@
+"""Executors: where cells train. Results never depend on which one ran them; a failing cell is retried,
+then stored as failed while the rest of the study goes on; a clamp cell starts as soon as its own
+source cell is stored; the study reports runs done / running / failed / remaining."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import attrs
+import pytest
+from click.testing import CliRunner
+
+import gnorm
+from conftest import tiny_study
+from gnorm.builtins.controllers import Clamp, ClampConfig
+from gnorm.cli import main
+from gnorm.config import load_experiment
+from gnorm.registry import Provider, build_registry
+from gnorm.store import Store
+from gnorm.study import Progress, run_experiment, time_left
+
+TEST_PLUGIN = Provider("test-plugin", "0")
+
+
+def _quiet() -> Progress:
+    return Progress(io.StringIO())
+
+
+def _stored(out: Path) -> dict:
+    store = Store(out)
+    return {r.run_id: (r.t_grok, r.t_mem, r.norm_at_grok, {k: v for k, v in r.facts.items() if k != "wall_seconds"},
+                       store.trajectory(r.run_id)) for r in store.records()}
+
+
+def _small_study(tmp_path: Path, executor: str = "") -> Path:
+    """Two cells of two seeds, about a second each: p = 31, 300 steps, Wc given as a number."""
+    path = tiny_study(tmp_path, p=31, max_steps=300, critical_norm="30.0", rhos="[0.9, 1.1]")
+    path.write_text(path.read_text() + executor)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Same results whichever executor trains.
+
+
+def test_local_process_pool_stores_exactly_what_serial_stores(tmp_path):
+    path = _small_study(tmp_path, '\n[executor]\nname = "local"\nworkers = 2\n')
+    serial = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "serial"), "--executor", "serial"])
+    local = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "local")])
+    assert serial.exit_code == 0 and local.exit_code == 0, serial.output + local.output
+    first, second = _stored(tmp_path / "serial"), _stored(tmp_path / "local")
+    assert len(first) == 6
+    assert first == second
+
+
+# ---------------------------------------------------------------------------------------------------
+# Failures: retried, then stored as failed; the rest goes on; a rerun retries them.
+
+
+@attrs.frozen
+class FlakyConfig:
+    rho: float = 1.0
+    t_start: int = 50
+    fail_at_rho: float = 1.1
+
+
+def flaky_plugin(failures_left: dict) -> object:
+    """A clamp that raises at step 10 in the cell with rho == fail_at_rho while failures_left > 0."""
+
+    class Flaky(Clamp):
+        def __init__(self, config, context):
+            super().__init__(ClampConfig(config.rho, config.t_start), context)
+            self.fails = config.rho == config.fail_at_rho
+
+        def after_step(self, step, norm_tensors):
+            if self.fails and step == 10 and failures_left["count"] > 0:
+                failures_left["count"] -= 1
+                raise RuntimeError("the flaky controller gave up")
+            return super().after_step(step, norm_tensors)
+
+    class Plugin:
+        @gnorm.hookimpl
+        def gnorm_norm_controllers(self):
+            return [gnorm.NormController(name="flaky", summary="fails on purpose", config_class=FlakyConfig,
+                                         factory=Flaky, uses_critical_norm=True)]
+
+    return Plugin()
+
+
+def _flaky_study(tmp_path: Path, failures_left: dict):
+    registry = build_registry(extra_plugins=[(flaky_plugin(failures_left), TEST_PLUGIN)], autoload=False)
+    path = _small_study(tmp_path, '\n[executor]\nname = "serial"\n')
+    path.write_text(path.read_text().replace('name = "clamp", t_start = 100', 'name = "flaky", t_start = 100'))
+    return load_experiment(path, registry), registry
+
+
+def test_a_cell_that_fails_once_is_retried_and_stored(tmp_path):
+    failures_left = {"count": 1}
+    experiment, registry = _flaky_study(tmp_path, failures_left)
+    stream = io.StringIO()
+    problems = run_experiment(experiment, registry, Store(tmp_path / "out", create=True), Progress(stream))
+    assert problems == [] and failures_left["count"] == 0
+    assert "failed (RuntimeError: the flaky controller gave up); trying again" in stream.getvalue()
+    assert "attempt 2" in stream.getvalue()
+    assert len(Store(tmp_path / "out").records()) == 6 and Store(tmp_path / "out").failed_runs() == []
+
+
+def test_a_cell_that_keeps_failing_is_stored_as_failed_and_the_study_goes_on(tmp_path):
+    failures_left = {"count": 1000}
+    experiment, registry = _flaky_study(tmp_path, failures_left)
+    out = tmp_path / "out"
+    stream = io.StringIO()
+    problems = run_experiment(experiment, registry, Store(out, create=True), Progress(stream))
+    assert 1000 - failures_left["count"] == 3  # one attempt and the default 2 retries
+    assert problems == ["2 runs failed 3 times and are stored as failed (first error: RuntimeError: the flaky "
+                        "controller gave up); see gnorm show, run again to retry them"]
+    assert "runs: 4 done, 0 running, 2 failed, 0 remaining" in stream.getvalue()
+    store = Store(out)
+    assert sorted((r.stage, r.cell.get("controller.rho")) for r in store.records()) == [
+        ("clamp", 0.9), ("clamp", 0.9), ("free", None), ("free", None)]
+    failed = store.failed_runs()
+    assert [(f.stage, f.cell, f.attempts, f.error) for f in failed] == [
+        ("clamp", {"controller.rho": 1.1}, 3, "RuntimeError: the flaky controller gave up")] * 2
+
+    shown = CliRunner().invoke(main, ["show", str(out)])
+    assert shown.exit_code == 0, shown.output
+    assert "failed: [clamp] rho=1.1 seed 0 after 3 attempts: RuntimeError: the flaky controller gave up" in shown.output
+    assert "4/6 planned runs finished, 2 failed (run the file again to retry them)" in shown.output
+
+    failures_left["count"] = 0  # whatever broke is fixed: a rerun trains the failed runs, and only them
+    before = _stored(out)
+    stream = io.StringIO()
+    assert run_experiment(experiment, registry, Store(out), Progress(stream)) == []
+    assert "[free]" not in stream.getvalue() and "rho=0.9" not in stream.getvalue()
+    after = _stored(out)
+    assert len(after) == 6 and Store(out).failed_runs() == []
+    assert all(after[run_id] == stored for run_id, stored in before.items())
+
+
+def test_gnorm_run_exits_non_zero_with_a_one_line_summary_when_runs_failed(tmp_path, monkeypatch):
+    experiment, registry = _flaky_study(tmp_path, {"count": 1000})
+    monkeypatch.setattr("gnorm.cli._registry", lambda: registry)
+    result = CliRunner().invoke(main, ["run", str(experiment.source), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == ["error: 2 runs failed 3 times and are stored as failed (first error: RuntimeError: the flaky "
+                      "controller gave up); see gnorm show, run again to retry them"]
+    assert "Traceback" not in result.output
+
+
+def _worker_pids() -> list[int]:
+    """This process's children that are multiprocessing spawn workers."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != os.getpid():
+                continue
+            if b"spawn_main" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+@pytest.mark.slow  # about 35 s on the shared 2-core machine: two pools start
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the pool's workers through /proc")
+def test_a_killed_local_worker_costs_only_a_retry(tmp_path):
+    """SIGKILL one worker while both train: the pool breaks, gnorm builds a new one and trains the cells
+    that were in flight again; every run is stored once and equals a serial run's."""
+    path = tiny_study(tmp_path, p=31, max_steps=800, critical_norm="30.0", rhos="[0.9, 1.1]")
+    path.write_text(path.read_text().replace('schedule = "every"', 'schedule = "every"\nstop_when_grokked = false'))
+    registry = build_registry(autoload=False)
+    experiment = load_experiment(path, registry, {"executor.name": "local", "executor.workers": 2})
+    stream = io.StringIO()
+    killed = []
+
+    def kill_a_worker_once_two_cells_run() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            if stream.getvalue().count("started") >= 3 and len(pids := _worker_pids()) == 2:
+                time.sleep(0.3)  # both cells are training
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker_once_two_cells_run)
+    killer.start()
+    problems = run_experiment(experiment, registry, Store(tmp_path / "local", create=True), Progress(stream))
+    killer.join()
+    assert killed, "no worker was killed"
+    assert problems == []
+    assert "BrokenProcessPool" in stream.getvalue() and "attempt 2" in stream.getvalue()
+    run_experiment(load_experiment(path, registry, {"executor.name": "serial"}), registry,
+                   Store(tmp_path / "serial", create=True), _quiet())
+    assert _stored(tmp_path / "local") == _stored(tmp_path / "serial")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scheduling: a clamp cell waits for its own source cell only.
+
+
+class GatedPool:
+    """In-process executor: a thread pool of 2 in which the free cell with weight decay 0.5 may not
+    start training until a clamp run has started. If clamp cells waited for the whole free stage, it
+    never would: the gate then opens after 60 s and the test fails on the order of events."""
+
+    def __init__(self):
+        self.clamp_started = threading.Event()
+        self.order: list[str] = []
+
+    @gnorm.hookimpl
+    def gnorm_before_run(self, run_id, stage, seed, config):
+        self.order.append(f"start {stage} wd={config['optimizer']['weight_decay']}")
+        if stage == "clamp":
+            self.clamp_started.set()
+        elif config["optimizer"]["weight_decay"] == 0.5:
+            self.clamp_started.wait(timeout=60)
+
+    @gnorm.hookimpl
+    def gnorm_after_run(self, record):
+        self.order.append(f"stored {record.stage} wd={record.config['optimizer']['weight_decay']}")
+
+    @gnorm.hookimpl
+    def gnorm_executors(self):
+        def threads(config, context):
+            pool = ThreadPoolExecutor(2)
+            pool.capacity = 2
+            return pool
+        return [gnorm.Executor(name="threads", summary="two threads", config_class=attrs.make_class("C", {}),
+                               factory=threads, in_process=True)]
+
+
+def test_a_clamp_cell_starts_once_its_own_source_cell_is_stored(tmp_path):
+    gate = GatedPool()
+    registry = build_registry(extra_plugins=[(gate, TEST_PLUGIN)], autoload=False)
+    path = tiny_study(tmp_path, seeds=1, max_steps=600, rhos="[1.1]")
+    path.write_text(path.read_text() + '\n[sweep]\n"optimizer.weight_decay" = [1.0, 0.5]\n\n[executor]\nname = "threads"\n')
+    run_experiment(load_experiment(path, registry), registry, Store(tmp_path / "out", create=True), _quiet())
+    assert gate.order.index("start clamp wd=1.0") < gate.order.index("stored free wd=0.5")
+    assert gate.order.index("stored free wd=1.0") < gate.order.index("start clamp wd=1.0")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configuration and progress.
+
+
+@pytest.mark.parametrize("table, key, message", [
+    ('name = "locl"', "executor.name", "unknown executor 'locl' (did you mean 'local'?)"),
+    ('worker = 2', "executor.worker", "unknown key (did you mean 'workers'?)"),
+    ('workers = -1', "executor.workers", "must be >= 0: -1"),
+    ('retries = 1.5', "executor.retries", "expected an integer >= 0, found a float (1.5)"),
+    ('threads = 0', "executor.threads", "expected an integer >= 1, found an integer (0)"),
+])
+def test_a_bad_executor_table_is_one_line_naming_file_and_key(tmp_path, table, key, message):
+    path = _small_study(tmp_path, f"\n[executor]\n{table}\n")
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: {path}: {key}: ") and message in line, line
+
+
+def test_executor_on_the_command_line_replaces_the_files_choice(tmp_path):
+    path = _small_study(tmp_path, '\n[executor]\nname = "local"\nworkers = 3\nretries = 4\n')
+    result = CliRunner().invoke(main, ["run", str(path), "--executor", "serial", "--dry-run"])
+    assert result.exit_code == 0, result.output  # local's workers do not apply to serial
+    result = CliRunner().invoke(main, ["run", str(path), "--executor", "serial", "--scheduler", "tcp://x:1"])
+    assert result.exit_code == 2 and "executor.scheduler: unknown key" in result.output
+
+
+def test_time_left_extrapolates_this_invocations_pace():
+    assert time_left(elapsed=60.0, settled=4, unsettled=8) == 120.0
+    assert time_left(elapsed=60.0, settled=0, unsettled=8) is None
