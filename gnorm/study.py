@@ -68,9 +68,9 @@ class Progress:
     """One line per cell event, and the study's state (runs done / running / failed / remaining, time
     left): a live line on a terminal, else a plain line at most once per ``every`` seconds."""
 
-    def __init__(self, stream: TextIO = sys.stderr, every: float = 30.0):
-        self.stream, self.every = stream, every
-        self.live = stream.isatty()
+    def __init__(self, stream: TextIO | None = None, every: float = 30.0):
+        self.stream, self.every = stream if stream is not None else sys.stderr, every  # stderr as it is now
+        self.live = self.stream.isatty()
         self.last = time.monotonic()
         self.status = ""
 
@@ -139,6 +139,25 @@ class _Cell:
     critical_norm: float | None = None
     group_critical_norms: dict[str, float] = attrs.field(factory=dict)
     attempts: int = 0
+    resolved: bool = False  # Wc looked up (and the cell split, where it was)
+
+
+def seed_groups(seeds: int, idle_workers: int, other_ready_cells: int) -> int:
+    """Into how many parts a cell's seeds are split: enough to give every idle worker a task when too
+    few other cells are ready (the start of a study, its tail, a lone free stage), never more parts
+    than seeds. Each part trains its seeds exactly as the whole cell would (members are independent and
+    every member computes alone, chunking included), so splitting moves only wall time."""
+    return max(1, min(seeds, idle_workers - other_ready_cells))
+
+
+def split_cell(item: "_Cell", parts: int) -> list["_Cell"]:
+    """``item`` as ``parts`` cells of consecutive seeds (the same stage, Wc and label, with the seeds)."""
+    if parts <= 1:
+        return [item]
+    size = -(-len(item.runs) // parts)
+    chunks = [item.runs[start:start + size] for start in range(0, len(item.runs), size)]
+    return [attrs.evolve(item, runs=chunk, label=f"{item.label} seeds {chunk[0].seed}-{chunk[-1].seed}")
+            for chunk in chunks]
 
 
 def _one_line(error: BaseException) -> str:
@@ -174,7 +193,8 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
         return component.factory(choice.config, ExecutorContext(registry, choice.threads))
 
     pool = make_pool()
-    capacity = getattr(pool, "capacity", None) or len(waiting)
+    declared_capacity = getattr(pool, "capacity", None)
+    capacity = declared_capacity or len(waiting)
     in_flight: dict[Future, _Cell] = {}
 
     def submit(item: _Cell) -> None:
@@ -221,24 +241,37 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
         progress.cell(item.label, f"failed {item.attempts} times, its {len(item.runs)} runs are stored as failed: {why}")
         failed_lines.append(why)
 
+    def fill() -> None:
+        """Submit ready cells (their source cells settled) while workers are free."""
+        for item in list(waiting):
+            if len(in_flight) >= capacity:
+                return
+            if unsettled & set(item.runs[0].critical_norm_source):
+                continue  # its source cell is still training
+            waiting.remove(item)
+            if not item.resolved:
+                item.resolved = True
+                from_stage = isinstance(item.stage.critical_norm, str)
+                item.critical_norm, item.group_critical_norms = resolve_critical_norms(
+                    item.stage, item.runs, store.records() if from_stage else [])
+                if from_stage and item.critical_norm is None:
+                    problems.append(f"{item.label}: not run, no seed of its source cell in stage "
+                                    f"{item.stage.critical_norm!r} grokked")
+                    unsettled.difference_update(run.run_id for run in item.runs)
+                    continue
+                if declared_capacity:  # too few cells for the workers: split this one's seeds
+                    ready = sum(1 for other in waiting if not unsettled & set(other.runs[0].critical_norm_source))
+                    parts = split_cell(item, seed_groups(len(item.runs), declared_capacity - len(in_flight), ready))
+                    waiting[0:0] = parts[1:]
+                    item = parts[0]
+                    if len(parts) > 1:
+                        submit(item)
+                        return fill()
+            submit(item)
+
     try:
         while waiting or in_flight:
-            for item in list(waiting):
-                if len(in_flight) >= capacity:
-                    break
-                if unsettled & set(item.runs[0].critical_norm_source):
-                    continue  # its source cell is still training
-                waiting.remove(item)
-                if item.attempts == 0:
-                    from_stage = isinstance(item.stage.critical_norm, str)
-                    item.critical_norm, item.group_critical_norms = resolve_critical_norms(
-                        item.stage, item.runs, store.records() if from_stage else [])
-                    if from_stage and item.critical_norm is None:
-                        problems.append(f"{item.label}: not run, no seed of its source cell in stage "
-                                        f"{item.stage.critical_norm!r} grokked")
-                        unsettled.difference_update(run.run_id for run in item.runs)
-                        continue
-                submit(item)
+            fill()
             if not in_flight:
                 if waiting:
                     raise RuntimeError("cells wait on runs that nothing is training")  # cannot happen

@@ -276,3 +276,28 @@ def test_executor_on_the_command_line_replaces_the_files_choice(tmp_path):
 def test_time_left_extrapolates_this_invocations_pace():
     assert time_left(elapsed=60.0, settled=4, unsettled=8) == 120.0
     assert time_left(elapsed=60.0, settled=0, unsettled=8) is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Too few cells for the workers: a cell's seeds are split over them.
+
+
+def test_a_cell_is_split_only_when_workers_would_otherwise_idle():
+    from gnorm.study import seed_groups
+
+    assert seed_groups(seeds=16, idle_workers=2, other_ready_cells=0) == 2   # a lone free cell: both cores
+    assert seed_groups(seeds=16, idle_workers=2, other_ready_cells=1) == 1   # another cell takes the other core
+    assert seed_groups(seeds=16, idle_workers=1, other_ready_cells=0) == 1   # serial, or one worker left
+    assert seed_groups(seeds=3, idle_workers=8, other_ready_cells=0) == 3    # never more parts than seeds
+
+
+def test_a_split_cell_trains_each_seed_exactly_as_the_whole_cell_does(tmp_path):
+    path = _small_study(tmp_path)  # keep the free stage only: one cell of four seeds for two workers
+    free_only = path.read_text().split('[[stage]]\nname = "clamp"')[0].replace("seeds = 2", "seeds = 4")
+    path.write_text(free_only + '\n[executor]\nname = "local"\nworkers = 2\n')
+    local = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "local")])
+    serial = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "serial"), "--executor", "serial"])
+    assert local.exit_code == 0 and serial.exit_code == 0, local.output + serial.output
+    assert "[free] (all) seeds 0-1: started" in local.output and "[free] (all) seeds 2-3: started" in local.output
+    assert "seeds 0-1" not in serial.output
+    assert _stored(tmp_path / "local") == _stored(tmp_path / "serial")
