@@ -250,15 +250,46 @@ class Row:
         return self.model_steps / self.seconds
 
 
+def gnorm_run_local(registry: Registry, seeds: int, steps: int, workers: int) -> None:
+    """W1 as ``gnorm run`` trains it: the study coordinator with the ``local`` executor (``workers``
+    processes with one torch thread each; the lone cell's seeds are split over them), worker start-up,
+    compiling and storing included."""
+    import io
+
+    from gnorm.builtins.executors import LocalConfig
+    from gnorm.config import ExecutorChoice
+    from gnorm.store import Store
+    from gnorm.study import Progress, run_experiment
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "bench.toml"
+        path.write_text(WORKLOAD.format(seeds=seeds, p=59, steps=steps, rho=1.0, stop="false",
+                                        critical_norm=CRITICAL_NORM))
+        experiment = load_experiment(path, registry)
+        store = Store(Path(directory) / "out", create=True)
+        try:
+            run_experiment(experiment, registry, store, Progress(io.StringIO()),
+                           ExecutorChoice("local", LocalConfig(workers=workers), threads=1))
+        finally:
+            store.close()
+
+
 def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,
-             echo: Callable[[str], None]) -> list[Row]:
+             echo: Callable[[str], None], workers: int = 0) -> list[Row]:
+    """Rows: gnorm's engine in this process (torch's default threads), then, with ``workers`` > 1,
+    W1 as ``gnorm run`` trains it on that many worker processes, then the two reference trainers."""
     job = workload_job(registry, seeds, steps, rho=1.0, stop=False)
     start = start_of(job, registry)
     rows = []
     with deterministic_algorithms():
         _, seconds = _timed(lambda: gnorm_engine(job, registry))
-        rows.append(Row("gnorm", seeds * steps, seconds))
+        rows.append(Row(f"gnorm engine, one process ({torch.get_num_threads()} threads)", seeds * steps, seconds))
         echo(f"  gnorm engine: {seconds:.1f}s")
+    if workers > 1:
+        _, seconds = _timed(lambda: gnorm_run_local(registry, seeds, steps, workers))
+        rows.append(Row(f"gnorm run, local executor ({workers} workers x 1 thread)", seeds * steps, seconds))
+        echo(f"  gnorm run (local): {seconds:.1f}s")
+    with deterministic_algorithms():
         _, seconds = _timed(lambda: reference_batched(start))
         rows.append(Row("reference (b): seed-batched einsum, hand AdamW", seeds * steps, seconds))
         echo(f"  reference (b): {seconds:.1f}s")

@@ -326,16 +326,21 @@ def bench(steps: int, seeds: int, reference_a_seeds: int, w2: bool, memory: bool
     click.echo(f"gnorm bench: torch {torch.__version__}, {torch.get_num_threads()} threads, W1 = p 59, "
                f"{seeds} seeds, {steps} steps, clamp from step 500, geometric evaluation grid", err=True)
     peak = benchmark.matmul_peak_gflops()
-    rows = benchmark.bench_w1(registry, steps, seeds, reference_a_seeds, lambda line: click.echo(line, err=True))
+    from gnorm.builtins.executors import machine_cores
+
+    workers = machine_cores()
+    rows = benchmark.bench_w1(registry, steps, seeds, reference_a_seeds, lambda line: click.echo(line, err=True),
+                              workers)
     n_train = round(0.4 * 59 * 59)
     flops = benchmark.paper_model_flops(n_train, 59)
-    ours = rows[0].rate
+    ours = max(row.rate for row in rows if row.trainer.startswith("gnorm"))  # the faster way gnorm trains W1
     table = Table(f"W1 (matmul peak measured in this run: {peak:.1f} GFLOP/s)",
-                  ["trainer", "model-steps/s", "gnorm speed-up", "paper-model GFLOP/s", "% of peak"],
+                  ["trainer", "model-steps/s", "fastest gnorm's speed-up", "paper-model GFLOP/s", "% of peak"],
                   [[row.trainer, row.rate, ours / row.rate, row.rate * flops / 1e9, 100 * row.rate * flops / 1e9 / peak]
                    for row in rows])
     click.echo(format_table(table))
-    ratio_b, ratio_a = ours / rows[1].rate, ours / rows[2].rate
+    reference_b, reference_a = rows[-2], rows[-1]
+    ratio_b, ratio_a = ours / reference_b.rate, ours / reference_a.rate
     click.echo(f"target W1 >= 3x reference (b): {ratio_b:.2f}x {'met' if ratio_b >= 3 else 'NOT met'}")
     click.echo(f"target W1 >= 5x reference (a): {ratio_a:.2f}x {'met' if ratio_a >= 5 else 'NOT met'}")
     if memory:

@@ -16,8 +16,13 @@ def test_bench_prints_rates_ratios_and_targets():
     result = CliRunner().invoke(main, ["bench", "--steps", "20", "--seeds", "2", "--reference-a-seeds", "1",
                                        "--no-memory"])
     assert result.exit_code == 0, result.output
-    for text in ("model-steps/s", "reference (a)", "reference (b)", "GFLOP/s", "target W1 >= 3x reference (b)"):
+    for text in ("model-steps/s", "gnorm engine, one process", "reference (a)", "reference (b)", "GFLOP/s",
+                 "target W1 >= 3x reference (b)"):
         assert text in result.output
+    from gnorm.builtins.executors import machine_cores
+
+    if machine_cores() > 1:  # W1 as gnorm run trains it, one worker process per core
+        assert f"gnorm run, local executor ({machine_cores()} workers x 1 thread)" in result.output
 
 
 def test_grid_agreement_allows_one_grid_step():
