@@ -268,10 +268,12 @@ def gnorm_run_local(registry: Registry, seeds: int, steps: int, workers: int) ->
         experiment = load_experiment(path, registry)
         store = Store(Path(directory) / "out", create=True)
         try:
-            run_experiment(experiment, registry, store, Progress(io.StringIO()),
-                           ExecutorChoice("local", LocalConfig(workers=workers), threads=1))
+            problems = run_experiment(experiment, registry, store, Progress(io.StringIO()),
+                                      ExecutorChoice("local", LocalConfig(workers=workers), threads=1))
         finally:
             store.close()
+        if problems:  # a failed run's short time is not a speed
+            raise RuntimeError(f"W1 through gnorm run did not finish: {problems[0]}")
 
 
 def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,

@@ -108,13 +108,13 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
                        "run the same command again to finish the rest", err=True)
             sys.exit(130)
         _print_summary(store, experiment, registry)
-        if experiment.analyses:
+        for line in skipped:
+            click.echo(f"error: {line}", err=True)
+        if experiment.analyses and store.records():
             from gnorm.report import write_report
 
             written = write_report(store, directory / "report", registry, experiment.analyses)
             click.echo(f"report: {written.path}", err=True)
-    for line in skipped:
-        click.echo(f"error: {line}", err=True)
     if skipped:
         sys.exit(1)
 
@@ -178,11 +178,17 @@ def _open(directory: str) -> Store:
 
 
 def _stored_analyses(store: Store, registry: Registry) -> list:
-    """The ``[[analysis]]`` choices of the experiment file as it was run (not as it may read now)."""
+    """The ``[[analysis]]`` choices of the experiment file as it was run (not as it may read now); none,
+    with a warning, where that file no longer loads here (a plugin it used is not installed)."""
     text, source = store.meta("experiment_toml"), store.meta("source")
     if not (text and source):
         return []
-    return load_experiment(source, registry, text=text).analyses
+    try:
+        return load_experiment(source, registry, text=text).analyses
+    except UserError as error:
+        click.echo(f"warning: the stored experiment file does not load here ({error.problems[0]}); "
+                   "using the default analyses", err=True)
+        return []
 
 
 @main.command()

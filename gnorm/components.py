@@ -87,7 +87,7 @@ class Observable(Component):
 class Executor(Component):
     """Where cells train. ``factory(config, context: ExecutorContext)`` returns an object that behaves
     like ``concurrent.futures.Executor`` (``submit(fn, *args) -> concurrent.futures.Future`` and
-    ``shutdown(wait=True)``). gnorm's coordinator submits one task per cell (a picklable function and a
+    ``shutdown(wait=True, cancel_futures=False)``, both keywords used). gnorm's coordinator submits one task per cell (a picklable function and a
     :class:`gnorm.engine.CellJob`) and keeps planning, retries and the store to itself.
 
     Set ``in_process`` when tasks run in the coordinator's own process: they then receive the
@@ -153,8 +153,10 @@ class ControllerContext:
     the ``norm_tensors`` list the controller is handed, and ``tensor_names`` names those tensors in that
     order. ``group_critical_norms`` holds each group's critical norm (median over grokked source seeds
     of the group's norm at T_grok) when the stage takes Wc from another stage; empty otherwise.
-    ``start_step`` is the step training resumes after: 0, or a same-state fork's ``at_step`` (the first
-    ``after_step`` call is then ``start_step + 1``).
+    ``start_step`` is the step training resumes after: 0, or a same-state fork's ``at_step``. A forked
+    arm's controller is not given ``before_training``; its first call is ``after_step(at_step)`` on the
+    forked state (what a run without the fork would have seen right after that step), then every step
+    from ``at_step + 1`` on.
     """
 
     critical_norm: float | None

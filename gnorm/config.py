@@ -190,6 +190,8 @@ class RunSpec:
         is computed (device, compile, members per chunk), so changing those never retrains."""
         data = self.plain()
         data["training"] = {k: v for k, v in data["training"].items() if k not in EXECUTION_SETTINGS}
+        if self.loss == LossConfig():  # runs from before [loss] existed keep their ids
+            del data["loss"]
         return data
 
     @property
@@ -221,13 +223,13 @@ class RunSpec:
                 and all(dotted_value(mine, key) == value for key, value in source.cell.items()))
 
     def trunk_identity(self) -> dict[str, Any] | None:
-        """What a forked run's starting state depends on: base configuration, seed, optimizer,
-        precision, the fork step and the trunk's controller. Arms that share it share the trunk."""
+        """What a forked run's starting state depends on: base configuration, seed, optimizer, loss
+        (and temperature), precision, the fork step and the trunk's controller. Arms that share it share the trunk."""
         if self.fork is None:
             return None
         plain = self.plain()
         return {"base": self.base_configuration(), "seed": self.seed, "optimizer": plain["optimizer"],
-                "precision": self.training.precision, "fork": plain["fork"]}
+                "loss": plain["loss"], "precision": self.training.precision, "fork": plain["fork"]}
 
     @property
     def trunk_id(self) -> str | None:
@@ -710,6 +712,11 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
                     and fork.at_step >= resolved["training"].max_steps:
                 loader.problem(f"{where}fork.at_step", f"must be below training.max_steps "
                                f"({resolved['training'].max_steps}), found {fork.at_step}")
+            t_start = getattr(resolved["controller"].config, "t_start", None) if resolved["controller"] else None
+            if fork is not None and isinstance(t_start, int) and t_start < fork.at_step:
+                loader.problem(origin(("controller", "t_start")),
+                               f"is before fork.at_step ({fork.at_step}): the trunk trains without this controller "
+                               f"up to step {fork.at_step}; start it at or after the fork, found {t_start}")
             if refused or any(value is None for value in resolved.values()):
                 continue
             cell = {dotted: value for dotted, (value, _) in point.items()}

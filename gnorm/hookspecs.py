@@ -160,7 +160,8 @@ def gnorm_executors() -> list[Executor]:
     :class:`gnorm.Executor`.
 
     ``factory(config, context)`` returns something that behaves like ``concurrent.futures.Executor``:
-    ``submit(fn, *args)`` returning a ``concurrent.futures.Future``, and ``shutdown(wait=True)``. The
+    ``submit(fn, *args)`` returning a ``concurrent.futures.Future``, and ``shutdown(wait=True,
+    cancel_futures=False)`` (the coordinator passes both). The
     coordinator submits one task per cell; the task only trains and returns its runs' results, so an
     executor never sees the store. Optional: a ``capacity`` attribute (the coordinator keeps at most
     that many cells submitted; default: all that are ready) and ``terminate_workers()`` (called instead
@@ -168,14 +169,16 @@ def gnorm_executors() -> list[Executor]:
     ``[executor] name = "..."`` (or ``gnorm run --executor NAME``)::
 
         @attrs.frozen
-        class ThreadsConfig:
+        class PoolConfig:
             workers: int = 2
 
         @gnorm.hookimpl
         def gnorm_executors():
-            return [gnorm.Executor(name="threads", summary="a thread pool", config_class=ThreadsConfig,
-                                   factory=lambda config, context: ThreadPoolExecutor(config.workers),
-                                   in_process=True)]
+            return [gnorm.Executor(name="processes", summary="a plain process pool", config_class=PoolConfig,
+                                   factory=lambda config, context: ProcessPoolExecutor(config.workers))]
+
+    (Not a thread pool: a cell sets process-wide torch state, such as its thread count and
+    deterministic kernels, so cells must not share a process at the same time.)
     """
 
 

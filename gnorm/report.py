@@ -849,6 +849,10 @@ def _delay_law_section(report: ReportWriter, registry: Registry, records: Sequen
         report.figure(name, delay_law_figure(result.groups[start:start + per_figure], x_key, result.confidence),
                       f"T_grok (log scale) against {x_key}: cell medians (bars: IQR over grokked seeds), the fitted "
                       f"delay law and its {result.confidence:.0%} bootstrap band (seeds resampled within cells)")
+    if config is not None:  # the file's settings: its own shared_exponent / levers tables, if any, follow
+        records = select(records, config.stages, config.within)
+        if config.x != RHO:
+            return
     if [k for k in group_by if k != "stage"]:
         report.add("### Shared exponent")
         report.analysis(_analyze(registry, "shared_exponent", records, x=RHO, group_by=group_by))

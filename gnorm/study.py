@@ -143,19 +143,24 @@ class _Cell:
 
 
 def seed_groups(seeds: int, idle_workers: int, other_ready_cells: int) -> int:
-    """Into how many parts a cell's seeds are split: enough to give every idle worker a task when too
-    few other cells are ready (the start of a study, its tail, a lone free stage), never more parts
-    than seeds. Each part trains its seeds exactly as the whole cell would (members are independent and
-    every member computes alone, chunking included), so splitting moves only wall time."""
-    return max(1, min(seeds, idle_workers - other_ready_cells))
+    """Into how many parts a cell's seeds are split: the idle workers shared evenly between this cell and
+    the other ready ones, so that none idles when too few cells are ready (the start of a study, its
+    tail, a lone free stage); never more parts than seeds. Each part trains its seeds exactly as the
+    whole cell would (members are independent and every member computes alone, chunking included), so
+    splitting moves only wall time."""
+    return max(1, min(seeds, idle_workers // (other_ready_cells + 1)))
 
 
 def split_cell(item: "_Cell", parts: int) -> list["_Cell"]:
-    """``item`` as ``parts`` cells of consecutive seeds (the same stage, Wc and label, with the seeds)."""
+    """``item`` as ``parts`` cells of consecutive seeds, sizes differing by at most one (the same stage,
+    Wc and label, with the seeds)."""
     if parts <= 1:
         return [item]
-    size = -(-len(item.runs) // parts)
-    chunks = [item.runs[start:start + size] for start in range(0, len(item.runs), size)]
+    size, extra = divmod(len(item.runs), parts)
+    bounds = [0]
+    for part in range(parts):
+        bounds.append(bounds[-1] + size + (part < extra))
+    chunks = [item.runs[start:end] for start, end in zip(bounds, bounds[1:])]
     return [attrs.evolve(item, runs=chunk, label=f"{item.label} seeds {chunk[0].seed}-{chunk[-1].seed}")
             for chunk in chunks]
 
@@ -195,22 +200,28 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
     pool = make_pool()
     declared_capacity = getattr(pool, "capacity", None)
     capacity = declared_capacity or len(waiting)
-    in_flight: dict[Future, _Cell] = {}
+    in_flight: dict[Future, tuple[_Cell, Any]] = {}  # future -> (cell, the pool it was submitted to)
+    failed_ids: set[str] = set()
 
     def submit(item: _Cell) -> None:
         item.attempts += 1
         start_states = None
         if item.runs[0].fork is not None:
-            start_states = trunk_states(item.runs, registry, TrunkFiles(store.directory / TRUNK_FOLDER), choice.threads)
+            try:
+                start_states = trunk_states(item.runs, registry, TrunkFiles(store.directory / TRUNK_FOLDER),
+                                            choice.threads)
+            except Exception as error:  # a trunk that cannot train fails its cell like any training error
+                failed(item, error)
+                return
         job = CellJob(item.runs, item.critical_norm, item.group_critical_norms, start_states)
         shared_registry = registry if component.in_process else None
         attempt = f", attempt {item.attempts}" if item.attempts > 1 else ""
         wc = "" if item.critical_norm is None else f", Wc {item.critical_norm:.4g}"
         progress.cell(item.label, f"started ({len(item.runs)} seeds{wc}{attempt})")
-        in_flight[pool.submit(train_cell_task, job, choice.threads, shared_registry)] = item
+        in_flight[pool.submit(train_cell_task, job, choice.threads, shared_registry)] = (item, pool)
 
     def report(force: bool = False) -> None:
-        running = sum(len(item.runs) for item in in_flight.values())
+        running = sum(len(item.runs) for item, _ in in_flight.values())
         progress.update(StudyCounts(counts["done"], running, counts["failed"],
                                     len(unsettled) - running, time.monotonic() - started, counts["settled"]), force)
 
@@ -236,6 +247,7 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
             store.write_failed(run.run_id, run.stage, run.cell, run.seed, run.plain(), run.training.max_steps,
                                why, item.attempts)
             unsettled.discard(run.run_id)
+            failed_ids.add(run.run_id)
         counts["failed"] += len(item.runs)
         counts["settled"] += len(item.runs)
         progress.cell(item.label, f"failed {item.attempts} times, its {len(item.runs)} runs are stored as failed: {why}")
@@ -249,6 +261,11 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
             if unsettled & set(item.runs[0].critical_norm_source):
                 continue  # its source cell is still training
             waiting.remove(item)
+            if failed_ids & set(item.runs[0].critical_norm_source):  # a Wc from part of its source: never
+                problems.append(f"{item.label}: not run, runs of its source cell failed; run the file again once "
+                                "they succeed")
+                unsettled.difference_update(run.run_id for run in item.runs)
+                continue
             if not item.resolved:
                 item.resolved = True
                 from_stage = isinstance(item.stage.critical_norm, str)
@@ -281,14 +298,19 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
                            return_when=FIRST_COMPLETED)
             broken = False
             for future in done:
-                item = in_flight.pop(future)
-                error = future.exception()
-                if error is None:
+                item, its_pool = in_flight.pop(future)
+                if future.cancelled() or isinstance(future.exception(), BrokenExecutor):
+                    # a worker died and took its pool with it: not this cell's fault, so not an attempt
+                    why = "cancelled" if future.cancelled() else _one_line(future.exception())
+                    progress.cell(item.label, f"lost with its worker ({why}); trying again")
+                    item.attempts -= 1
+                    waiting.insert(0, item)
+                    broken |= its_pool is pool
+                elif future.exception() is None:
                     stored(item, future.result())
                 else:
-                    broken |= isinstance(error, BrokenExecutor)
-                    failed(item, error)
-            if broken:  # a worker process died and took the pool with it: the cells it held are retried
+                    failed(item, future.exception())
+            if broken:  # the cells the dead pool still held come back cancelled or broken, and are retried
                 pool.shutdown(wait=False, cancel_futures=True)
                 pool = make_pool()
     except BaseException:

@@ -269,3 +269,21 @@ controller = { name = "relative_clamp", factor = 1.15, t_start = 300 }
         assert record.facts["held_norm"] == pytest.approx(1.15 * record.facts["norm_at_fork"], rel=1e-6)
         trajectory = store.trajectory(record.run_id)
         assert trajectory["weight_norm"] == pytest.approx([record.facts["held_norm"]] * len(trajectory["step"]), rel=1e-5)
+
+
+def test_a_clamp_that_starts_at_the_fork_acts_on_the_forked_state_and_one_before_it_is_refused(tmp_path):
+    stages = """
+[[stage]]
+name = "hold"
+fork = { at_step = 300 }
+critical_norm = 25.0
+controller = { name = "clamp", rho = 1.0, t_start = 300 }
+"""
+    store = Store(tmp_path / "out", create=True)
+    run_experiment(load_experiment(write(tmp_path, stages, max_steps=400), REGISTRY), REGISTRY, store, quiet())
+    for record in store.records():  # the first clamp happens after step 300, as without the fork
+        assert record.facts["norm_before_clamp"] == pytest.approx(record.facts["norm_at_fork"], rel=1e-6)
+        assert record.facts["norm_after_clamp"] == pytest.approx(25.0, rel=1e-6)
+    assert problems(tmp_path, stages.replace("t_start = 300", "t_start = 200")) == [
+        "stage[hold].controller.t_start: is before fork.at_step (300): the trunk trains without this controller up "
+        "to step 300; start it at or after the fork, found 200"]

@@ -266,26 +266,20 @@ class RelativeClampConfig:
 
 class RelativeClamp:
     """After every optimizer step t >= t_start: W_m <- W_m * (factor N_m / ||W_m||), where N_m is member
-    m's own ||W|| right after step t_start (before any rescale); in a same-state fork that starts at or
-    after t_start, N_m is the norm of the forked state itself. Paper B's arms: factor 1 holds the
-    current norm ("clamp_same"), 1.15 raises it, 1/1.15 lowers it."""
+    m's own ||W|| right after step t_start (before any rescale); in a same-state fork at step t_start
+    that is the forked state's norm. Paper B's arms: factor 1 holds the current norm ("clamp_same"),
+    1.15 raises it, 1/1.15 lowers it."""
 
     def __init__(self, config: RelativeClampConfig, context: ControllerContext):
         self.t_start, self.factor = config.t_start, config.factor
         self.held: torch.Tensor | None = None
-        self.reference: torch.Tensor | None = None
-        self.resumes_after_start = context.start_step >= config.t_start
-
-    def before_training(self, norm_tensors: list[torch.Tensor]) -> None:
-        if self.resumes_after_start:  # a fork at or after t_start: hold relative to the forked state
-            self.reference = weight_norm(norm_tensors)
 
     def after_step(self, step: int, norm_tensors: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
         if step < self.t_start:
             return None
         if self.held is None:
             before = weight_norm(norm_tensors)
-            self.held = self.factor * (self.reference if self.reference is not None else before)
+            self.held = self.factor * before
             rescale_to_norm(norm_tensors, self.held)
             return {"norm_before_clamp": before, "norm_after_clamp": weight_norm(norm_tensors),
                     "held_norm": self.held.clone()}
@@ -295,8 +289,6 @@ class RelativeClamp:
     def keep(self, index: torch.Tensor) -> None:
         if self.held is not None:
             self.held = self.held[index]
-        if self.reference is not None:
-            self.reference = self.reference[index]
 
 
 @attrs.frozen

@@ -43,7 +43,8 @@ def machine_cores() -> int:
 
 @attrs.frozen
 class LocalConfig:
-    """``workers``: worker processes (0: the machine's cores divided by ``[executor] threads``)."""
+    """``workers``: worker processes (0: the machine's cores divided by ``[executor] threads``; one on a
+    machine with a GPU)."""
 
     workers: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
@@ -69,7 +70,12 @@ class LocalExecutor(concurrent.futures.ProcessPoolExecutor):
 
 
 def local_executor(config: LocalConfig, context: ExecutorContext) -> LocalExecutor:
-    return LocalExecutor(config.workers or max(1, machine_cores() // context.threads_per_cell))
+    """``workers`` as configured; by default one per core (cores / threads per cell), or one where torch
+    sees a GPU (one process then trains each ensemble whole on the device, as the engine prefers)."""
+    import torch
+
+    default = 1 if torch.cuda.is_available() else max(1, machine_cores() // context.threads_per_cell)
+    return LocalExecutor(config.workers or default)
 
 
 @gnorm.hookimpl
