@@ -478,9 +478,11 @@ def _train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunReco
     for run in job.runs:
         registry.hook.gnorm_before_run(run_id=run.run_id, stage=run.stage, seed=run.seed, config=run.plain())
     schedule = set(evaluation_steps(first).tolist())
-    with torch.no_grad():  # a fresh run: before step 1; a forked arm: after step `start`, on the forked state
-        act = controller.after_step if start else getattr(controller, "before_training", lambda tensors: None)
-        _record_facts(logs, act(start, ensemble.norm_tensors) if start else act(ensemble.norm_tensors))
+    with torch.no_grad():
+        if start:  # a forked arm: the controller acts after step `start`, on the forked state
+            _record_facts(logs, controller.after_step(start, ensemble.norm_tensors))
+        elif hasattr(controller, "before_training"):
+            _record_facts(logs, controller.before_training(ensemble.norm_tensors))
     for step in range(start + 1, first.training.max_steps + 1):
         optimizer.step(ensemble.parameters, ensemble.gradients())
         with torch.no_grad():

@@ -627,7 +627,8 @@ def _logit_mediation_section(report: ReportWriter, registry: Registry, records: 
     config = config if config is not None else analyzer.config_class()
     analysis = analyzer.factory(config)(records)
     report.analysis(analysis)
-    points = logit_collapse_points(records, config)
+    points = [CollapsePoint(group["label"], cell["logit_scale"], cell["t_grok"], cell["norm"], cell["temperature"])
+              for group in analysis.numbers["groups"] for cell in group.get("cells", [])]
     if not points:
         report.leave_out("logit-scale collapse", "no cell has a logit scale at grok and enough grokked seeds")
         return
@@ -638,33 +639,14 @@ def _logit_mediation_section(report: ReportWriter, registry: Registry, records: 
 
 @attrs.frozen
 class CollapsePoint:
-    """One cell of a logit-mediation group: median logit scale at grok, median T_grok, its norm."""
+    """One cell of a ``logit_mediation`` group (its ``cells``): median logit scale at grok, median
+    T_grok, its norm and temperature."""
 
     group: str
     logit_scale: float
     t_grok: float
     norm: float
     temperature: float
-
-
-def logit_collapse_points(records: Sequence[RunRecord], config: Any) -> list[CollapsePoint]:
-    """The cells the ``logit_mediation`` analyzer reads, as (L, T) points per group."""
-    from gnorm.builtins.analyzers import cell_logit_scale_and_delay, logit_scale_fact
-
-    chosen = select(records, config.stages, config.within)
-    fact = logit_scale_fact(chosen, config.logit_scale)
-    cells: dict[tuple, list[tuple[int | None, float | None]]] = defaultdict(list)
-    for record in chosen:
-        norm, temperature = record_value(record, config.norm_key), record_value(record, config.temperature_key)
-        if _numeric(norm) and _numeric(temperature):
-            group = _group_label(config.group_by, [record_value(record, k) for k in config.group_by])
-            cells[(group, float(norm), float(temperature))].append((record.t_grok, record.facts.get(fact)))
-    points = []
-    for (group, norm, temperature), seeds in sorted(cells.items(), key=lambda item: _value_order(item[0])):
-        if sum(t is not None and l is not None for t, l in seeds) >= config.min_grokked:
-            scale, t_grok = cell_logit_scale_and_delay(seeds)
-            points.append(CollapsePoint(group, scale, t_grok, norm, temperature))
-    return points
 
 
 @_styled

@@ -851,6 +851,8 @@ def logit_mediation_analyzer(config: LogitMediationConfig):
                 notes.append(f"{label}: no recovery fraction (needs the baseline cell, the raised arm at the "
                              f"baseline temperature, and L_base inside the raised arms' range of L)")
             entry["recovery"] = result
+            entry["cells"] = [{"norm": norm, "temperature": temperature, "logit_scale": scale, "t_grok": t_grok}
+                              for (norm, temperature), (scale, t_grok) in sorted(summary.items())]
             if len(summary) >= 3:
                 norms = [c[0] for c in summary]
                 scales = [summary[c][0] for c in summary]
