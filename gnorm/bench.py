@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from gnorm.config import load_experiment
-from gnorm.engine import CellJob, build_ensemble, deterministic_algorithms, evaluation_steps, train_cell
+from gnorm.engine import (CellJob, build_ensemble, deterministic_algorithms, evaluation_steps, should_compile,
+                          train_cell)
 from gnorm.registry import Registry
 from gnorm.science import first_crossing
 
@@ -47,6 +48,7 @@ weight_decay = 1.0
 [training]
 max_steps = {steps}
 device = "cpu"
+compile = "{compile}"
 [evaluation]
 schedule = "geometric"
 points = 360
@@ -58,12 +60,13 @@ controller = {{ name = "clamp", rho = {rho}, t_start = 500 }}
 """
 
 
-def workload_job(registry: Registry, seeds: int, steps: int, rho: float, stop: bool, p: int = 59) -> CellJob:
+def workload_job(registry: Registry, seeds: int, steps: int, rho: float, stop: bool, p: int = 59,
+                 compile: str = "auto") -> CellJob:
     """The benchmark cell, built through the same experiment-file path users take."""
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "bench.toml"
         path.write_text(WORKLOAD.format(seeds=seeds, p=p, steps=steps, rho=rho, stop=str(stop).lower(),
-                                        critical_norm=CRITICAL_NORM))
+                                        critical_norm=CRITICAL_NORM, compile=compile))
         experiment = load_experiment(path, registry)
     return CellJob(experiment.runs, CRITICAL_NORM)
 
@@ -135,15 +138,19 @@ class PaperMLP(torch.nn.Module):
 
 @attrs.frozen
 class Outcome:
-    """Per seed: T_grok (None if censored) and the test loss at the last evaluation."""
+    """Per seed: T_mem and T_grok (None if not reached) and the train and test loss at the last
+    evaluation."""
 
+    t_mem: list[int | None]
     t_grok: list[int | None]
+    last_train_loss: list[float]
     last_test_loss: list[float]
 
 
 def reference_per_seed(start: Start, seeds: int) -> Outcome:
-    """Reference (a): one module and torch.optim.AdamW per seed, seeds one after another."""
-    t_grok, last = [], []
+    """Reference (a): one module and torch.optim.AdamW per seed, seeds one after another. Like gnorm
+    (and like any runner that reports T_mem), it evaluates the training and the test set."""
+    t_mem, t_grok, last_train, last_test = [], [], [], []
     for weights, split in list(zip(start.weights, start.splits))[:seeds]:
         model = PaperMLP(weights)
         decayed = [model.embedding, model.w_in, model.w_out]
@@ -151,7 +158,7 @@ def reference_per_seed(start: Start, seeds: int) -> Outcome:
                                        {"params": [model.b_in, model.b_out], "weight_decay": 0.0}], lr=start.lr)
         x, y = split.inputs[split.train_index], split.labels[split.train_index]
         test_x, test_y = split.inputs[split.test_index], split.labels[split.test_index]
-        steps, accuracy = [], []
+        steps, train_accuracy, test_accuracy = [], [], []
         for step in range(1, start.steps + 1):
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad()
@@ -164,13 +171,17 @@ def reference_per_seed(start: Start, seeds: int) -> Outcome:
                         p.mul_(scale)
             if step in start.eval_set:
                 with torch.no_grad():
-                    logits = model(test_x)
+                    train_logits, test_logits = model(x), model(test_x)
                     steps.append(step)
-                    accuracy.append((logits.argmax(-1) == test_y).float().mean().item())
-                    test_loss = F.cross_entropy(logits, test_y).item()
-        t_grok.append(first_crossing(np.array(steps), np.array(accuracy), 0.9))
-        last.append(test_loss)
-    return Outcome(t_grok, last)
+                    train_loss = F.cross_entropy(train_logits, y).item()
+                    train_accuracy.append((train_logits.argmax(-1) == y).float().mean().item())
+                    test_loss = F.cross_entropy(test_logits, test_y).item()
+                    test_accuracy.append((test_logits.argmax(-1) == test_y).float().mean().item())
+        t_mem.append(first_crossing(np.array(steps), np.array(train_accuracy), 0.99))
+        t_grok.append(first_crossing(np.array(steps), np.array(test_accuracy), 0.9))
+        last_train.append(train_loss)
+        last_test.append(test_loss)
+    return Outcome(t_mem, t_grok, last_train, last_test)
 
 
 def reference_batched(start: Start, stop_when_grokked: bool = False) -> Outcome:
@@ -195,8 +206,9 @@ def reference_batched(start: Start, stop_when_grokked: bool = False) -> Outcome:
         h = F.gelu(torch.einsum("snk,skh->snh", x, W1) + b1[:, None])
         return torch.einsum("snh,shc->snc", h, W2) + b2[:, None]
 
+    t_mem: list[int | None] = [None] * seeds
     t_grok: list[int | None] = [None] * seeds
-    test_loss = torch.zeros(seeds)
+    train_loss = test_loss = torch.zeros(seeds)
     for step in range(1, start.steps + 1):
         logits = forward(train_x)
         loss = F.cross_entropy(logits.flatten(0, 1), train_y.flatten()) * seeds
@@ -215,22 +227,28 @@ def reference_batched(start: Start, stop_when_grokked: bool = False) -> Outcome:
                 for p in (E, W1, W2):
                     p.mul_((start.held_norm / norm).view(-1, 1, 1))
             if step in start.eval_set:
-                logits = forward(test_x)
-                accuracy = (logits.argmax(-1) == test_y).float().mean(1)
-                test_loss = F.cross_entropy(logits.transpose(1, 2), test_y, reduction="none").mean(1)
+                train_logits, test_logits = forward(train_x), forward(test_x)
+                train_loss = F.cross_entropy(train_logits.transpose(1, 2), train_y, reduction="none").mean(1)
+                train_accuracy = (train_logits.argmax(-1) == train_y).float().mean(1)
+                test_loss = F.cross_entropy(test_logits.transpose(1, 2), test_y, reduction="none").mean(1)
+                test_accuracy = (test_logits.argmax(-1) == test_y).float().mean(1)
                 for seed in range(seeds):
-                    if t_grok[seed] is None and accuracy[seed] >= 0.9:
+                    if t_mem[seed] is None and train_accuracy[seed] >= 0.99:
+                        t_mem[seed] = step
+                    if t_grok[seed] is None and test_accuracy[seed] >= 0.9:
                         t_grok[seed] = step
                 if stop_when_grokked and all(t is not None for t in t_grok):
                     break
-    return Outcome(t_grok, test_loss.tolist())
+    return Outcome(t_mem, t_grok, train_loss.tolist(), test_loss.tolist())
 
 
 def gnorm_engine(job: CellJob, registry: Registry) -> Outcome:
     logs = {}
     train_cell(job, registry, lambda record, log: logs.__setitem__(record.seed, (record, log)))
     ordered = [logs[run.seed] for run in job.runs]
-    return Outcome([record.t_grok for record, _ in ordered], [log.metrics["test_loss"][-1] for _, log in ordered])
+    return Outcome([record.t_mem for record, _ in ordered], [record.t_grok for record, _ in ordered],
+                   [log.metrics["train_loss"][-1] for _, log in ordered],
+                   [log.metrics["test_loss"][-1] for _, log in ordered])
 
 
 def _timed(function: Callable[[], Any]) -> tuple[Any, float]:
@@ -250,7 +268,7 @@ class Row:
         return self.model_steps / self.seconds
 
 
-def gnorm_run_local(registry: Registry, seeds: int, steps: int, workers: int) -> None:
+def gnorm_run_local(registry: Registry, seeds: int, steps: int, workers: int, compile: str = "auto") -> None:
     """W1 as ``gnorm run`` trains it: the study coordinator with the ``local`` executor (``workers``
     processes with one torch thread each; the lone cell's seeds are split over them), worker start-up,
     compiling and storing included."""
@@ -264,7 +282,7 @@ def gnorm_run_local(registry: Registry, seeds: int, steps: int, workers: int) ->
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "bench.toml"
         path.write_text(WORKLOAD.format(seeds=seeds, p=59, steps=steps, rho=1.0, stop="false",
-                                        critical_norm=CRITICAL_NORM))
+                                        critical_norm=CRITICAL_NORM, compile=compile))
         experiment = load_experiment(path, registry)
         store = Store(Path(directory) / "out", create=True)
         try:
@@ -276,12 +294,31 @@ def gnorm_run_local(registry: Registry, seeds: int, steps: int, workers: int) ->
             raise RuntimeError(f"W1 through gnorm run did not finish: {problems[0]}")
 
 
+def warm_compile_cache(registry: Registry, seeds: int, workers: int) -> float:
+    """Train W1's cell for a few steps with compiling on, the way each timed gnorm row will, and return
+    the seconds it took. torch.compile keeps the code it generates in an on-disk cache, so the timed
+    rows then start from it, as every cell of a study does once the first cell of its shape has
+    compiled; what compiling costs from a cold cache is this function's time."""
+    def both() -> None:
+        with deterministic_algorithms():
+            gnorm_engine(workload_job(registry, seeds, 20, rho=1.0, stop=False, compile="on"), registry)
+        if workers > 1:
+            gnorm_run_local(registry, seeds, 20, workers, compile="on")
+    return _timed(both)[1]
+
+
 def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,
              echo: Callable[[str], None], workers: int = 0) -> list[Row]:
     """Rows: gnorm's engine in this process (torch's default threads), then, with ``workers`` > 1,
-    W1 as ``gnorm run`` trains it on that many worker processes, then the two reference trainers."""
+    W1 as ``gnorm run`` trains it on that many worker processes, then the two reference trainers.
+    Both gnorm rows start from a warm compile cache (see ``warm_compile_cache``)."""
     job = workload_job(registry, seeds, steps, rho=1.0, stop=False)
     start = start_of(job, registry)
+    run = job.runs[0]
+    parameters = sum(tensor.numel() for tensor in start.weights[0].values())
+    if should_compile(run.training.compile, torch.device("cpu"), run.training.max_steps, parameters):
+        echo(f"  warm-up, compiling W1's graphs into torch's on-disk cache (untimed): "
+             f"{warm_compile_cache(registry, seeds, workers):.1f}s")
     rows = []
     with deterministic_algorithms():
         _, seconds = _timed(lambda: gnorm_engine(job, registry))

@@ -33,7 +33,7 @@ def test_grid_agreement_allows_one_grid_step():
 
 def test_reference_trainers_learn_what_gnorm_learns():
     """Same weights, splits, optimizer and clamp: after 700 steps (clamped from 500) the three trainers
-    reach the same test loss per seed."""
+    reach the same train and test loss per seed."""
     registry = default_registry()
     job = bench.workload_job(registry, seeds=2, steps=700, rho=0.8, stop=False)
     start = bench.start_of(job, registry)
@@ -43,6 +43,8 @@ def test_reference_trainers_learn_what_gnorm_learns():
         per_seed = bench.reference_per_seed(start, seeds=2)
     np.testing.assert_allclose(batched.last_test_loss, ours.last_test_loss, rtol=1e-3)
     np.testing.assert_allclose(per_seed.last_test_loss, ours.last_test_loss, rtol=1e-3)
+    for reference in (batched, per_seed):
+        np.testing.assert_allclose(reference.last_train_loss, ours.last_train_loss, rtol=1e-3)
     assert abs(ours.last_test_loss[0] - ours.last_test_loss[1]) > 1e-2  # the seeds differ: a real check
 
 
