@@ -298,14 +298,19 @@ class BatchedAdamW:
             p.addcdiv_(m, (v.sqrt() / bias_correction2_sqrt).add_(c.eps), value=-c.lr / bias_correction1)
 
     def _fused_step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
+        """One fused call per group (decayed or not), each member's slice passed as its own tensor: the
+        kernel treats a tensor's last few elements apart from the rest (vector body, scalar tail), so
+        slicing per member keeps a member's arithmetic independent of how many members share it."""
         c = self.config
         for decayed in (True, False):
             chosen = [i for i, d in enumerate(self.decayed) if d == decayed]
             if not chosen:
                 continue
-            steps = [torch.full((), float(self.step_count), device=params[i].device) for i in chosen]
-            torch._fused_adamw_([params[i] for i in chosen], [grads[i] for i in chosen],
-                                [self.exp_avg[i] for i in chosen], [self.exp_avg_sq[i] for i in chosen], [], steps,
+            def members(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+                return [tensors[i][m] for i in chosen for m in range(tensors[i].shape[0])]
+            sliced = members(params)
+            steps = [torch.full((), float(self.step_count), device=sliced[0].device)] * len(sliced)
+            torch._fused_adamw_(sliced, members(grads), members(self.exp_avg), members(self.exp_avg_sq), [], steps,
                                 lr=c.lr, beta1=c.beta1, beta2=c.beta2, weight_decay=c.weight_decay if decayed else 0.0,
                                 eps=c.eps, amsgrad=False, maximize=False)
 
