@@ -165,6 +165,17 @@ def split_cell(item: "_Cell", parts: int) -> list["_Cell"]:
             for chunk in chunks]
 
 
+def budget(item: "_Cell") -> int:
+    """A cell's most model-steps: its seeds times its step budget (the longest a cell can take)."""
+    return len(item.runs) * item.runs[0].training.max_steps
+
+
+def longest_first(items: list["_Cell"]) -> list["_Cell"]:
+    """The order ready cells are handed to free workers: the biggest ``budget`` first (ties in plan
+    order), so that a long cell does not start last and leave the other workers idle at the end."""
+    return sorted(items, key=lambda item: -budget(item))
+
+
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or "(no message)"
     return f"{type(error).__name__}: {text}"[:500]
@@ -254,8 +265,8 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
         failed_lines.append(why)
 
     def fill() -> None:
-        """Submit ready cells (their source cells settled) while workers are free."""
-        for item in list(waiting):
+        """Submit ready cells (their source cells settled) while workers are free, biggest first."""
+        for item in longest_first(waiting):
             if len(in_flight) >= capacity:
                 return
             if unsettled & set(item.runs[0].critical_norm_source):

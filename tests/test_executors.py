@@ -302,3 +302,25 @@ def test_a_split_cell_trains_each_seed_exactly_as_the_whole_cell_does(tmp_path):
     assert "[free] (all) seeds 0-1: started" in local.output and "[free] (all) seeds 2-3: started" in local.output
     assert "seeds 0-1" not in serial.output
     assert _stored(tmp_path / "local") == _stored(tmp_path / "serial")
+
+
+
+def test_ready_cells_go_to_workers_biggest_budget_first(tmp_path):
+    """Paper A's dense sweep gives its slow high-rho cells the longest budgets: they start first, so the
+    study does not end with one long cell on one worker while the others idle."""
+    from gnorm.study import _Cell, longest_first
+
+    path = tiny_study(tmp_path, p=31, max_steps=300, critical_norm="30.0")
+    text = path.read_text().replace('sweep = { "controller.rho" = [0.9, 1.1] }',
+                                    '[stage.zip]\n"controller.rho" = [0.9, 1.1, 1.2]\n"training.max_steps" = [100, 400, 200]')
+    path.write_text(text)
+    clamp = load_experiment(path, build_registry()).stages[-1]
+    cells = {}
+    for run in clamp.runs:
+        cells.setdefault(run.training.max_steps, []).append(run)
+    items = [_Cell(clamp, runs, f"{steps} steps") for steps, runs in cells.items()]
+    assert [item.label for item in items] == ["100 steps", "400 steps", "200 steps"]  # plan order
+    assert [item.label for item in longest_first(items)] == ["400 steps", "200 steps", "100 steps"]
+    one_seed = attrs.evolve(items[2], runs=items[2].runs[:1], label="200 steps, one seed")  # 200 model-steps
+    for order in ([one_seed, items[0]], [items[0], one_seed]):  # equal budgets (2 x 100, 1 x 200) keep their order
+        assert longest_first(order) == order
