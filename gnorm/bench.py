@@ -77,6 +77,14 @@ def paper_model_flops(n_train: int, p: int, embed_dim: int = 128, hidden: int = 
     return 6.0 * n_train * (2 * embed_dim * hidden + hidden * p)
 
 
+def gnorm_model_flops(n_train: int, p: int, embed_dim: int = 128, hidden: int = 256) -> float:
+    """FLOPs of one training step of the same MLP as gnorm computes it (the vocabulary tables E W1_l,
+    then gathered rows): forward 2 x 2 p d H (two tables) + 2 n H p (readout); backward 2 x 4 p d H
+    (each table's gradient into E and W1_l) + 4 n H p; so 12 p d H + 6 n H p. Gathers and
+    scatter-adds are not counted (no multiplications)."""
+    return 12.0 * p * embed_dim * hidden + 6.0 * n_train * hidden * p
+
+
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
     """Achieved float32 GFLOP/s of a size x size matmul (2 size^3 FLOPs), best of ``repeats``."""
     a, b = torch.randn(size, size), torch.randn(size, size)

@@ -54,3 +54,26 @@ def test_w2_gnorm_and_reference_b_agree_on_t_grok_per_seed():
     of the geometric grid."""
     ours, theirs, grid = bench.bench_w2(default_registry(), seeds=16, steps=30_000)
     assert sum(bench.grid_agreement(ours.t_grok, theirs.t_grok, grid)) >= 15
+
+
+def test_flop_counts_are_what_torch_counts_for_one_training_step():
+    """The achieved GFLOP/s column divides each trainer's own FLOPs: torch's FLOP counter over one
+    step of gnorm's ensemble (one member) and of reference (a)'s module agrees with the formulas."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gnorm.engine import build_ensemble
+
+    registry = default_registry()
+    job = bench.workload_job(registry, seeds=1, steps=20, rho=1.0, stop=False, compile="off")
+    ensemble, _ = build_ensemble(job, registry)
+    n_train = ensemble.train_labels.shape[1]
+    with FlopCounterMode(display=False) as counter:
+        ensemble.gradients()
+    assert counter.get_total_flops() == bench.gnorm_model_flops(n_train, 59)
+    start = bench.start_of(job, registry)
+    model, split = bench.PaperMLP(start.weights[0]), start.splits[0]
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(split.inputs[split.train_index]), split.labels[split.train_index]).backward()
+    assert counter.get_total_flops() == bench.paper_model_flops(n_train, 59)
+    assert bench.paper_model_flops(n_train, 59) > 4 * bench.gnorm_model_flops(n_train, 59)
