@@ -45,16 +45,19 @@ class StudyCounts:
     failed: int
     remaining: int
     elapsed: float
-    settled_here: int  # runs finished or failed since this invocation started
+    settled_here: int  # budget (max_steps) of the runs finished or failed since this invocation started
+    unsettled: int  # budget of the runs still running or remaining
 
     @property
     def time_left(self) -> float | None:
-        return time_left(self.elapsed, self.settled_here, self.running + self.remaining)
+        return time_left(self.elapsed, self.settled_here, self.unsettled)
 
 
 def time_left(elapsed: float, settled: int, unsettled: int) -> float | None:
-    """Seconds left at this invocation's pace: elapsed * unsettled / settled (None before any run has
-    settled). Runs that were stored before this invocation do not count towards the pace."""
+    """Seconds left at this invocation's pace: elapsed * unsettled / settled, both counted in step
+    budgets (a run's ``max_steps``), so that a cell with four times the budget counts as four times
+    the work (None before any run has settled). Runs that were stored before this invocation do not
+    count towards the pace."""
     return None if settled == 0 else elapsed * unsettled / settled
 
 
@@ -198,6 +201,7 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
     waiting = [_Cell(stage, todo, f"[{stage.name}] {cell_label(cell[0].cell)}")
                for stage, cell in plan.cells if (todo := [run for run in cell if run.run_id not in finished])]
     unsettled = {run.run_id for item in waiting for run in item.runs}
+    budgets = {run.run_id: run.training.max_steps for item in waiting for run in item.runs}
     if not waiting:
         return []
     counts = {"done": len({r.run_id for r in experiment.runs} & finished), "failed": 0, "settled": 0}
@@ -233,8 +237,9 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
 
     def report(force: bool = False) -> None:
         running = sum(len(item.runs) for item, _ in in_flight.values())
-        progress.update(StudyCounts(counts["done"], running, counts["failed"],
-                                    len(unsettled) - running, time.monotonic() - started, counts["settled"]), force)
+        progress.update(StudyCounts(counts["done"], running, counts["failed"], len(unsettled) - running,
+                                    time.monotonic() - started, counts["settled"],
+                                    sum(budgets[run_id] for run_id in unsettled)), force)
 
     def stored(item: _Cell, results: list[RunResult]) -> None:
         grokked = 0
@@ -244,7 +249,7 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
             unsettled.discard(result.record.run_id)
             grokked += not result.record.censored
         counts["done"] += len(results)
-        counts["settled"] += len(results)
+        counts["settled"] += sum(budgets[result.record.run_id] for result in results)
         seconds = max((r.record.facts.get("wall_seconds", 0.0) for r in results), default=0.0)
         progress.cell(item.label, f"{grokked}/{len(results)} grokked, {seconds:.0f}s")
 
@@ -260,7 +265,7 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
             unsettled.discard(run.run_id)
             failed_ids.add(run.run_id)
         counts["failed"] += len(item.runs)
-        counts["settled"] += len(item.runs)
+        counts["settled"] += sum(budgets[run.run_id] for run in item.runs)
         progress.cell(item.label, f"failed {item.attempts} times, its {len(item.runs)} runs are stored as failed: {why}")
         failed_lines.append(why)
 

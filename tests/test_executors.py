@@ -273,9 +273,11 @@ def test_executor_on_the_command_line_replaces_the_files_choice(tmp_path):
     assert result.exit_code == 2 and "executor.scheduler: unknown key" in result.output
 
 
-def test_time_left_extrapolates_this_invocations_pace():
+def test_time_left_extrapolates_this_invocations_pace_in_step_budgets():
     assert time_left(elapsed=60.0, settled=4, unsettled=8) == 120.0
     assert time_left(elapsed=60.0, settled=0, unsettled=8) is None
+    # 16 runs of 12000 steps took 2 minutes; 16 of 66000 and 16 of 8000 are left: 2 x 74000 / 12000 min
+    assert time_left(elapsed=120.0, settled=16 * 12000, unsettled=16 * 66000 + 16 * 8000) == 120.0 * 74000 / 12000
 
 
 # ---------------------------------------------------------------------------------------------------
