@@ -259,6 +259,22 @@ class Ensemble:
             setattr(self, name, getattr(self, name)[index])
 
 
+@functools.cache
+def has_fused_adamw(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch's fused AdamW kernel (private ``torch._fused_adamw_``, the one behind
+    ``torch.optim.AdamW(fused=True)``) runs here: tried once per device and dtype on a one-element
+    tensor."""
+    if not hasattr(torch, "_fused_adamw_"):
+        return False
+    try:
+        one = [torch.zeros(1, device=device, dtype=dtype) for _ in range(4)]
+        torch._fused_adamw_([one[0]], [one[1]], [one[2]], [one[3]], [], [torch.ones((), device=device)], lr=1e-3,
+                            beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
 class BatchedAdamW:
     """torch.optim.AdamW's update on stacked member tensors, with decoupled weight decay on the
     weight-norm tensors only:
@@ -277,16 +293,13 @@ class BatchedAdamW:
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
         self.step_count = 0
-        self.fused = hasattr(torch, "_fused_adamw_")
+        self.fused = has_fused_adamw(params[0].device, params[0].dtype) if params else False
 
     @torch.no_grad()
     def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
         self.step_count += 1
         if self.fused:
-            try:
-                return self._fused_step(params, grads)
-            except RuntimeError:  # no fused kernel for this device or dtype: the same update op by op
-                self.fused = False
+            return self._fused_step(params, grads)
         c = self.config
         bias_correction1 = 1 - c.beta1 ** self.step_count
         bias_correction2_sqrt = math.sqrt(1 - c.beta2 ** self.step_count)
@@ -302,17 +315,22 @@ class BatchedAdamW:
         kernel treats a tensor's last few elements apart from the rest (vector body, scalar tail), so
         slicing per member keeps a member's arithmetic independent of how many members share it."""
         c = self.config
+
+        def members(tensors: Sequence[torch.Tensor], chosen: list[int]) -> list[torch.Tensor]:
+            return [tensors[i][m] for i in chosen for m in range(tensors[i].shape[0])]
+
         for decayed in (True, False):
             chosen = [i for i, d in enumerate(self.decayed) if d == decayed]
             if not chosen:
                 continue
-            def members(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-                return [tensors[i][m] for i in chosen for m in range(tensors[i].shape[0])]
-            sliced = members(params)
+            sliced = members(params, chosen)
+            # The kernel reads the step count (t in the bias corrections) and never writes it, so one
+            # tensor can stand for every slice's.
             steps = [torch.full((), float(self.step_count), device=sliced[0].device)] * len(sliced)
-            torch._fused_adamw_(sliced, members(grads), members(self.exp_avg), members(self.exp_avg_sq), [], steps,
-                                lr=c.lr, beta1=c.beta1, beta2=c.beta2, weight_decay=c.weight_decay if decayed else 0.0,
-                                eps=c.eps, amsgrad=False, maximize=False)
+            torch._fused_adamw_(sliced, members(grads, chosen), members(self.exp_avg, chosen),
+                                members(self.exp_avg_sq, chosen), [], steps, lr=c.lr, beta1=c.beta1,
+                                beta2=c.beta2, weight_decay=c.weight_decay if decayed else 0.0, eps=c.eps,
+                                amsgrad=False, maximize=False)
 
     def keep(self, index: torch.Tensor) -> None:
         self.exp_avg = [m[index] for m in self.exp_avg]
@@ -410,13 +428,15 @@ def build_ensemble(job: CellJob, registry: Registry) -> tuple[Ensemble, Any]:
 
 
 @contextmanager
-def deterministic_algorithms() -> Iterator[None]:
-    """Same config and seed, same result. On one thread every kernel runs serially, so it is
-    deterministic as it is, and torch.compile may generate its own scatter-adds (about 3x faster than
-    the sorted deterministic fallback); on more threads torch's deterministic kernels are switched on
-    (ops without one warn instead of failing)."""
+def deterministic_algorithms(device: torch.device | str = "cpu") -> Iterator[None]:
+    """Same config and seed, same result. On a CPU with one torch thread every kernel runs serially, so
+    it is deterministic as it is, and torch.compile may generate its own scatter-adds (about 3x faster
+    than the sorted deterministic fallback); with more threads, and on any other device (whose
+    scatter-adds are atomic), torch's deterministic kernels are switched on (ops without one warn
+    instead of failing)."""
+    serial = torch.device(device).type == "cpu" and torch.get_num_threads() == 1
     enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(torch.get_num_threads() > 1, warn_only=True)
+    torch.use_deterministic_algorithms(not serial, warn_only=True)
     try:
         yield
     finally:
@@ -427,7 +447,7 @@ def train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunRecor
                on_progress: Callable[[int, int], None] = lambda step, active: None) -> None:
     """Train every run of a cell together until each has grokked (when the schedule stops on grok) or
     the budget is spent; ``on_finished`` receives each run as soon as it is done."""
-    with deterministic_algorithms():
+    with deterministic_algorithms(resolve_device(job.runs[0].training.device)):
         _train_cell(job, registry, on_finished, on_progress)
 
 
@@ -449,7 +469,7 @@ def train_trunk(job: CellJob, registry: Registry) -> list[TrunkState]:
     at_step = first.fork.at_step
     # The trunk is computed the same way whichever arm asks for it first: decide compiling on at_step.
     runs = [attrs.evolve(run, training=attrs.evolve(run.training, max_steps=at_step)) for run in job.runs]
-    with deterministic_algorithms():
+    with deterministic_algorithms(resolve_device(first.training.device)):
         ensemble, _ = build_ensemble(CellJob(runs, None), registry)
         optimizer = BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params],
                                  first.optimizer)

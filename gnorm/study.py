@@ -38,19 +38,21 @@ def plan_experiment(experiment: Experiment) -> Plan:
 
 @attrs.frozen
 class StudyCounts:
-    """Where a study stands, in runs: ``remaining`` are neither settled nor running."""
+    """Where a study stands: runs done, running, failed and ``remaining`` (neither settled nor
+    running), seconds elapsed, and the step budgets (sum of ``max_steps``) of the runs settled since
+    this invocation started and of those not settled yet."""
 
     done: int
     running: int
     failed: int
     remaining: int
     elapsed: float
-    settled_here: int  # budget (max_steps) of the runs finished or failed since this invocation started
-    unsettled: int  # budget of the runs still running or remaining
+    settled_budget_here: int
+    unsettled_budget: int
 
     @property
     def time_left(self) -> float | None:
-        return time_left(self.elapsed, self.settled_here, self.unsettled)
+        return time_left(self.elapsed, self.settled_budget_here, self.unsettled_budget)
 
 
 def time_left(elapsed: float, settled: int, unsettled: int) -> float | None:
@@ -173,10 +175,15 @@ def budget(item: "_Cell") -> int:
     return len(item.runs) * item.runs[0].training.max_steps
 
 
-def longest_first(items: list["_Cell"]) -> list["_Cell"]:
-    """The order ready cells are handed to free workers: the biggest ``budget`` first (ties in plan
-    order), so that a long cell does not start last and leave the other workers idle at the end."""
-    return sorted(items, key=lambda item: -budget(item))
+def submission_order(items: list["_Cell"]) -> list["_Cell"]:
+    """The order waiting cells are handed to free workers: first those already resolved (the other
+    parts of a split cell, and retries), then cells that other waiting cells take Wc from (they unlock
+    more work), then the biggest ``budget`` first, ties in plan order; so that a long cell does not
+    start last and leave the other workers idle at the end."""
+    sources = {run_id for item in items for run_id in item.runs[0].critical_norm_source}
+    def key(item: "_Cell") -> tuple[bool, bool, int]:
+        return (not item.resolved, not any(run.run_id in sources for run in item.runs), -budget(item))
+    return sorted(items, key=key)
 
 
 def _one_line(error: BaseException) -> str:
@@ -201,7 +208,7 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
     waiting = [_Cell(stage, todo, f"[{stage.name}] {cell_label(cell[0].cell)}")
                for stage, cell in plan.cells if (todo := [run for run in cell if run.run_id not in finished])]
     unsettled = {run.run_id for item in waiting for run in item.runs}
-    budgets = {run.run_id: run.training.max_steps for item in waiting for run in item.runs}
+    budgets = {run.run_id: run.training.max_steps for item in waiting for run in item.runs}  # step budgets
     if not waiting:
         return []
     counts = {"done": len({r.run_id for r in experiment.runs} & finished), "failed": 0, "settled": 0}
@@ -270,8 +277,9 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
         failed_lines.append(why)
 
     def fill() -> None:
-        """Submit ready cells (their source cells settled) while workers are free, biggest first."""
-        for item in longest_first(waiting):
+        """Submit ready cells (their source cells settled) while workers are free, in
+        ``submission_order``."""
+        for item in submission_order(waiting):
             if len(in_flight) >= capacity:
                 return
             if unsettled & set(item.runs[0].critical_norm_source):

@@ -306,11 +306,11 @@ def test_a_split_cell_trains_each_seed_exactly_as_the_whole_cell_does(tmp_path):
     assert _stored(tmp_path / "local") == _stored(tmp_path / "serial")
 
 
-
 def test_ready_cells_go_to_workers_biggest_budget_first(tmp_path):
     """Paper A's dense sweep gives its slow high-rho cells the longest budgets: they start first, so the
-    study does not end with one long cell on one worker while the others idle."""
-    from gnorm.study import _Cell, longest_first
+    study does not end with one long cell on one worker while the others idle. The other parts of a
+    split cell and retries keep their place at the front, and a cell others take Wc from goes first."""
+    from gnorm.study import _Cell, submission_order
 
     path = tiny_study(tmp_path, p=31, max_steps=300, critical_norm="30.0")
     text = path.read_text().replace('sweep = { "controller.rho" = [0.9, 1.1] }',
@@ -322,7 +322,33 @@ def test_ready_cells_go_to_workers_biggest_budget_first(tmp_path):
         cells.setdefault(run.training.max_steps, []).append(run)
     items = [_Cell(clamp, runs, f"{steps} steps") for steps, runs in cells.items()]
     assert [item.label for item in items] == ["100 steps", "400 steps", "200 steps"]  # plan order
-    assert [item.label for item in longest_first(items)] == ["400 steps", "200 steps", "100 steps"]
+    assert [item.label for item in submission_order(items)] == ["400 steps", "200 steps", "100 steps"]
     one_seed = attrs.evolve(items[2], runs=items[2].runs[:1], label="200 steps, one seed")  # 200 model-steps
     for order in ([one_seed, items[0]], [items[0], one_seed]):  # equal budgets (2 x 100, 1 x 200) keep their order
-        assert longest_first(order) == order
+        assert submission_order(order) == order
+    second_part = attrs.evolve(items[0], resolved=True, label="100 steps, second part")
+    assert submission_order([items[1], second_part])[0] is second_part
+
+
+def test_a_cell_others_take_wc_from_goes_first(tmp_path):
+    from gnorm.study import _Cell, budget, submission_order
+
+    experiment = load_experiment(tiny_study(tmp_path, p=31, max_steps=300), build_registry())  # Wc from "free"
+    free, clamp = experiment.stages
+    source = _Cell(free, free.runs, "free")
+    longer = [attrs.evolve(run, training=attrs.evolve(run.training, max_steps=3000)) for run in clamp.runs]
+    dependent = _Cell(clamp, [run for run in longer if run.controller.config.rho == 1.1], "clamp rho 1.1")
+    assert budget(dependent) > budget(source)
+    assert submission_order([dependent, source]) == [source, dependent]
+
+
+def test_split_parts_are_submitted_before_the_next_cell_is_split(tmp_path):
+    """Four workers, two ready cells of four seeds: each is split in two, so all four workers train."""
+    path = tiny_study(tmp_path, seeds=4, p=31, max_steps=300, critical_norm="30.0")
+    clamp_only = path.read_text().replace('[[stage]]\nname = "free"\n\n', "")
+    path.write_text(clamp_only + '\n[executor]\nname = "local"\nworkers = 4\n')
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    started = [line.split(":")[0] for line in result.output.splitlines() if line.endswith("Wc 30)")]
+    assert sorted(started) == ["[clamp] rho=0.9 seeds 0-1", "[clamp] rho=0.9 seeds 2-3",
+                               "[clamp] rho=1.1 seeds 0-1", "[clamp] rho=1.1 seeds 2-3"], result.output
