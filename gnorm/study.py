@@ -181,6 +181,7 @@ def submission_order(items: list["_Cell"]) -> list["_Cell"]:
     more work), then the biggest ``budget`` first, ties in plan order; so that a long cell does not
     start last and leave the other workers idle at the end."""
     sources = {run_id for item in items for run_id in item.runs[0].critical_norm_source}
+
     def key(item: "_Cell") -> tuple[bool, bool, int]:
         return (not item.resolved, not any(run.run_id in sources for run in item.runs), -budget(item))
     return sorted(items, key=key)
@@ -211,7 +212,7 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
     budgets = {run.run_id: run.training.max_steps for item in waiting for run in item.runs}  # step budgets
     if not waiting:
         return []
-    counts = {"done": len({r.run_id for r in experiment.runs} & finished), "failed": 0, "settled": 0}
+    counts = {"done": len({r.run_id for r in experiment.runs} & finished), "failed": 0, "settled_budget": 0}
     problems: list[str] = []
     failed_lines: list[str] = []
     started = time.monotonic()
@@ -245,7 +246,7 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
     def report(force: bool = False) -> None:
         running = sum(len(item.runs) for item, _ in in_flight.values())
         progress.update(StudyCounts(counts["done"], running, counts["failed"], len(unsettled) - running,
-                                    time.monotonic() - started, counts["settled"],
+                                    time.monotonic() - started, counts["settled_budget"],
                                     sum(budgets[run_id] for run_id in unsettled)), force)
 
     def stored(item: _Cell, results: list[RunResult]) -> None:
@@ -256,7 +257,7 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
             unsettled.discard(result.record.run_id)
             grokked += not result.record.censored
         counts["done"] += len(results)
-        counts["settled"] += sum(budgets[result.record.run_id] for result in results)
+        counts["settled_budget"] += sum(budgets[result.record.run_id] for result in results)
         seconds = max((r.record.facts.get("wall_seconds", 0.0) for r in results), default=0.0)
         progress.cell(item.label, f"{grokked}/{len(results)} grokked, {seconds:.0f}s")
 
@@ -272,7 +273,7 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
             unsettled.discard(run.run_id)
             failed_ids.add(run.run_id)
         counts["failed"] += len(item.runs)
-        counts["settled"] += sum(budgets[run.run_id] for run in item.runs)
+        counts["settled_budget"] += sum(budgets[run.run_id] for run in item.runs)
         progress.cell(item.label, f"failed {item.attempts} times, its {len(item.runs)} runs are stored as failed: {why}")
         failed_lines.append(why)
 
