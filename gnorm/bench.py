@@ -306,7 +306,7 @@ def warm_compile_cache(registry: Registry, seeds: int, workers: int) -> float:
     """Train W1's cell for a few steps with compiling on, the way each timed gnorm row will, and return
     the seconds it took. torch.compile keeps the code it generates in an on-disk cache, so the timed
     rows then start from it, as every cell of a study does once the first cell of its shape has
-    compiled; what compiling costs from a cold cache is this function's time."""
+    compiled; from a cold cache, this function's time is what compiling W1 costs."""
     def both() -> None:
         with deterministic_algorithms():
             gnorm_engine(workload_job(registry, seeds, 20, rho=1.0, stop=False, compile="on"), registry)
