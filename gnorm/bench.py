@@ -29,6 +29,7 @@ from gnorm.engine import (CellJob, build_ensemble, deterministic_algorithms, eva
                           train_cell)
 from gnorm.registry import Registry
 from gnorm.science import first_crossing
+from gnorm.worker import keep_freed_memory
 
 CRITICAL_NORM = 54.8  # paper A's Wc at p = 59, training fraction 0.4
 
@@ -317,9 +318,11 @@ def warm_compile_cache(registry: Registry, seeds: int, workers: int) -> float:
 
 def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,
              echo: Callable[[str], None], workers: int = 0) -> list[Row]:
-    """Rows: gnorm's engine in this process (torch's default threads), then, with ``workers`` > 1,
-    W1 as ``gnorm run`` trains it on that many worker processes, then the two reference trainers.
-    Both gnorm rows start from a warm compile cache (see ``warm_compile_cache``)."""
+    """Rows: the two reference trainers, then gnorm's engine in this process (torch's default threads),
+    then, with ``workers`` > 1, W1 as ``gnorm run`` trains it on that many worker processes. The
+    references run first, with the C library's default allocator as users run them; gnorm's rows
+    then run as gnorm trains, with ``keep_freed_memory`` (it lasts for the rest of the process). Both
+    gnorm rows start from a warm compile cache (see ``warm_compile_cache``)."""
     job = workload_job(registry, seeds, steps, rho=1.0, stop=False)
     start = start_of(job, registry)
     run = job.runs[0]
@@ -329,14 +332,6 @@ def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,
              f"{warm_compile_cache(registry, seeds, workers):.1f}s")
     rows = []
     with deterministic_algorithms():
-        _, seconds = _timed(lambda: gnorm_engine(job, registry))
-        rows.append(Row(f"gnorm engine, one process ({torch.get_num_threads()} threads)", seeds * steps, seconds))
-        echo(f"  gnorm engine: {seconds:.1f}s")
-    if workers > 1:
-        _, seconds = _timed(lambda: gnorm_run_local(registry, seeds, steps, workers))
-        rows.append(Row(f"gnorm run, local executor ({workers} workers x 1 thread)", seeds * steps, seconds))
-        echo(f"  gnorm run (local): {seconds:.1f}s")
-    with deterministic_algorithms():
         _, seconds = _timed(lambda: reference_batched(start))
         rows.append(Row("reference (b): seed-batched einsum, hand AdamW", seeds * steps, seconds))
         echo(f"  reference (b): {seconds:.1f}s")
@@ -344,6 +339,14 @@ def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,
         rows.append(Row(f"reference (a): module + torch AdamW per seed ({reference_a_seeds} seeds)",
                         reference_a_seeds * steps, seconds))
         echo(f"  reference (a): {seconds:.1f}s")
+        keep_freed_memory()
+        _, seconds = _timed(lambda: gnorm_engine(job, registry))
+        rows.append(Row(f"gnorm engine, one process ({torch.get_num_threads()} threads)", seeds * steps, seconds))
+        echo(f"  gnorm engine: {seconds:.1f}s")
+    if workers > 1:
+        _, seconds = _timed(lambda: gnorm_run_local(registry, seeds, steps, workers))
+        rows.append(Row(f"gnorm run, local executor ({workers} workers x 1 thread)", seeds * steps, seconds))
+        echo(f"  gnorm run (local): {seconds:.1f}s")
     return rows
 
 
@@ -367,6 +370,7 @@ def grid_agreement(ours: list[int | None], theirs: list[int | None], grid: np.nd
 def peak_memory_mib(p: int, seeds: int, steps: int = 20) -> float:
     """Peak resident memory of a fresh process training ``seeds`` seeds at modulus ``p`` for ``steps``."""
     code = ("import resource, gnorm.bench as b; from gnorm.registry import default_registry as r; "
+            "b.keep_freed_memory(); "
             f"b.gnorm_engine(b.workload_job(r(), {seeds}, {steps}, 1.0, False, p={p}), r()); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

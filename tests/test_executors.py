@@ -352,3 +352,41 @@ def test_split_parts_are_submitted_before_the_next_cell_is_split(tmp_path):
     started = [line.split(":")[0] for line in result.output.splitlines() if line.endswith("Wc 30)")]
     assert sorted(started) == ["[clamp] rho=0.9 seeds 0-1", "[clamp] rho=0.9 seeds 2-3",
                                "[clamp] rho=1.1 seeds 0-1", "[clamp] rho=1.1 seeds 2-3"], result.output
+
+
+# ---------------------------------------------------------------------------------------------------
+# Worker processes keep freed memory for the next step.
+
+
+FAULTS_PER_STEP = """
+import resource, sys, torch
+from gnorm.bench import workload_job
+from gnorm.engine import build_ensemble
+from gnorm.registry import default_registry
+from gnorm.worker import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+torch.set_num_threads(1)
+registry = default_registry()
+ensemble, _ = build_ensemble(workload_job(registry, seeds=4, steps=10, rho=1.0, stop=False, compile="off"), registry)
+for _ in range(20):  # the heap grows to the step's working set, then stays
+    ensemble.gradients()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    ensemble.gradients()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's allocator only")
+def test_a_worker_process_stops_page_faulting_its_activations_in_every_step():
+    import subprocess
+    import sys
+
+    def faults_per_step(mode: str) -> float:
+        out = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, mode], capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    default, kept = faults_per_step("default"), faults_per_step("keep")
+    assert default > 500  # W1's activations (MiBs each) come back from the OS every step
+    assert kept < default / 10
