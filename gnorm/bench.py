@@ -50,6 +50,7 @@ weight_decay = 1.0
 max_steps = {steps}
 device = "cpu"
 compile = "{compile}"
+matmul_precision = "{matmul_precision}"
 [evaluation]
 schedule = "geometric"
 points = 360
@@ -62,12 +63,13 @@ controller = {{ name = "clamp", rho = {rho}, t_start = 500 }}
 
 
 def workload_job(registry: Registry, seeds: int, steps: int, rho: float, stop: bool, p: int = 59,
-                 compile: str = "auto") -> CellJob:
+                 compile: str = "auto", matmul_precision: str = "full") -> CellJob:
     """The benchmark cell, built through the same experiment-file path users take."""
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "bench.toml"
         path.write_text(WORKLOAD.format(seeds=seeds, p=p, steps=steps, rho=rho, stop=str(stop).lower(),
-                                        critical_norm=CRITICAL_NORM, compile=compile))
+                                        critical_norm=CRITICAL_NORM, compile=compile,
+                                        matmul_precision=matmul_precision))
         experiment = load_experiment(path, registry)
     return CellJob(experiment.runs, CRITICAL_NORM)
 
@@ -277,7 +279,8 @@ class Row:
         return self.model_steps / self.seconds
 
 
-def gnorm_run_local(registry: Registry, seeds: int, steps: int, workers: int, compile: str = "auto") -> None:
+def gnorm_run_local(registry: Registry, seeds: int, steps: int, workers: int, compile: str = "auto",
+                    matmul_precision: str = "full") -> None:
     """W1 as ``gnorm run`` trains it: the study coordinator with the ``local`` executor (``workers``
     processes with one torch thread each; the lone cell's seeds are split over them), worker start-up,
     compiling and storing included."""
@@ -291,7 +294,8 @@ def gnorm_run_local(registry: Registry, seeds: int, steps: int, workers: int, co
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "bench.toml"
         path.write_text(WORKLOAD.format(seeds=seeds, p=59, steps=steps, rho=1.0, stop="false",
-                                        critical_norm=CRITICAL_NORM, compile=compile))
+                                        critical_norm=CRITICAL_NORM, compile=compile,
+                                        matmul_precision=matmul_precision))
         experiment = load_experiment(path, registry)
         store = Store(Path(directory) / "out", create=True)
         try:
@@ -317,11 +321,12 @@ def warm_compile_cache(registry: Registry, seeds: int, workers: int) -> float:
 
 
 def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,
-             echo: Callable[[str], None], workers: int = 0) -> list[Row]:
+             echo: Callable[[str], None], workers: int = 0, bfloat16: bool = False) -> list[Row]:
     """Rows: the two reference trainers, then gnorm's engine in this process (torch's default threads),
-    then, with ``workers`` > 1, W1 as ``gnorm run`` trains it on that many worker processes. The
-    references run first, with the C library's default allocator as users run them; gnorm's rows
-    then run as gnorm trains, with ``keep_freed_memory`` (it lasts for the rest of the process). Both
+    then, with ``workers`` > 1, W1 as ``gnorm run`` trains it on that many worker processes, and with
+    ``bfloat16`` the same again with ``matmul_precision = "bfloat16"`` (opt-in; labelled as such).
+    The references run first, with the C library's default allocator as users run them; gnorm's rows
+    then run as gnorm trains, with ``keep_freed_memory`` (it lasts for the rest of the process). The
     gnorm rows start from a warm compile cache (see ``warm_compile_cache``)."""
     job = workload_job(registry, seeds, steps, rho=1.0, stop=False)
     start = start_of(job, registry)
@@ -331,30 +336,38 @@ def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,
         echo(f"  warm-up, compiling W1's graphs into torch's on-disk cache (untimed): "
              f"{warm_compile_cache(registry, seeds, workers):.1f}s")
     rows = []
-    with deterministic_algorithms():
-        _, seconds = _timed(lambda: reference_batched(start))
-        rows.append(Row("reference (b): seed-batched einsum, hand AdamW", seeds * steps, seconds))
-        echo(f"  reference (b): {seconds:.1f}s")
-        _, seconds = _timed(lambda: reference_per_seed(start, reference_a_seeds))
-        rows.append(Row(f"reference (a): module + torch AdamW per seed ({reference_a_seeds} seeds)",
-                        reference_a_seeds * steps, seconds))
-        echo(f"  reference (a): {seconds:.1f}s")
-        keep_freed_memory()
-        _, seconds = _timed(lambda: gnorm_engine(job, registry))
-        rows.append(Row(f"gnorm engine, one process ({torch.get_num_threads()} threads)", seeds * steps, seconds))
-        echo(f"  gnorm engine: {seconds:.1f}s")
+
+    def timed(trainer: str, model_steps: int, train: Callable[[], Any]) -> None:
+        with deterministic_algorithms():
+            _, seconds = _timed(train)
+        rows.append(Row(trainer, model_steps, seconds))
+        echo(f"  {trainer}: {seconds:.1f}s")
+
+    timed("reference (b): seed-batched einsum, hand AdamW", seeds * steps, lambda: reference_batched(start))
+    timed(f"reference (a): module + torch AdamW per seed ({reference_a_seeds} seeds)", reference_a_seeds * steps,
+          lambda: reference_per_seed(start, reference_a_seeds))
+    keep_freed_memory()
+    engine = f"gnorm engine, one process ({torch.get_num_threads()} threads)"
+    timed(engine, seeds * steps, lambda: gnorm_engine(job, registry))
+    local = f"gnorm run, local executor ({workers} workers x 1 thread)"
     if workers > 1:
-        _, seconds = _timed(lambda: gnorm_run_local(registry, seeds, steps, workers))
-        rows.append(Row(f"gnorm run, local executor ({workers} workers x 1 thread)", seeds * steps, seconds))
-        echo(f"  gnorm run (local): {seconds:.1f}s")
+        timed(local, seeds * steps, lambda: gnorm_run_local(registry, seeds, steps, workers))
+    if bfloat16:  # the faster of the two ways, in bfloat16
+        label = f"{local if workers > 1 else engine}, bfloat16 matmuls (opt-in)"
+        fast_job = workload_job(registry, seeds, steps, rho=1.0, stop=False, matmul_precision="bfloat16")
+        timed(label, seeds * steps, (lambda: gnorm_run_local(registry, seeds, steps, workers, matmul_precision="bfloat16"))
+              if workers > 1 else (lambda: gnorm_engine(fast_job, registry)))
     return rows
 
 
-def bench_w2(registry: Registry, seeds: int, steps: int) -> tuple[Outcome, Outcome, np.ndarray]:
+def bench_w2(registry: Registry, seeds: int, steps: int,
+             matmul_precision: str = "full") -> tuple[Outcome, Outcome, np.ndarray]:
+    """W2 with gnorm computing its matmuls as ``matmul_precision`` says; reference (b) in float32."""
     job = workload_job(registry, seeds, steps, rho=0.85, stop=True)
     start = start_of(job, registry)
     with deterministic_algorithms():
-        ours = gnorm_engine(job, registry)
+        ours = gnorm_engine(workload_job(registry, seeds, steps, rho=0.85, stop=True,
+                                         matmul_precision=matmul_precision), registry)
         theirs = reference_batched(start, stop_when_grokked=True)
     return ours, theirs, start.eval_steps
 

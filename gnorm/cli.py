@@ -320,8 +320,11 @@ def import_(folders: tuple[str, ...], out_dir: str) -> None:
                    "per-seed T_grok agreement.")
 @click.option("--memory/--no-memory", default=True, show_default=True,
               help="Measure peak memory of p = 113 with 16 seeds in a fresh process.")
+@click.option("--bfloat16/--no-bfloat16", default=None,
+              help="Also time (and with --w2, check) gnorm with matmul_precision = \"bfloat16\": opt-in, lower "
+                   "precision, not counted for the targets. Default: when this CPU computes in bfloat16.")
 @reports_user_errors
-def bench(steps: int, seeds: int, reference_a_seeds: int, w2: bool, memory: bool) -> None:
+def bench(steps: int, seeds: int, reference_a_seeds: int, w2: bool, memory: bool, bfloat16: bool | None) -> None:
     """Time gnorm's engine against two reference trainers on W1, in one run, and print the ratios."""
     import torch
 
@@ -334,19 +337,27 @@ def bench(steps: int, seeds: int, reference_a_seeds: int, w2: bool, memory: bool
     peak = benchmark.matmul_peak_gflops()
     from gnorm.builtins.executors import machine_cores
 
+    from gnorm.engine import matmul_backend
+
     workers = machine_cores()
+    if bfloat16 is None:
+        try:
+            bfloat16 = matmul_backend("bfloat16", torch.device("cpu")) is not None
+        except UserError:
+            bfloat16 = False
     rows = benchmark.bench_w1(registry, steps, seeds, reference_a_seeds, lambda line: click.echo(line, err=True),
-                              workers)
+                              workers, bfloat16)
     n_train = round(0.4 * 59 * 59)
     paper_flops, gnorm_flops = benchmark.paper_model_flops(n_train, 59), benchmark.gnorm_model_flops(n_train, 59)
-    ours = max(row.rate for row in rows if row.trainer.startswith("gnorm"))  # the faster way gnorm trains W1
+    # The faster way gnorm trains W1 in float32: the targets compare like with like.
+    ours = max(row.rate for row in rows if row.trainer.startswith("gnorm") and "bfloat16" not in row.trainer)
 
     def achieved(row: Any) -> float:  # GFLOP/s of the FLOPs the trainer itself computes
         return row.rate * (gnorm_flops if row.trainer.startswith("gnorm") else paper_flops) / 1e9
 
     table = Table(f"W1 (matmul peak measured in this run: {peak:.1f} GFLOP/s; one step is {paper_flops / 1e6:.0f} "
                   f"MFLOP as the references compute it, {gnorm_flops / 1e6:.0f} MFLOP as gnorm does)",
-                  ["trainer", "model-steps/s", "fastest gnorm's speed-up", "achieved GFLOP/s", "% of peak"],
+                  ["trainer", "model-steps/s", "fastest float32 gnorm's speed-up", "achieved GFLOP/s", "% of peak"],
                   [[row.trainer, row.rate, ours / row.rate, achieved(row), 100 * achieved(row) / peak] for row in rows])
     click.echo(format_table(table))
     reference_b, reference_a = (next(row for row in rows if row.trainer.startswith(f"reference ({which})"))
@@ -354,16 +365,23 @@ def bench(steps: int, seeds: int, reference_a_seeds: int, w2: bool, memory: bool
     ratio_b, ratio_a = ours / reference_b.rate, ours / reference_a.rate
     click.echo(f"target W1 >= 3x reference (b): {ratio_b:.2f}x {'met' if ratio_b >= 3 else 'NOT met'}")
     click.echo(f"target W1 >= 5x reference (a): {ratio_a:.2f}x {'met' if ratio_a >= 5 else 'NOT met'}")
+    for row in rows:
+        if "bfloat16" in row.trainer:
+            click.echo(f"opt-in bfloat16 matmuls: {row.rate / reference_b.rate:.2f}x reference (b), "
+                       f"{row.rate / reference_a.rate:.2f}x reference (a) (not the targets: the references "
+                       f"compute in float32)")
     if memory:
         mib = benchmark.peak_memory_mib(p=113, seeds=16)
         click.echo(f"peak memory, p 113 with 16 seeds: {mib:.0f} MiB ({'under' if mib < 2048 else 'OVER'} 2 GiB)")
-    if w2:
-        ours, theirs, grid = benchmark.bench_w2(registry, seeds, 30_000)
+    for precision in ("full", "bfloat16") if w2 and bfloat16 else ("full",) if w2 else ():
+        ours, theirs, grid = benchmark.bench_w2(registry, seeds, 30_000, precision)
         ours_t, theirs_t = ours.t_grok, theirs.t_grok
         agree = benchmark.grid_agreement(ours_t, theirs_t, grid)
-        click.echo(format_table(Table("W2: rho 0.85 cell, per-seed T_grok", ["seed", "gnorm", "reference (b)", "agree"],
+        name, label = ("W2", "gnorm") if precision == "full" else ("W2 with bfloat16 matmuls", "gnorm bfloat16")
+        click.echo(format_table(Table(f"{name}: rho 0.85 cell, per-seed T_grok", ["seed", label, "reference (b)", "agree"],
                                       [[i, a, b, ok] for i, (a, b, ok) in enumerate(zip(ours_t, theirs_t, agree))])))
-        click.echo(f"W2: {sum(agree)}/{len(agree)} seeds agree within one grid step (target >= 15/16)")
+        target = "target >= 15/16" if precision == "full" else "not a target: precision changes the science"
+        click.echo(f"{name}: {sum(agree)}/{len(agree)} seeds agree within one grid step ({target})")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,12 @@ def _device_name(instance: Any, attribute: Any, value: str) -> None:
         raise ValueError(f"'{attribute.name}' must be auto, cpu, cuda, cuda:N or mps, found {value!r}")
 
 
+def _float32_matmuls_only(instance: Any, attribute: Any, value: str) -> None:
+    if value != "full" and instance.precision != "float32":
+        raise ValueError(f"{value!r} applies to float32 matmuls; with precision = {instance.precision!r} "
+                         f"use \"full\"")
+
+
 @attrs.frozen
 class ExperimentMeta:
     name: str = attrs.field(validator=_plain_name)
@@ -76,6 +82,12 @@ class OptimizerConfig:
 class TrainingConfig:
     max_steps: int = attrs.field(default=10_000, validator=attrs.validators.gt(0))
     precision: str = attrs.field(default="float32", validator=attrs.validators.in_(["float32", "float64"]))
+    #: How float32 matmuls compute, opt-in and part of a run's identity (precision changes the science:
+    #: softmax collapse, paper B): "full" (float32 throughout), "bfloat16" (inputs rounded to bfloat16,
+    #: 8 significant bits, products accumulated in float32; CPUs with oneDNN bfloat16) or
+    #: "tensorfloat32" (10 significant bits; CUDA). Everything but the matmuls stays float32.
+    matmul_precision: str = attrs.field(default="full", validator=[
+        attrs.validators.in_(["full", "bfloat16", "tensorfloat32"]), _float32_matmuls_only])
     device: str = attrs.field(default="auto", validator=_device_name)
     #: torch.compile the forward and backward: "auto" (when a compiler is present and the cell is big
     #: enough to repay compiling), "on" or "off". The eager path computes the same function.
@@ -169,8 +181,9 @@ class RunSpec:
     fork: ForkSpec | None = None
 
     def plain(self) -> dict[str, Any]:
-        """The run's configuration as plain JSON data. ``fork`` and ``evaluation.observables`` appear
-        only when used, so runs that use neither keep the ids they always had."""
+        """The run's configuration as plain JSON data. ``fork``, ``evaluation.observables`` and
+        ``training.matmul_precision`` appear only when used, so runs that use none of them keep the ids
+        they always had."""
         data: dict[str, Any] = {"stage": self.stage, "seed": self.seed, "critical_norm": self.critical_norm,
                                 "critical_norm_source": list(self.critical_norm_source)}
         for section in COMPONENT_SECTIONS:
@@ -180,6 +193,8 @@ class RunSpec:
             data[section] = converter.unstructure(getattr(self, section))
         if not self.evaluation.observables:
             del data["evaluation"]["observables"]
+        if self.training.matmul_precision == "full":
+            del data["training"]["matmul_precision"]
         if self.fork is not None:
             data["fork"] = {"at_step": self.fork.at_step, "controller": {
                 "name": self.fork.controller.name, **converter.unstructure(self.fork.controller.config)}}
@@ -215,11 +230,13 @@ class RunSpec:
 
     def matches_source(self, source: "RunSpec") -> bool:
         """Is ``source`` (a run of the stage that gives Wc) this run's matched free run? Same base
-        configuration (task, architecture, weight decay), same precision, and the same value for every
-        key the source stage sweeps. The learning rate may differ (paper A holds one Wc across lr)."""
+        configuration (task, architecture, weight decay), same precision (of the weights and of the
+        matmuls), and the same value for every key the source stage sweeps. The learning rate may
+        differ (paper A holds one Wc across lr)."""
         mine = self.plain()
         return (self.base_configuration() == source.base_configuration()
                 and self.training.precision == source.training.precision
+                and self.training.matmul_precision == source.training.matmul_precision
                 and all(dotted_value(mine, key) == value for key, value in source.cell.items()))
 
     def trunk_identity(self) -> dict[str, Any] | None:
@@ -228,8 +245,11 @@ class RunSpec:
         if self.fork is None:
             return None
         plain = self.plain()
-        return {"base": self.base_configuration(), "seed": self.seed, "optimizer": plain["optimizer"],
-                "loss": plain["loss"], "precision": self.training.precision, "fork": plain["fork"]}
+        identity = {"base": self.base_configuration(), "seed": self.seed, "optimizer": plain["optimizer"],
+                    "loss": plain["loss"], "precision": self.training.precision, "fork": plain["fork"]}
+        if self.training.matmul_precision != "full":  # trunks stored before it existed keep their ids
+            identity["matmul_precision"] = self.training.matmul_precision
+        return identity
 
     @property
     def trunk_id(self) -> str | None:

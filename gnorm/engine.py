@@ -26,7 +26,7 @@ from torch.func import functional_call, vmap
 
 from gnorm.components import ControllerContext, EvaluationChunk, GrokTimes, ObservableContext, RunRecord
 from gnorm.config import OptimizerConfig, RunSpec
-from gnorm.errors import UserError
+from gnorm.errors import Problem, UserError
 from gnorm.forks import TrunkState, state_sha256
 from gnorm.registry import Registry
 from gnorm.science import contraction_norms, every_schedule, example_losses, geometric_schedule, weight_norm
@@ -41,9 +41,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"training.device: {name!r} is not a device torch knows (try auto, cpu, cuda)") from None
+        raise UserError([Problem("", "training.device", f"{name!r} is not a device torch knows (try auto, cpu, cuda)")]) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("training.device: cuda was asked for, but torch sees no CUDA device here; use auto or cpu")
+        raise UserError([Problem("", "training.device", "cuda was asked for, but torch sees no CUDA device here; use auto or cpu")])
     return device
 
 
@@ -443,11 +443,54 @@ def deterministic_algorithms(device: torch.device | str = "cpu") -> Iterator[Non
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
+def matmul_backend(precision: str, device: torch.device) -> tuple[Any, str] | None:
+    """Where torch's flag for ``training.matmul_precision`` lives on ``device`` and the value it takes
+    (None for "full": torch's default); a precision the device cannot compute is refused, never
+    silently computed in float32 under a lower-precision label."""
+    if precision == "full":
+        return None
+    if precision == "bfloat16" and device.type == "cpu":
+        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return torch.backends.mkldnn.matmul, "bf16"
+        raise UserError([Problem("", "training.matmul_precision", "'bfloat16' needs a CPU whose oneDNN computes in "
+                                 "bfloat16 (AVX-512 BF16 or AMX); this one does not; use \"full\"")])
+    if precision == "tensorfloat32" and device.type == "cuda":
+        return torch.backends.cuda.matmul, "tf32"
+    usable = {"cpu": "'bfloat16'", "cuda": "'tensorfloat32'"}.get(device.type)
+    raise UserError([Problem("", "training.matmul_precision", f"{precision!r} is not computed on {device.type} "
+                             f"devices (there: {usable + ' or ' if usable else ''}'full')")])
+
+
+@contextmanager
+def matmul_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """Compute float32 matmuls as ``training.matmul_precision`` says, and restore torch's flag after."""
+    backend = matmul_backend(precision, device)
+    if backend is None:
+        yield
+        return
+    flags, value = backend
+    before = flags.fp32_precision
+    flags.fp32_precision = value
+    try:
+        yield
+    finally:
+        flags.fp32_precision = before
+
+
+@contextmanager
+def numerics(training: Any) -> Iterator[None]:
+    """How a cell computes on its device: deterministic kernels as ``deterministic_algorithms`` says,
+    matmuls as ``training.matmul_precision`` says."""
+    device = resolve_device(training.device)
+    with deterministic_algorithms(device), matmul_precision(training.matmul_precision, device):
+        yield
+
+
 def train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunRecord, RunLog], None],
                on_progress: Callable[[int, int], None] = lambda step, active: None) -> None:
     """Train every run of a cell together until each has grokked (when the schedule stops on grok) or
     the budget is spent; ``on_finished`` receives each run as soon as it is done."""
-    with deterministic_algorithms(resolve_device(job.runs[0].training.device)):
+    with numerics(job.runs[0].training):
         _train_cell(job, registry, on_finished, on_progress)
 
 
@@ -469,7 +512,7 @@ def train_trunk(job: CellJob, registry: Registry) -> list[TrunkState]:
     at_step = first.fork.at_step
     # The trunk is computed the same way whichever arm asks for it first: decide compiling on at_step.
     runs = [attrs.evolve(run, training=attrs.evolve(run.training, max_steps=at_step)) for run in job.runs]
-    with deterministic_algorithms(resolve_device(first.training.device)):
+    with numerics(first.training):
         ensemble, _ = build_ensemble(CellJob(runs, None), registry)
         optimizer = BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params],
                                  first.optimizer)

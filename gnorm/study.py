@@ -13,7 +13,8 @@ import attrs
 
 from gnorm.components import ExecutorContext, RunRecord
 from gnorm.config import Experiment, ExecutorChoice, RunSpec, Stage, cells_of, executor_choice
-from gnorm.engine import CellJob, resolve_device, train_trunk
+from gnorm.engine import CellJob, matmul_backend, resolve_device, train_trunk
+from gnorm.errors import UserError
 from gnorm.forks import TRUNK_FOLDER, TrunkFiles, TrunkState
 from gnorm.registry import Registry
 from gnorm.science import critical_norm
@@ -30,9 +31,14 @@ class Plan:
 
 
 def plan_experiment(experiment: Experiment) -> Plan:
-    """The cells to train; refuses (before anything is written) a device this machine lacks."""
-    for device in sorted({run.training.device for run in experiment.runs}):
-        resolve_device(device)
+    """The cells to train; refuses (before anything is written) a device this machine lacks, or a
+    matmul precision its device does not compute."""
+    for device, precision in sorted({(run.training.device, run.training.matmul_precision) for run in experiment.runs}):
+        try:
+            matmul_backend(precision, resolve_device(device))
+        except UserError as error:  # name the file the setting came from
+            raise UserError([attrs.evolve(problem, source=problem.source or str(experiment.source))
+                             for problem in error.problems]) from None
     return Plan([(stage, cell) for stage in experiment.stages for cell in cells_of(stage.runs)])
 
 

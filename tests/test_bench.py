@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from gnorm import bench
@@ -23,6 +24,9 @@ def test_bench_prints_rates_ratios_and_targets():
 
     if machine_cores() > 1:  # W1 as gnorm run trains it, one worker process per core
         assert f"gnorm run, local executor ({machine_cores()} workers x 1 thread)" in result.output
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert "bfloat16 matmuls (opt-in)" in result.output  # its own labelled row, never a target's
+        assert "opt-in bfloat16 matmuls: " in result.output and "not the targets" in result.output
 
 
 def test_grid_agreement_allows_one_grid_step():

@@ -241,6 +241,10 @@ def test_an_integer_in_a_float_field_is_accepted_as_a_float(tmp_path):
     ("seeds = 2", "seeds = 2\n\n[evaluation]\nevery = 0", "evaluation.every: 'every' must be > 0: 0"),
     ("seeds = 2", "seeds = 2\n\n[training]\nmax_steps = -5", "training.max_steps: 'max_steps' must be > 0: -5"),
     ("p = 97", "p = 1", "task.p: 'p' must be at least 2, found 1"),
+    ("seeds = 2", 'seeds = 2\n\n[training]\nmatmul_precision = "float16"',
+     "training.matmul_precision: expected one of 'full', 'bfloat16', 'tensorfloat32', found 'float16'"),
+    ("seeds = 2", 'seeds = 2\n\n[training]\nprecision = "float64"\nmatmul_precision = "bfloat16"',
+     "training.matmul_precision: 'bfloat16' applies to float32 matmuls; with precision = 'float64' use \"full\""),
 ])
 def test_values_out_of_range_are_refused_under_their_key(tmp_path, old, new, line):
     path = write(tmp_path, edited(STUDY, (old, new)))
