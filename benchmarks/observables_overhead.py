@@ -21,7 +21,7 @@ import torch
 
 from gnorm.bench import workload_job
 from gnorm.components import EvaluationChunk, ObservableContext
-from gnorm.engine import BatchedAdamW, build_ensemble, deterministic_algorithms
+from gnorm.engine import BatchedAdamW, build_ensemble, numerics
 from gnorm.registry import build_registry
 
 OBSERVABLES = ["logit_scale", "softmax_collapse", "fourier", "spectral", "spectral_all"]
@@ -55,7 +55,7 @@ def main() -> None:
     runs = [attrs.evolve(run, training=attrs.evolve(run.training, device=args.device, compile="off"))
             for run in job.runs]
     job = attrs.evolve(job, runs=runs)
-    with deterministic_algorithms():
+    with numerics(runs[0].training):  # as train_cell computes: kernels and matmuls for the device
         ensemble, task = build_ensemble(job, registry)
         device = ensemble.labels.device
         optimizer = BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params],

@@ -62,14 +62,20 @@ controller = {{ name = "clamp", rho = {rho}, t_start = 500 }}
 """
 
 
+def workload_file(directory: str, seeds: int, steps: int, rho: float, stop: bool, p: int = 59,
+                  compile: str = "auto", matmul_precision: str = "full") -> Path:
+    """The benchmark's experiment file, written into ``directory``."""
+    path = Path(directory) / "bench.toml"
+    path.write_text(WORKLOAD.format(seeds=seeds, p=p, steps=steps, rho=rho, stop=str(stop).lower(),
+                                    critical_norm=CRITICAL_NORM, compile=compile, matmul_precision=matmul_precision))
+    return path
+
+
 def workload_job(registry: Registry, seeds: int, steps: int, rho: float, stop: bool, p: int = 59,
                  compile: str = "auto", matmul_precision: str = "full") -> CellJob:
     """The benchmark cell, built through the same experiment-file path users take."""
     with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "bench.toml"
-        path.write_text(WORKLOAD.format(seeds=seeds, p=p, steps=steps, rho=rho, stop=str(stop).lower(),
-                                        critical_norm=CRITICAL_NORM, compile=compile,
-                                        matmul_precision=matmul_precision))
+        path = workload_file(directory, seeds, steps, rho, stop, p, compile, matmul_precision)
         experiment = load_experiment(path, registry)
     return CellJob(experiment.runs, CRITICAL_NORM)
 
@@ -270,9 +276,12 @@ def _timed(function: Callable[[], Any]) -> tuple[Any, float]:
 
 @attrs.frozen
 class Row:
+    """One timed trainer; ``counted``: whether the targets may use it (False for opt-in lower precision)."""
+
     trainer: str
     model_steps: int
     seconds: float
+    counted: bool = True
 
     @property
     def rate(self) -> float:
@@ -292,10 +301,8 @@ def gnorm_run_local(registry: Registry, seeds: int, steps: int, workers: int, co
     from gnorm.study import Progress, run_experiment
 
     with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "bench.toml"
-        path.write_text(WORKLOAD.format(seeds=seeds, p=59, steps=steps, rho=1.0, stop="false",
-                                        critical_norm=CRITICAL_NORM, compile=compile,
-                                        matmul_precision=matmul_precision))
+        path = workload_file(directory, seeds, steps, rho=1.0, stop=False, compile=compile,
+                             matmul_precision=matmul_precision)
         experiment = load_experiment(path, registry)
         store = Store(Path(directory) / "out", create=True)
         try:
@@ -337,26 +344,32 @@ def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,
              f"{warm_compile_cache(registry, seeds, workers):.1f}s")
     rows = []
 
-    def timed(trainer: str, model_steps: int, train: Callable[[], Any]) -> None:
+    def add_row(trainer: str, model_steps: int, train: Callable[[], Any], counted: bool = True) -> None:
         with deterministic_algorithms():
             _, seconds = _timed(train)
-        rows.append(Row(trainer, model_steps, seconds))
+        rows.append(Row(trainer, model_steps, seconds, counted))
         echo(f"  {trainer}: {seconds:.1f}s")
 
-    timed("reference (b): seed-batched einsum, hand AdamW", seeds * steps, lambda: reference_batched(start))
-    timed(f"reference (a): module + torch AdamW per seed ({reference_a_seeds} seeds)", reference_a_seeds * steps,
-          lambda: reference_per_seed(start, reference_a_seeds))
+    add_row("reference (b): seed-batched einsum, hand AdamW", seeds * steps, lambda: reference_batched(start))
+    add_row(f"reference (a): module + torch AdamW per seed ({reference_a_seeds} seeds)", reference_a_seeds * steps,
+            lambda: reference_per_seed(start, reference_a_seeds))
     keep_freed_memory()
     engine = f"gnorm engine, one process ({torch.get_num_threads()} threads)"
-    timed(engine, seeds * steps, lambda: gnorm_engine(job, registry))
+    add_row(engine, seeds * steps, lambda: gnorm_engine(job, registry))
     local = f"gnorm run, local executor ({workers} workers x 1 thread)"
     if workers > 1:
-        timed(local, seeds * steps, lambda: gnorm_run_local(registry, seeds, steps, workers))
-    if bfloat16:  # the faster of the two ways, in bfloat16
-        label = f"{local if workers > 1 else engine}, bfloat16 matmuls (opt-in)"
-        fast_job = workload_job(registry, seeds, steps, rho=1.0, stop=False, matmul_precision="bfloat16")
-        timed(label, seeds * steps, (lambda: gnorm_run_local(registry, seeds, steps, workers, matmul_precision="bfloat16"))
-              if workers > 1 else (lambda: gnorm_engine(fast_job, registry)))
+        add_row(local, seeds * steps, lambda: gnorm_run_local(registry, seeds, steps, workers))
+
+    def in_bfloat16() -> None:  # the faster of the two ways above
+        if workers > 1:
+            gnorm_run_local(registry, seeds, steps, workers, matmul_precision="bfloat16")
+        else:
+            gnorm_engine(workload_job(registry, seeds, steps, rho=1.0, stop=False, matmul_precision="bfloat16"),
+                         registry)
+
+    if bfloat16:
+        add_row(f"{local if workers > 1 else engine}, bfloat16 matmuls (opt-in)", seeds * steps, in_bfloat16,
+                counted=False)
     return rows
 
 

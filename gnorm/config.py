@@ -53,10 +53,13 @@ def _device_name(instance: Any, attribute: Any, value: str) -> None:
         raise ValueError(f"'{attribute.name}' must be auto, cpu, cuda, cuda:N or mps, found {value!r}")
 
 
-def _float32_matmuls_only(instance: Any, attribute: Any, value: str) -> None:
+def _float32_matmuls_on_a_named_device(instance: Any, attribute: Any, value: str) -> None:
     if value != "full" and instance.precision != "float32":
         raise ValueError(f"{value!r} applies to float32 matmuls; with precision = {instance.precision!r} "
                          f"use \"full\"")
+    if value != "full" and instance.device == "auto":
+        raise ValueError(f"{value!r} is computed on one kind of device: set training.device to "
+                         f"{'cpu' if value == 'bfloat16' else 'cuda'} (auto may pick another on a worker)")
 
 
 @attrs.frozen
@@ -83,11 +86,12 @@ class TrainingConfig:
     max_steps: int = attrs.field(default=10_000, validator=attrs.validators.gt(0))
     precision: str = attrs.field(default="float32", validator=attrs.validators.in_(["float32", "float64"]))
     #: How float32 matmuls compute, opt-in and part of a run's identity (precision changes the science:
-    #: softmax collapse, paper B): "full" (float32 throughout), "bfloat16" (inputs rounded to bfloat16,
-    #: 8 significant bits, products accumulated in float32; CPUs with oneDNN bfloat16) or
-    #: "tensorfloat32" (10 significant bits; CUDA). Everything but the matmuls stays float32.
+    #: softmax collapse, paper B): "full" (float32 throughout, whatever the process had set),
+    #: "bfloat16" (inputs rounded to 8 significant bits, products accumulated in float32; oneDNN on a
+    #: CPU, ``device = "cpu"``) or "tensorfloat32" (11 significant bits; CUDA from compute capability
+    #: 8.0, ``device = "cuda"``). Everything but the matmuls stays float32.
     matmul_precision: str = attrs.field(default="full", validator=[
-        attrs.validators.in_(["full", "bfloat16", "tensorfloat32"]), _float32_matmuls_only])
+        attrs.validators.in_(["full", "bfloat16", "tensorfloat32"]), _float32_matmuls_on_a_named_device])
     device: str = attrs.field(default="auto", validator=_device_name)
     #: torch.compile the forward and backward: "auto" (when a compiler is present and the cell is big
     #: enough to repay compiling), "on" or "off". The eager path computes the same function.
@@ -154,7 +158,7 @@ class ComponentChoice:
 @attrs.frozen
 class ForkSpec:
     """A same-state fork: the run starts from the state its seed reaches at ``at_step`` under the
-    trunk ``controller`` (same base configuration, optimizer and precision)."""
+    trunk ``controller`` (same base configuration, optimizer, precision and matmul precision)."""
 
     at_step: int
     controller: ComponentChoice
@@ -181,9 +185,8 @@ class RunSpec:
     fork: ForkSpec | None = None
 
     def plain(self) -> dict[str, Any]:
-        """The run's configuration as plain JSON data. ``fork``, ``evaluation.observables`` and
-        ``training.matmul_precision`` appear only when used, so runs that use none of them keep the ids
-        they always had."""
+        """The run's configuration as plain JSON data. ``fork`` and ``evaluation.observables`` appear
+        only when used, so runs that use neither keep the ids they always had."""
         data: dict[str, Any] = {"stage": self.stage, "seed": self.seed, "critical_norm": self.critical_norm,
                                 "critical_norm_source": list(self.critical_norm_source)}
         for section in COMPONENT_SECTIONS:
@@ -193,8 +196,6 @@ class RunSpec:
             data[section] = converter.unstructure(getattr(self, section))
         if not self.evaluation.observables:
             del data["evaluation"]["observables"]
-        if self.training.matmul_precision == "full":
-            del data["training"]["matmul_precision"]
         if self.fork is not None:
             data["fork"] = {"at_step": self.fork.at_step, "controller": {
                 "name": self.fork.controller.name, **converter.unstructure(self.fork.controller.config)}}
@@ -207,6 +208,8 @@ class RunSpec:
         data["training"] = {k: v for k, v in data["training"].items() if k not in EXECUTION_SETTINGS}
         if self.loss == LossConfig():  # runs from before [loss] existed keep their ids
             del data["loss"]
+        if self.training.matmul_precision == "full":  # and runs from before matmul_precision existed
+            del data["training"]["matmul_precision"]
         return data
 
     @property
@@ -241,7 +244,8 @@ class RunSpec:
 
     def trunk_identity(self) -> dict[str, Any] | None:
         """What a forked run's starting state depends on: base configuration, seed, optimizer, loss
-        (and temperature), precision, the fork step and the trunk's controller. Arms that share it share the trunk."""
+        (and temperature), precision and matmul precision, the fork step and the trunk's controller. Arms
+        that share it share the trunk."""
         if self.fork is None:
             return None
         plain = self.plain()
@@ -805,8 +809,8 @@ def _attach_critical_norm_sources(loader: _Loader, stages: list[Stage]) -> list[
                 what = "no cell" if not matches else f"{len(matches)} cells"
                 loader.problem(f"stage[{stage.name}].critical_norm",
                                f"{what} of stage {stage.critical_norm!r} match{'es' if not matches else ''} cell "
-                               f"{_cell_text(cell[0].cell)} (same task, architecture, weight decay, precision "
-                               "and swept values)")
+                               f"{_cell_text(cell[0].cell)} (same task, architecture, weight decay, precision, "
+                               "matmul precision and swept values)")
                 continue
             source = tuple(sorted(run.run_id for run in matches[0]))
             runs += [attrs.evolve(run, critical_norm_source=source) for run in cell]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from gnorm.components import ControllerContext, EvaluationChunk, GrokTimes, ObservableContext, RunRecord
-from gnorm.config import OptimizerConfig, RunSpec
+from gnorm.config import OptimizerConfig, RunSpec, TrainingConfig
 from gnorm.errors import Problem, UserError
 from gnorm.forks import TrunkState, state_sha256
 from gnorm.registry import Registry
@@ -443,46 +443,59 @@ def deterministic_algorithms(device: torch.device | str = "cpu") -> Iterator[Non
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-def matmul_backend(precision: str, device: torch.device) -> tuple[Any, str] | None:
-    """Where torch's flag for ``training.matmul_precision`` lives on ``device`` and the value it takes
-    (None for "full": torch's default); a precision the device cannot compute is refused, never
-    silently computed in float32 under a lower-precision label."""
+def cpu_computes_bfloat16() -> bool:
+    """Whether torch's oneDNN backend is on and computes bfloat16 matmuls on this CPU (natively with
+    AVX-512 BF16 or AMX; emulated, and possibly slower, on other AVX-512 CPUs)."""
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def torch_matmul_precision(precision: str, device: torch.device) -> str:
+    """The value of ``torch.set_float32_matmul_precision`` that computes ``training.matmul_precision``
+    on ``device``: "full" -> "highest" (float32, whatever the process had set), "bfloat16" -> "medium"
+    (oneDNN on a CPU), "tensorfloat32" -> "high" (CUDA, compute capability 8.0 or later). A precision
+    the device cannot compute is refused, never computed in float32 under a lower-precision label."""
     if precision == "full":
-        return None
+        return "highest"
     if precision == "bfloat16" and device.type == "cpu":
-        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return torch.backends.mkldnn.matmul, "bf16"
-        raise UserError([Problem("", "training.matmul_precision", "'bfloat16' needs a CPU whose oneDNN computes in "
-                                 "bfloat16 (AVX-512 BF16 or AMX); this one does not; use \"full\"")])
+        if cpu_computes_bfloat16():
+            return "medium"
+        raise UserError([Problem("", "training.matmul_precision", "'bfloat16' needs a CPU whose oneDNN computes "
+                                 "in bfloat16 (AVX-512); this one does not, or oneDNN is off; use \"full\"")])
     if precision == "tensorfloat32" and device.type == "cuda":
-        return torch.backends.cuda.matmul, "tf32"
+        if torch.cuda.get_device_capability(device) >= (8, 0):
+            return "high"
+        raise UserError([Problem("", "training.matmul_precision", "'tensorfloat32' needs a GPU of compute "
+                                 "capability 8.0 or later (Ampere); this one computes float32; use \"full\"")])
     usable = {"cpu": "'bfloat16'", "cuda": "'tensorfloat32'"}.get(device.type)
     raise UserError([Problem("", "training.matmul_precision", f"{precision!r} is not computed on {device.type} "
                              f"devices (there: {usable + ' or ' if usable else ''}'full')")])
 
 
 @contextmanager
-def matmul_precision(precision: str, device: torch.device) -> Iterator[None]:
-    """Compute float32 matmuls as ``training.matmul_precision`` says, and restore torch's flag after."""
-    backend = matmul_backend(precision, device)
-    if backend is None:
-        yield
-        return
-    flags, value = backend
-    before = flags.fp32_precision
-    flags.fp32_precision = value
+def matmuls_computed_in(precision: str, device: torch.device) -> Iterator[None]:
+    """Compute float32 matmuls as ``training.matmul_precision`` says (see ``torch_matmul_precision``),
+    then put back the process's setting. The setting is process-wide: cells that share a process
+    must not train at the same time (gnorm's executors give each cell its own process or run cells in
+    turn)."""
+    value = torch_matmul_precision(precision, device)
+    try:
+        before = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the process mixed torch's per-backend and global settings: restore to default
+        before = "highest"
+    torch.set_float32_matmul_precision(value)
     try:
         yield
     finally:
-        flags.fp32_precision = before
+        torch.set_float32_matmul_precision(before)
 
 
 @contextmanager
-def numerics(training: Any) -> Iterator[None]:
+def numerics(training: TrainingConfig) -> Iterator[None]:
     """How a cell computes on its device: deterministic kernels as ``deterministic_algorithms`` says,
     matmuls as ``training.matmul_precision`` says."""
     device = resolve_device(training.device)
-    with deterministic_algorithms(device), matmul_precision(training.matmul_precision, device):
+    with deterministic_algorithms(device), matmuls_computed_in(training.matmul_precision, device):
         yield
 
 

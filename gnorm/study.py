@@ -13,7 +13,7 @@ import attrs
 
 from gnorm.components import ExecutorContext, RunRecord
 from gnorm.config import Experiment, ExecutorChoice, RunSpec, Stage, cells_of, executor_choice
-from gnorm.engine import CellJob, matmul_backend, resolve_device, train_trunk
+from gnorm.engine import CellJob, resolve_device, torch_matmul_precision, train_trunk
 from gnorm.errors import UserError
 from gnorm.forks import TRUNK_FOLDER, TrunkFiles, TrunkState
 from gnorm.registry import Registry
@@ -35,7 +35,7 @@ def plan_experiment(experiment: Experiment) -> Plan:
     matmul precision its device does not compute."""
     for device, precision in sorted({(run.training.device, run.training.matmul_precision) for run in experiment.runs}):
         try:
-            matmul_backend(precision, resolve_device(device))
+            torch_matmul_precision(precision, resolve_device(device))
         except UserError as error:  # name the file the setting came from
             raise UserError([attrs.evolve(problem, source=problem.source or str(experiment.source))
                              for problem in error.problems]) from None

@@ -60,11 +60,14 @@ def keep_freed_memory() -> bool:
     page-faults them in again: about 2,200 page faults a step on W1's cell, a fifth of its step
     time on the development machine. Blocks up to 32 MiB now come from the heap, which grows in
     64 MiB steps and gives back nothing under 256 MiB free at its top. Process-wide and permanent;
-    a no-op where the C library is not glibc."""
-    if platform.libc_ver()[0] != "glibc":
+    a no-op where the C library is not glibc, and where glibc's allocator was configured through its
+    environment (``MALLOC_TRIM_THRESHOLD_`` and the like: dask's nanny sets one for its workers so that
+    its memory monitor sees freed memory returned), which then stays as configured."""
+    if platform.libc_ver()[0] != "glibc" or any(name.startswith("MALLOC_") for name in os.environ):
         return False
     mallopt = ctypes.CDLL("libc.so.6").mallopt
-    return all(mallopt(parameter, value) == 1 for parameter, value in KEEP_FREED.items())
+    accepted = [mallopt(parameter, value) == 1 for parameter, value in KEEP_FREED.items()]
+    return all(accepted)
 
 
 def train_cell_task(job: CellJob, threads: int, registry: Registry | None = None) -> list[RunResult]:

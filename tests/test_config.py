@@ -245,6 +245,9 @@ def test_an_integer_in_a_float_field_is_accepted_as_a_float(tmp_path):
      "training.matmul_precision: expected one of 'full', 'bfloat16', 'tensorfloat32', found 'float16'"),
     ("seeds = 2", 'seeds = 2\n\n[training]\nprecision = "float64"\nmatmul_precision = "bfloat16"',
      "training.matmul_precision: 'bfloat16' applies to float32 matmuls; with precision = 'float64' use \"full\""),
+    ("seeds = 2", 'seeds = 2\n\n[training]\nmatmul_precision = "tensorfloat32"',
+     "training.matmul_precision: 'tensorfloat32' is computed on one kind of device: set training.device to cuda "
+     "(auto may pick another on a worker)"),
 ])
 def test_values_out_of_range_are_refused_under_their_key(tmp_path, old, new, line):
     path = write(tmp_path, edited(STUDY, (old, new)))
