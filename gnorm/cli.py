@@ -336,7 +336,6 @@ def bench(steps: int, seeds: int, reference_a_seeds: int, w2: bool, memory: bool
                f"{seeds} seeds, {steps} steps, clamp from step 500, geometric evaluation grid", err=True)
     peak = benchmark.matmul_peak_gflops()
     from gnorm.builtins.executors import machine_cores
-
     from gnorm.engine import cpu_computes_bfloat16
 
     workers = machine_cores()
@@ -378,7 +377,8 @@ def bench(steps: int, seeds: int, reference_a_seeds: int, w2: bool, memory: bool
         ours_t, theirs_t = ours.t_grok, theirs.t_grok
         agree = benchmark.grid_agreement(ours_t, theirs_t, grid)
         name, label = ("W2", "gnorm") if precision == "full" else ("W2 with bfloat16 matmuls", "gnorm bfloat16")
-        click.echo(format_table(Table(f"{name}: rho 0.85 cell, per-seed T_grok", ["seed", label, "reference (b)", "agree"],
+        click.echo(format_table(Table(f"{name}: rho 0.85 cell, per-seed T_grok",
+                                      ["seed", label, "reference (b)", "agree"],
                                       [[i, a, b, ok] for i, (a, b, ok) in enumerate(zip(ours_t, theirs_t, agree))])))
         target = "target >= 15/16" if precision == "full" else "not a target: precision changes the science"
         click.echo(f"{name}: {sum(agree)}/{len(agree)} seeds agree within one grid step ({target})")

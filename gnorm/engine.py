@@ -41,9 +41,11 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError([Problem("", "training.device", f"{name!r} is not a device torch knows (try auto, cpu, cuda)")]) from None
+        raise UserError([Problem("", "training.device",
+                                 f"{name!r} is not a device torch knows (try auto, cpu, cuda)")]) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError([Problem("", "training.device", "cuda was asked for, but torch sees no CUDA device here; use auto or cpu")])
+        raise UserError([Problem("", "training.device",
+                                 "cuda was asked for, but torch sees no CUDA device here; use auto or cpu")])
     return device
 
 
