@@ -376,11 +376,10 @@ def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,
 def bench_w2(registry: Registry, seeds: int, steps: int,
              matmul_precision: str = "full") -> tuple[Outcome, Outcome, np.ndarray]:
     """W2 with gnorm computing its matmuls as ``matmul_precision`` says; reference (b) in float32."""
-    job = workload_job(registry, seeds, steps, rho=0.85, stop=True)
-    start = start_of(job, registry)
+    job = workload_job(registry, seeds, steps, rho=0.85, stop=True, matmul_precision=matmul_precision)
+    start = start_of(job, registry)  # the precision changes neither the initial weights nor the splits
     with deterministic_algorithms():
-        ours = gnorm_engine(workload_job(registry, seeds, steps, rho=0.85, stop=True,
-                                         matmul_precision=matmul_precision), registry)
+        ours = gnorm_engine(job, registry)
         theirs = reference_batched(start, stop_when_grokked=True)
     return ours, theirs, start.eval_steps
 

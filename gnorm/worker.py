@@ -57,9 +57,10 @@ def keep_freed_memory() -> bool:
 
     Every step frees and reallocates the same activations, a few MiB each. By default glibc hands
     such blocks back to the OS (as separate mappings, or by trimming the heap) and the next step
-    page-faults them in again: about 2,200 page faults a step on W1's cell, a fifth of its step
-    time on the development machine. Blocks up to 32 MiB now come from the heap, which grows in
-    64 MiB steps and gives back nothing under 256 MiB free at its top. Process-wide and permanent;
+    page-faults them in again: about 2,200 page faults a step of 8 members of W1's cell, a fifth of
+    that step's time in one process on the development machine (about 3% of W1 through ``gnorm
+    run``'s workers, which fault less to begin with). Blocks up to 32 MiB now come from the heap,
+    which grows in 64 MiB steps and gives back nothing under 256 MiB free at its top. Process-wide and permanent;
     a no-op where the C library is not glibc, and where glibc's allocator was configured through its
     environment (``MALLOC_TRIM_THRESHOLD_`` and the like: dask's nanny sets one for its workers so that
     its memory monitor sees freed memory returned), which then stays as configured."""
