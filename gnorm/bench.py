@@ -11,7 +11,10 @@ per-seed T_grok must agree within one step of the geometric grid.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import multiprocessing
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,10 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gnorm.components import Table
 from gnorm.config import load_experiment
 from gnorm.engine import (CellJob, build_ensemble, deterministic_algorithms, evaluation_steps, should_compile,
                           train_cell)
-from gnorm.registry import Registry
+from gnorm.registry import Registry, default_registry
 from gnorm.science import first_crossing
 from gnorm.worker import keep_freed_memory
 
@@ -327,38 +331,47 @@ def warm_compile_cache(registry: Registry, seeds: int, workers: int) -> float:
     return _timed(both)[1]
 
 
+def time_reference(which: str, seeds: int, steps: int, reference_a_seeds: int, threads: int) -> float:
+    """Seconds reference ``which`` ("a" or "b") takes to train W1 in this process, with ``threads``
+    torch threads (the reference trains ``reference_a_seeds`` of the cell's seeds for (a), all for (b))."""
+    torch.set_num_threads(threads)
+    registry = default_registry()
+    start = start_of(workload_job(registry, seeds, steps, rho=1.0, stop=False), registry)
+    train = {"a": lambda: reference_per_seed(start, reference_a_seeds), "b": lambda: reference_batched(start)}[which]
+    with deterministic_algorithms():
+        return _timed(train)[1]
+
+
+def reference_seconds(which: str, seeds: int, steps: int, reference_a_seeds: int) -> float:
+    """``time_reference`` in a fresh process: it then runs with the C library's default allocator, as
+    users run it, whatever this process's allocator keeps (``keep_freed_memory`` is process-wide and
+    cannot be undone), and with this process's torch thread count."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(time_reference, which, seeds, steps, reference_a_seeds, torch.get_num_threads()).result()
+
+
 def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,
-             echo: Callable[[str], None], workers: int = 0, bfloat16: bool = False) -> list[Row]:
-    """Rows: the two reference trainers, then gnorm's engine in this process (torch's default threads),
-    then, with ``workers`` > 1, W1 as ``gnorm run`` trains it on that many worker processes, and with
-    ``bfloat16`` the same again with ``matmul_precision = "bfloat16"`` (opt-in; labelled as such).
-    The references run first, with the C library's default allocator as users run them; gnorm's rows
-    then run as gnorm trains, with ``keep_freed_memory`` (it lasts for the rest of the process). The
-    gnorm rows start from a warm compile cache (see ``warm_compile_cache``)."""
+             echo: Callable[[str], None], workers: int = 0, bfloat16: bool = False, repeats: int = 1) -> list[list[Row]]:
+    """``repeats`` rounds of rows, each round: the two reference trainers (each in a fresh process, see
+    ``reference_seconds``), gnorm's engine in this process (torch's default threads), then, with
+    ``workers`` > 1, W1 as ``gnorm run`` trains it on that many worker processes, and with ``bfloat16``
+    the same again with ``matmul_precision = "bfloat16"`` (opt-in; labelled as such). Every other
+    round times its rows in the reverse order, so that a machine slowing down or speeding up over the
+    run does not favour one trainer. gnorm's rows run as gnorm trains, with ``keep_freed_memory``, and
+    start from a warm compile cache (see ``warm_compile_cache``). Rows keep their order in every round."""
+    keep_freed_memory()
     job = workload_job(registry, seeds, steps, rho=1.0, stop=False)
-    start = start_of(job, registry)
     run = job.runs[0]
-    parameters = sum(tensor.numel() for tensor in start.weights[0].values())
+    parameters = sum(tensor[0].numel() for tensor in build_ensemble(job, registry)[0].params.values())
     if should_compile(run.training.compile, torch.device("cpu"), run.training.max_steps, parameters):
         echo(f"  warm-up, compiling W1's graphs into torch's on-disk cache (untimed): "
              f"{warm_compile_cache(registry, seeds, workers):.1f}s")
-    rows = []
 
-    def add_row(trainer: str, model_steps: int, train: Callable[[], Any], counted: bool = True) -> None:
-        with deterministic_algorithms():
-            _, seconds = _timed(train)
-        rows.append(Row(trainer, model_steps, seconds, counted))
-        echo(f"  {trainer}: {seconds:.1f}s")
-
-    add_row("reference (b): seed-batched einsum, hand AdamW", seeds * steps, lambda: reference_batched(start))
-    add_row(f"reference (a): module + torch AdamW per seed ({reference_a_seeds} seeds)", reference_a_seeds * steps,
-            lambda: reference_per_seed(start, reference_a_seeds))
-    keep_freed_memory()
-    engine = f"gnorm engine, one process ({torch.get_num_threads()} threads)"
-    add_row(engine, seeds * steps, lambda: gnorm_engine(job, registry))
-    local = f"gnorm run, local executor ({workers} workers x 1 thread)"
-    if workers > 1:
-        add_row(local, seeds * steps, lambda: gnorm_run_local(registry, seeds, steps, workers))
+    def timed_in_this_process(train: Callable[[], Any]) -> Callable[[], float]:
+        def seconds() -> float:
+            with deterministic_algorithms():
+                return _timed(train)[1]
+        return seconds
 
     def in_bfloat16() -> None:  # the faster of the two ways above
         if workers > 1:
@@ -367,10 +380,91 @@ def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,
             gnorm_engine(workload_job(registry, seeds, steps, rho=1.0, stop=False, matmul_precision="bfloat16"),
                          registry)
 
+    engine = f"gnorm engine, one process ({torch.get_num_threads()} threads)"
+    local = f"gnorm run, local executor ({workers} workers x 1 thread)"
+    trainers: list[tuple[str, int, Callable[[], float], bool]] = [
+        ("reference (b): seed-batched einsum, hand AdamW", seeds * steps,
+         lambda: reference_seconds("b", seeds, steps, reference_a_seeds), True),
+        (f"reference (a): module + torch AdamW per seed ({reference_a_seeds} seeds)", reference_a_seeds * steps,
+         lambda: reference_seconds("a", seeds, steps, reference_a_seeds), True),
+        (engine, seeds * steps, timed_in_this_process(lambda: gnorm_engine(job, registry)), True)]
+    if workers > 1:
+        trainers.append((local, seeds * steps,
+                         timed_in_this_process(lambda: gnorm_run_local(registry, seeds, steps, workers)), True))
     if bfloat16:
-        add_row(f"{local if workers > 1 else engine}, bfloat16 matmuls (opt-in)", seeds * steps, in_bfloat16,
-                counted=False)
-    return rows
+        trainers.append((f"{local if workers > 1 else engine}, bfloat16 matmuls (opt-in)", seeds * steps,
+                         timed_in_this_process(in_bfloat16), False))
+    rounds = []
+    for number in range(repeats):
+        order = list(range(len(trainers)))
+        seconds = {}
+        for i in order if number % 2 == 0 else order[::-1]:
+            trainer, _, time_it, _ = trainers[i]
+            seconds[i] = time_it()
+            echo(f"  {f'round {number + 1}: ' if repeats > 1 else ''}{trainer}: {seconds[i]:.1f}s")
+        rounds.append([Row(trainer, model_steps, seconds[i], counted)
+                       for i, (trainer, model_steps, _, counted) in enumerate(trainers)])
+    return rounds
+
+
+def fastest_counted_gnorm(rows: list[Row]) -> float:
+    """The faster float32 way gnorm trained W1 in one round (model-steps/s): the targets compare like
+    with like."""
+    return max(row.rate for row in rows if row.trainer.startswith("gnorm") and row.counted)
+
+
+def speed_ups(rounds: list[list[Row]], trainer: str,
+              rate: Callable[[list[Row]], float] = fastest_counted_gnorm) -> list[float]:
+    """Per round: ``rate`` of the round's rows (by default the fastest counted gnorm row's) over the
+    rate of the row whose trainer starts with ``trainer``, both timed in that round."""
+    return [rate(rows) / next(row.rate for row in rows if row.trainer.startswith(trainer)) for rows in rounds]
+
+
+def w1_report(rounds: list[list[Row]], peak_gflops: float, p: int = 59, train_fraction: float = 0.4,
+              ) -> tuple[Table, list[str]]:
+    """W1's table (per trainer: the median rate over the rounds, with its range when there are several,
+    the median of the per-round ratios of the fastest counted gnorm row to it, and the GFLOP/s its
+    median rate achieves in the FLOPs that trainer computes, against ``peak_gflops``) and the lines
+    that follow it: each target's median ratio, per-round ratios and verdict, then, for rows not
+    counted, their median ratios to the references."""
+    repeats = len(rounds)
+    n_train = round(train_fraction * p * p)
+    paper_flops, gnorm_flops = paper_model_flops(n_train, p), gnorm_model_flops(n_train, p)
+    median = statistics.median
+
+    def achieved(trainer: str, rate: float) -> float:  # GFLOP/s of the FLOPs the trainer itself computes
+        return rate * (gnorm_flops if trainer.startswith("gnorm") else paper_flops) / 1e9
+
+    table_rows = []
+    for position, row in enumerate(rounds[0]):
+        rates = [rows[position].rate for rows in rounds]
+        rate = median(rates)
+        spread = [f"{min(rates):.0f}-{max(rates):.0f}"] if repeats > 1 else []
+        table_rows.append([row.trainer, rate, *spread, median(speed_ups(rounds, row.trainer)),
+                           achieved(row.trainer, rate), 100 * achieved(row.trainer, rate) / peak_gflops])
+    rate_header = ["model-steps/s"] if repeats == 1 else [f"model-steps/s (median of {repeats} rounds)", "range"]
+    table = Table(f"W1 (matmul peak measured in this run: {peak_gflops:.1f} GFLOP/s; one step is "
+                  f"{paper_flops / 1e6:.0f} MFLOP as the references compute it, {gnorm_flops / 1e6:.0f} MFLOP as "
+                  "gnorm does)", ["trainer", *rate_header, "fastest float32 gnorm's speed-up", "achieved GFLOP/s",
+                                  "% of peak"], table_rows)
+    lines = []
+    for which, target in (("b", 3), ("a", 5)):
+        ratios = speed_ups(rounds, f"reference ({which})")
+        ratio = median(ratios)
+        per_round = (f" (median of {repeats} rounds: {', '.join(f'{r:.2f}x' for r in ratios)}; met in "
+                     f"{sum(r >= target for r in ratios)} of {repeats})") if repeats > 1 else ""
+        lines.append(f"target W1 >= {target}x reference ({which}): {ratio:.2f}x{per_round} "
+                     f"{'met' if ratio >= target else 'NOT met'}")
+    lines.append("(each reference ran in a fresh process, with the C library's default allocator, as users run "
+                 "them; gnorm's rows as gnorm trains, with freed memory kept for reuse"
+                 f"{'; every other round in the reverse order' if repeats > 1 else ''})")
+    for position, row in enumerate(rounds[0]):
+        if not row.counted:
+            over = {which: median(speed_ups(rounds, f"reference ({which})", lambda rows: rows[position].rate))
+                    for which in "ba"}
+            lines.append(f"opt-in bfloat16 matmuls: {over['b']:.2f}x reference (b), {over['a']:.2f}x reference "
+                         "(a) (not the targets: the references compute in float32)")
+    return table, lines
 
 
 def bench_w2(registry: Registry, seeds: int, steps: int,

@@ -320,11 +320,15 @@ def import_(folders: tuple[str, ...], out_dir: str) -> None:
                    "per-seed T_grok agreement.")
 @click.option("--memory/--no-memory", default=True, show_default=True,
               help="Measure peak memory of p = 113 with 16 seeds in a fresh process.")
+@click.option("--repeats", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Rounds of timing, every other one in the reverse order; the table and the targets use the "
+                   "median of the rounds (ratios are taken within a round).")
 @click.option("--bfloat16/--no-bfloat16", default=None,
               help="Also time (and with --w2, check) gnorm with matmul_precision = \"bfloat16\": opt-in, lower "
                    "precision, not counted for the targets. Default: when this CPU computes in bfloat16.")
 @reports_user_errors
-def bench(steps: int, seeds: int, reference_a_seeds: int, w2: bool, memory: bool, bfloat16: bool | None) -> None:
+def bench(steps: int, seeds: int, reference_a_seeds: int, w2: bool, memory: bool, bfloat16: bool | None,
+          repeats: int) -> None:
     """Time gnorm's engine against two reference trainers on W1, in one run, and print the ratios."""
     import torch
 
@@ -342,33 +346,12 @@ def bench(steps: int, seeds: int, reference_a_seeds: int, w2: bool, memory: bool
     if bfloat16 and not cpu_computes_bfloat16():
         raise UserError("--bfloat16: this CPU's oneDNN does not compute in bfloat16 (or oneDNN is off)")
     bfloat16 = cpu_computes_bfloat16() if bfloat16 is None else bfloat16
-    rows = benchmark.bench_w1(registry, steps, seeds, reference_a_seeds, lambda line: click.echo(line, err=True),
-                              workers, bfloat16)
-    n_train = round(0.4 * 59 * 59)
-    paper_flops, gnorm_flops = benchmark.paper_model_flops(n_train, 59), benchmark.gnorm_model_flops(n_train, 59)
-    # The faster way gnorm trains W1 in float32: the targets compare like with like.
-    ours = max(row.rate for row in rows if row.trainer.startswith("gnorm") and row.counted)
-
-    def achieved(row: Any) -> float:  # GFLOP/s of the FLOPs the trainer itself computes
-        return row.rate * (gnorm_flops if row.trainer.startswith("gnorm") else paper_flops) / 1e9
-
-    table = Table(f"W1 (matmul peak measured in this run: {peak:.1f} GFLOP/s; one step is {paper_flops / 1e6:.0f} "
-                  f"MFLOP as the references compute it, {gnorm_flops / 1e6:.0f} MFLOP as gnorm does)",
-                  ["trainer", "model-steps/s", "fastest float32 gnorm's speed-up", "achieved GFLOP/s", "% of peak"],
-                  [[row.trainer, row.rate, ours / row.rate, achieved(row), 100 * achieved(row) / peak] for row in rows])
+    rounds = benchmark.bench_w1(registry, steps, seeds, reference_a_seeds, lambda line: click.echo(line, err=True),
+                                workers, bfloat16, repeats)
+    table, lines = benchmark.w1_report(rounds, peak)
     click.echo(format_table(table))
-    reference_b, reference_a = (next(row for row in rows if row.trainer.startswith(f"reference ({which})"))
-                                for which in "ba")
-    ratio_b, ratio_a = ours / reference_b.rate, ours / reference_a.rate
-    click.echo(f"target W1 >= 3x reference (b): {ratio_b:.2f}x {'met' if ratio_b >= 3 else 'NOT met'}")
-    click.echo(f"target W1 >= 5x reference (a): {ratio_a:.2f}x {'met' if ratio_a >= 5 else 'NOT met'}")
-    click.echo("(the references ran first, with the C library's default allocator, as users run them; gnorm's rows "
-               "as gnorm trains, with freed memory kept for reuse)")
-    for row in rows:
-        if not row.counted:
-            click.echo(f"opt-in bfloat16 matmuls: {row.rate / reference_b.rate:.2f}x reference (b), "
-                       f"{row.rate / reference_a.rate:.2f}x reference (a) (not the targets: the references "
-                       f"compute in float32)")
+    for line in lines:
+        click.echo(line)
     if memory:
         mib = benchmark.peak_memory_mib(p=113, seeds=16)
         click.echo(f"peak memory, p 113 with 16 seeds: {mib:.0f} MiB ({'under' if mib < 2048 else 'OVER'} 2 GiB)")

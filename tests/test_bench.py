@@ -15,11 +15,14 @@ from gnorm.registry import default_registry
 
 def test_bench_prints_rates_ratios_and_targets():
     result = CliRunner().invoke(main, ["bench", "--steps", "20", "--seeds", "2", "--reference-a-seeds", "1",
-                                       "--no-memory"])
+                                       "--no-memory", "--repeats", "2"])
     assert result.exit_code == 0, result.output
-    for text in ("model-steps/s", "gnorm engine, one process", "reference (a)", "reference (b)", "GFLOP/s",
-                 "target W1 >= 3x reference (b)"):
+    for text in ("model-steps/s (median of 2 rounds)", "gnorm engine, one process", "reference (a)",
+                 "reference (b)", "GFLOP/s", "target W1 >= 3x reference (b)", "median of 2 rounds: "):
         assert text in result.output
+    timed = [line.split(": ", 1)[1].rsplit(":", 1)[0] for line in result.output.splitlines()
+             if line.startswith("  round ")]
+    assert timed[0].startswith("reference (b)") and timed == timed[:len(timed) // 2] + timed[:len(timed) // 2][::-1]
     from gnorm.builtins.executors import machine_cores
 
     if machine_cores() > 1:  # W1 as gnorm run trains it, one worker process per core
@@ -27,6 +30,24 @@ def test_bench_prints_rates_ratios_and_targets():
     if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         assert "bfloat16 matmuls (opt-in)" in result.output  # its own labelled row, never a target's
         assert "opt-in bfloat16 matmuls: " in result.output and "not the targets" in result.output
+
+
+def test_w1_report_takes_medians_of_per_round_ratios():
+    def round_of(b: float, a: float, engine: float, bf16: float) -> list[bench.Row]:
+        return [bench.Row("reference (b): batched", 100, 100 / b), bench.Row("reference (a): per seed", 10, 10 / a),
+                bench.Row("gnorm engine", 100, 100 / engine), bench.Row("gnorm bf16", 100, 100 / bf16, counted=False)]
+
+    # per round, engine over (b): 3.5, 2.5, 4.0 (median 3.5, met in 2 of 3); over (a): 4.2, 5.0, 6.0
+    rounds = [round_of(100, 250, 350, 700), round_of(200, 100, 500, 600), round_of(150, 100, 600, 1200)]
+    table, lines = bench.w1_report(rounds, peak_gflops=100.0)
+    assert table.columns[1:3] == ["model-steps/s (median of 3 rounds)", "range"]
+    by_trainer = {row[0]: row for row in table.rows}
+    assert by_trainer["reference (b): batched"][1:4] == [pytest.approx(150), "100-200", pytest.approx(3.5)]
+    assert by_trainer["gnorm bf16"][3] == pytest.approx(0.5)  # engine over bf16: 0.5, 0.83, 0.5
+    assert lines[0] == "target W1 >= 3x reference (b): 3.50x (median of 3 rounds: 3.50x, 2.50x, 4.00x; met in 2 of 3) met"
+    assert lines[1] == "target W1 >= 5x reference (a): 5.00x (median of 3 rounds: 1.40x, 5.00x, 6.00x; met in 2 of 3) met"
+    assert "reverse order" in lines[2]
+    assert lines[3].startswith("opt-in bfloat16 matmuls: 7.00x reference (b), 6.00x reference (a)")
 
 
 def test_grid_agreement_allows_one_grid_step():
