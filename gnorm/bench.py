@@ -351,7 +351,8 @@ def reference_seconds(which: str, seeds: int, steps: int, reference_a_seeds: int
 
 
 def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,
-             echo: Callable[[str], None], workers: int = 0, bfloat16: bool = False, repeats: int = 1) -> list[list[Row]]:
+             echo: Callable[[str], None], workers: int = 0, bfloat16: bool = False,
+             repeats: int = 1) -> list[list[Row]]:
     """``repeats`` rounds of rows, each round: the two reference trainers (each in a fresh process, see
     ``reference_seconds``), gnorm's engine in this process (torch's default threads), then, with
     ``workers`` > 1, W1 as ``gnorm run`` trains it on that many worker processes, and with ``bfloat16``

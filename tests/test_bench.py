@@ -44,8 +44,10 @@ def test_w1_report_takes_medians_of_per_round_ratios():
     by_trainer = {row[0]: row for row in table.rows}
     assert by_trainer["reference (b): batched"][1:4] == [pytest.approx(150), "100-200", pytest.approx(3.5)]
     assert by_trainer["gnorm bf16"][3] == pytest.approx(0.5)  # engine over bf16: 0.5, 0.83, 0.5
-    assert lines[0] == "target W1 >= 3x reference (b): 3.50x (median of 3 rounds: 3.50x, 2.50x, 4.00x; met in 2 of 3) met"
-    assert lines[1] == "target W1 >= 5x reference (a): 5.00x (median of 3 rounds: 1.40x, 5.00x, 6.00x; met in 2 of 3) met"
+    assert lines[0] == ("target W1 >= 3x reference (b): 3.50x (median of 3 rounds: 3.50x, 2.50x, 4.00x; "
+                        "met in 2 of 3) met")
+    assert lines[1] == ("target W1 >= 5x reference (a): 5.00x (median of 3 rounds: 1.40x, 5.00x, 6.00x; "
+                        "met in 2 of 3) met")
     assert "reverse order" in lines[2]
     assert lines[3].startswith("opt-in bfloat16 matmuls: 7.00x reference (b), 6.00x reference (a)")
 
