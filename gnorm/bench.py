@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import attrs
 import numpy as np
@@ -29,8 +29,7 @@ import torch.nn.functional as F
 
 from gnorm.components import Table
 from gnorm.config import load_experiment
-from gnorm.engine import (CellJob, build_ensemble, deterministic_algorithms, evaluation_steps, should_compile,
-                          train_cell)
+from gnorm.engine import CellJob, build_ensemble, deterministic_algorithms, evaluation_steps, train_cell
 from gnorm.registry import Registry, default_registry
 from gnorm.science import first_crossing
 from gnorm.worker import keep_freed_memory
@@ -333,7 +332,9 @@ def warm_compile_cache(registry: Registry, seeds: int, workers: int) -> float:
 
 def time_reference(which: str, seeds: int, steps: int, reference_a_seeds: int, threads: int) -> float:
     """Seconds reference ``which`` ("a" or "b") takes to train W1 in this process, with ``threads``
-    torch threads (the reference trains ``reference_a_seeds`` of the cell's seeds for (a), all for (b))."""
+    torch threads (the reference trains ``reference_a_seeds`` of the cell's seeds for (a), all for (b)).
+    W1 uses built-in components only, so the default registry builds the same weights and splits as
+    the bench's own."""
     torch.set_num_threads(threads)
     registry = default_registry()
     start = start_of(workload_job(registry, seeds, steps, rho=1.0, stop=False), registry)
@@ -350,31 +351,53 @@ def reference_seconds(which: str, seeds: int, steps: int, reference_a_seeds: int
         return pool.submit(time_reference, which, seeds, steps, reference_a_seeds, torch.get_num_threads()).result()
 
 
+@attrs.frozen
+class Trainer:
+    """A row to time: its label, the model-steps it trains, a function that trains them and returns the
+    seconds that took, and whether the targets may use it."""
+
+    name: str
+    model_steps: int
+    seconds: Callable[[], float]
+    counted: bool = True
+
+
+def timed_rounds(trainers: Sequence[Trainer], repeats: int, echo: Callable[[str], None]) -> list[list[Row]]:
+    """``repeats`` rounds of timing every trainer once, every other round in the reverse order (so that
+    a machine slowing down or speeding up over the run favours no trainer); each round's rows come in
+    the order of ``trainers``."""
+    rounds = []
+    for number in range(repeats):
+        seconds = {}
+        for trainer in trainers if number % 2 == 0 else trainers[::-1]:
+            seconds[trainer.name] = trainer.seconds()
+            echo(f"  {f'round {number + 1}: ' if repeats > 1 else ''}{trainer.name}: {seconds[trainer.name]:.1f}s")
+        rounds.append([Row(t.name, t.model_steps, seconds[t.name], t.counted) for t in trainers])
+    return rounds
+
+
 def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,
              echo: Callable[[str], None], workers: int = 0, bfloat16: bool = False,
              repeats: int = 1) -> list[list[Row]]:
-    """``repeats`` rounds of rows, each round: the two reference trainers (each in a fresh process, see
-    ``reference_seconds``), gnorm's engine in this process (torch's default threads), then, with
+    """``repeats`` rounds (see ``timed_rounds``) of: the two reference trainers (each in a fresh process,
+    see ``reference_seconds``), gnorm's engine in this process (torch's default threads), then, with
     ``workers`` > 1, W1 as ``gnorm run`` trains it on that many worker processes, and with ``bfloat16``
-    the same again with ``matmul_precision = "bfloat16"`` (opt-in; labelled as such). Every other
-    round times its rows in the reverse order, so that a machine slowing down or speeding up over the
-    run does not favour one trainer. gnorm's rows run as gnorm trains, with ``keep_freed_memory``, and
-    start from a warm compile cache (see ``warm_compile_cache``). Rows keep their order in every round."""
+    the same again with ``matmul_precision = "bfloat16"`` (opt-in; labelled as such). gnorm's rows run
+    as gnorm trains, with ``keep_freed_memory``, and start from a warm compile cache (see
+    ``warm_compile_cache``)."""
     keep_freed_memory()
     job = workload_job(registry, seeds, steps, rho=1.0, stop=False)
-    run = job.runs[0]
-    parameters = sum(tensor[0].numel() for tensor in build_ensemble(job, registry)[0].params.values())
-    if should_compile(run.training.compile, torch.device("cpu"), run.training.max_steps, parameters):
+    if build_ensemble(job, registry)[0].compiled:
         echo(f"  warm-up, compiling W1's graphs into torch's on-disk cache (untimed): "
              f"{warm_compile_cache(registry, seeds, workers):.1f}s")
 
-    def timed_in_this_process(train: Callable[[], Any]) -> Callable[[], float]:
+    def timed_here(train: Callable[[], Any]) -> Callable[[], float]:
         def seconds() -> float:
             with deterministic_algorithms():
                 return _timed(train)[1]
         return seconds
 
-    def in_bfloat16() -> None:  # the faster of the two ways above
+    def in_bfloat16() -> None:  # the way the last float32 gnorm row trains
         if workers > 1:
             gnorm_run_local(registry, seeds, steps, workers, matmul_precision="bfloat16")
         else:
@@ -383,29 +406,18 @@ def bench_w1(registry: Registry, steps: int, seeds: int, reference_a_seeds: int,
 
     engine = f"gnorm engine, one process ({torch.get_num_threads()} threads)"
     local = f"gnorm run, local executor ({workers} workers x 1 thread)"
-    trainers: list[tuple[str, int, Callable[[], float], bool]] = [
-        ("reference (b): seed-batched einsum, hand AdamW", seeds * steps,
-         lambda: reference_seconds("b", seeds, steps, reference_a_seeds), True),
-        (f"reference (a): module + torch AdamW per seed ({reference_a_seeds} seeds)", reference_a_seeds * steps,
-         lambda: reference_seconds("a", seeds, steps, reference_a_seeds), True),
-        (engine, seeds * steps, timed_in_this_process(lambda: gnorm_engine(job, registry)), True)]
+    trainers = [Trainer("reference (b): seed-batched einsum, hand AdamW", seeds * steps,
+                        lambda: reference_seconds("b", seeds, steps, reference_a_seeds)),
+                Trainer(f"reference (a): module + torch AdamW per seed ({reference_a_seeds} seeds)",
+                        reference_a_seeds * steps, lambda: reference_seconds("a", seeds, steps, reference_a_seeds)),
+                Trainer(engine, seeds * steps, timed_here(lambda: gnorm_engine(job, registry)))]
     if workers > 1:
-        trainers.append((local, seeds * steps,
-                         timed_in_this_process(lambda: gnorm_run_local(registry, seeds, steps, workers)), True))
+        trainers.append(Trainer(local, seeds * steps,
+                                timed_here(lambda: gnorm_run_local(registry, seeds, steps, workers))))
     if bfloat16:
-        trainers.append((f"{local if workers > 1 else engine}, bfloat16 matmuls (opt-in)", seeds * steps,
-                         timed_in_this_process(in_bfloat16), False))
-    rounds = []
-    for number in range(repeats):
-        order = list(range(len(trainers)))
-        seconds = {}
-        for i in order if number % 2 == 0 else order[::-1]:
-            trainer, _, time_it, _ = trainers[i]
-            seconds[i] = time_it()
-            echo(f"  {f'round {number + 1}: ' if repeats > 1 else ''}{trainer}: {seconds[i]:.1f}s")
-        rounds.append([Row(trainer, model_steps, seconds[i], counted)
-                       for i, (trainer, model_steps, _, counted) in enumerate(trainers)])
-    return rounds
+        trainers.append(Trainer(f"{local if workers > 1 else engine}, bfloat16 matmuls (opt-in)", seeds * steps,
+                                timed_here(in_bfloat16), counted=False))
+    return timed_rounds(trainers, repeats, echo)
 
 
 def fastest_counted_gnorm(rows: list[Row]) -> float:
@@ -414,15 +426,24 @@ def fastest_counted_gnorm(rows: list[Row]) -> float:
     return max(row.rate for row in rows if row.trainer.startswith("gnorm") and row.counted)
 
 
-def speed_ups(rounds: list[list[Row]], trainer: str,
-              rate: Callable[[list[Row]], float] = fastest_counted_gnorm) -> list[float]:
-    """Per round: ``rate`` of the round's rows (by default the fastest counted gnorm row's) over the
-    rate of the row whose trainer starts with ``trainer``, both timed in that round."""
-    return [rate(rows) / next(row.rate for row in rows if row.trainer.startswith(trainer)) for rows in rounds]
+def reference_rate(which: str) -> Callable[[list[Row]], float]:
+    """The rate of reference trainer ``which`` ("a" or "b") in a round's rows."""
+    return lambda rows: next(row.rate for row in rows if row.trainer.startswith(f"reference ({which})"))
 
 
-def w1_report(rounds: list[list[Row]], peak_gflops: float, p: int = 59, train_fraction: float = 0.4,
-              ) -> tuple[Table, list[str]]:
+def row_rate(position: int) -> Callable[[list[Row]], float]:
+    """The rate of the row at ``position`` in a round's rows."""
+    return lambda rows: rows[position].rate
+
+
+def speed_ups(rounds: list[list[Row]], over: Callable[[list[Row]], float],
+              of: Callable[[list[Row]], float] = fastest_counted_gnorm) -> list[float]:
+    """Per round: the rate ``of`` picks over the rate ``over`` picks, both timed in that round."""
+    return [of(rows) / over(rows) for rows in rounds]
+
+
+def w1_report(rounds: list[list[Row]], peak_gflops: float, p: int = 59,
+              train_fraction: float = 0.4) -> tuple[Table, list[str]]:
     """W1's table (per trainer: the median rate over the rounds, with its range when there are several,
     the median of the per-round ratios of the fastest counted gnorm row to it, and the GFLOP/s its
     median rate achieves in the FLOPs that trainer computes, against ``peak_gflops``) and the lines
@@ -441,7 +462,7 @@ def w1_report(rounds: list[list[Row]], peak_gflops: float, p: int = 59, train_fr
         rates = [rows[position].rate for rows in rounds]
         rate = median(rates)
         spread = [f"{min(rates):.0f}-{max(rates):.0f}"] if repeats > 1 else []
-        table_rows.append([row.trainer, rate, *spread, median(speed_ups(rounds, row.trainer)),
+        table_rows.append([row.trainer, rate, *spread, median(speed_ups(rounds, row_rate(position))),
                            achieved(row.trainer, rate), 100 * achieved(row.trainer, rate) / peak_gflops])
     rate_header = ["model-steps/s"] if repeats == 1 else [f"model-steps/s (median of {repeats} rounds)", "range"]
     table = Table(f"W1 (matmul peak measured in this run: {peak_gflops:.1f} GFLOP/s; one step is "
@@ -450,7 +471,7 @@ def w1_report(rounds: list[list[Row]], peak_gflops: float, p: int = 59, train_fr
                                   "% of peak"], table_rows)
     lines = []
     for which, target in (("b", 3), ("a", 5)):
-        ratios = speed_ups(rounds, f"reference ({which})")
+        ratios = speed_ups(rounds, reference_rate(which))
         ratio = median(ratios)
         per_round = (f" (median of {repeats} rounds: {', '.join(f'{r:.2f}x' for r in ratios)}; met in "
                      f"{sum(r >= target for r in ratios)} of {repeats})") if repeats > 1 else ""
@@ -461,8 +482,7 @@ def w1_report(rounds: list[list[Row]], peak_gflops: float, p: int = 59, train_fr
                  f"{'; every other round in the reverse order' if repeats > 1 else ''})")
     for position, row in enumerate(rounds[0]):
         if not row.counted:
-            over = {which: median(speed_ups(rounds, f"reference ({which})", lambda rows: rows[position].rate))
-                    for which in "ba"}
+            over = {which: median(speed_ups(rounds, reference_rate(which), row_rate(position))) for which in "ba"}
             lines.append(f"opt-in bfloat16 matmuls: {over['b']:.2f}x reference (b), {over['a']:.2f}x reference "
                          "(a) (not the targets: the references compute in float32)")
     return table, lines

@@ -37,7 +37,7 @@ def test_w1_report_takes_medians_of_per_round_ratios():
         return [bench.Row("reference (b): batched", 100, 100 / b), bench.Row("reference (a): per seed", 10, 10 / a),
                 bench.Row("gnorm engine", 100, 100 / engine), bench.Row("gnorm bf16", 100, 100 / bf16, counted=False)]
 
-    # per round, engine over (b): 3.5, 2.5, 4.0 (median 3.5, met in 2 of 3); over (a): 4.2, 5.0, 6.0
+    # per round, engine over (b): 3.5, 2.5, 4.0 (median 3.5, met in 2 of 3); over (a): 1.4, 5.0, 6.0
     rounds = [round_of(100, 250, 350, 700), round_of(200, 100, 500, 600), round_of(150, 100, 600, 1200)]
     table, lines = bench.w1_report(rounds, peak_gflops=100.0)
     assert table.columns[1:3] == ["model-steps/s (median of 3 rounds)", "range"]
@@ -50,6 +50,30 @@ def test_w1_report_takes_medians_of_per_round_ratios():
                         "met in 2 of 3) met")
     assert "reverse order" in lines[2]
     assert lines[3].startswith("opt-in bfloat16 matmuls: 7.00x reference (b), 6.00x reference (a)")
+
+
+def test_one_round_report_has_no_range_and_no_per_round_ratios():
+    rows = [bench.Row("reference (b): batched", 100, 1.0), bench.Row("reference (a): per seed", 10, 0.05),
+            bench.Row("gnorm engine", 100, 0.25)]
+    table, lines = bench.w1_report([rows], peak_gflops=100.0)
+    assert table.columns[1:3] == ["model-steps/s", "fastest float32 gnorm's speed-up"]
+    assert [row[1:3] for row in table.rows] == [[100, 4.0], [200, 2.0], [400, 1.0]]
+    assert lines[:2] == ["target W1 >= 3x reference (b): 4.00x met", "target W1 >= 5x reference (a): 2.00x NOT met"]
+
+
+def test_timed_rounds_reverse_every_other_round_and_keep_row_order():
+    timed = []
+
+    def trainer(name: str, seconds: float) -> bench.Trainer:
+        return bench.Trainer(name, 100, lambda: timed.append(name) or seconds)
+
+    lines = []
+    rounds = bench.timed_rounds([trainer("first", 1.0), trainer("second", 2.0), trainer("third", 4.0)], 3,
+                                lines.append)
+    assert timed == ["first", "second", "third", "third", "second", "first", "first", "second", "third"]
+    assert [[(row.trainer, row.rate) for row in rows] for rows in rounds] == [
+        [("first", 100.0), ("second", 50.0), ("third", 25.0)]] * 3
+    assert lines[3] == "  round 2: third: 4.0s"
 
 
 def test_grid_agreement_allows_one_grid_step():
