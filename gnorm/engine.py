@@ -446,10 +446,31 @@ def deterministic_algorithms(device: torch.device | str = "cpu") -> Iterator[Non
 
 
 def cpu_computes_bfloat16() -> bool:
-    """Whether torch's oneDNN backend is on and computes bfloat16 matmuls on this CPU (natively with
-    AVX-512 BF16 or AMX; emulated, and possibly slower, on other AVX-512 CPUs)."""
-    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether float32 matmuls on this CPU really change when torch is told to compute them in bfloat16
+    (``torch.set_float32_matmul_precision("medium")``). Decided by the effect, not by CPU flags: a CPU
+    whose oneDNN reports bfloat16 support may still compute these matmuls in float32."""
+    enabled = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    return enabled and _bfloat16_matmuls_change_results(torch.__version__)
+
+
+@functools.cache
+def _bfloat16_matmuls_change_results(torch_version: str) -> bool:
+    """Compute a plain and a batched matmul (the shapes an ensemble's layers take) in float32 and again
+    under "medium" precision; True when either result differs, in any bit, from float32's."""
+    generator = torch.Generator().manual_seed(0)
+    left, right = torch.randn(4, 48, 64, generator=generator), torch.randn(4, 64, 32, generator=generator)
+    try:
+        before = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the process mixed torch's per-backend and global settings
+        before = "highest"
+    try:
+        torch.set_float32_matmul_precision("highest")
+        exact = (left[0] @ right[0], torch.bmm(left, right))
+        torch.set_float32_matmul_precision("medium")
+        reduced = (left[0] @ right[0], torch.bmm(left, right))
+    finally:
+        torch.set_float32_matmul_precision(before)
+    return any(not torch.equal(a, b) for a, b in zip(exact, reduced))
 
 
 def torch_matmul_precision(precision: str, device: torch.device) -> str:
@@ -462,8 +483,9 @@ def torch_matmul_precision(precision: str, device: torch.device) -> str:
     if precision == "bfloat16" and device.type == "cpu":
         if cpu_computes_bfloat16():
             return "medium"
-        raise UserError([Problem("", "training.matmul_precision", "'bfloat16' needs a CPU whose oneDNN computes "
-                                 "in bfloat16 (AVX-512); this one does not, or oneDNN is off; use \"full\"")])
+        raise UserError([Problem("", "training.matmul_precision", "'bfloat16' needs a CPU whose matmuls "
+                                 "compute in bfloat16 when asked (probed: this one's stay float32, or oneDNN is "
+                                 "off); use \"full\"")])
     if precision == "tensorfloat32" and device.type == "cuda":
         if torch.cuda.get_device_capability(device) >= (8, 0):
             return "high"

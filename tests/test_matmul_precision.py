@@ -18,7 +18,8 @@ from gnorm.registry import build_registry
 
 BUILTINS = build_registry(autoload=False)
 ON_THE_CPU = {"training.device": "cpu"}
-needs_bfloat16 = pytest.mark.skipif(not cpu_computes_bfloat16(), reason="this CPU's oneDNN has no bfloat16")
+needs_bfloat16 = pytest.mark.skipif(not cpu_computes_bfloat16(),
+                                    reason="this CPU's float32 matmuls do not change when asked for bfloat16")
 
 
 def _train(path, precision: str, compile: str = "off") -> list:
@@ -94,4 +95,18 @@ def test_tensorfloat32_on_a_cpu_is_refused_in_one_line_naming_file_and_key(tmp_p
 
 def test_bfloat16_on_a_cpu_without_it_is_refused_in_one_line_naming_file_and_key(tmp_path, monkeypatch):
     monkeypatch.setattr(gnorm.engine, "cpu_computes_bfloat16", lambda: False)
-    assert _refused(tmp_path, "bfloat16").startswith("training.matmul_precision: 'bfloat16' needs a CPU whose oneDNN ")
+    assert _refused(tmp_path, "bfloat16").startswith("training.matmul_precision: 'bfloat16' needs a CPU whose matmuls ")
+
+
+def test_bfloat16_is_decided_by_its_effect_on_a_matmul_not_by_cpu_flags():
+    generator = torch.Generator().manual_seed(1)
+    left, right = torch.randn(3, 40, 56, generator=generator), torch.randn(3, 56, 24, generator=generator)
+    torch.set_float32_matmul_precision("medium")
+    try:
+        reduced = torch.bmm(left, right)
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    changed = not torch.equal(reduced, torch.bmm(left, right))
+    assert cpu_computes_bfloat16() == changed
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not cpu_computes_bfloat16()
