@@ -9,18 +9,23 @@ the file and the dotted key, all at once.
 
 from __future__ import annotations
 
+import collections.abc
 import copy
 import difflib
 import itertools
 import json
 import math
+import os
 import re
+import stat
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Iterable
 
 import attrs
 import cattrs
+import cattrs.cols
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from gnorm.errors import Problem, UserError
@@ -300,7 +305,39 @@ class Experiment:
 def _describe(value: Any) -> str:
     kind = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "a list",
             dict: "a table"}.get(type(value), f"a {type(value).__name__}")
-    return f"{kind} ({json.dumps(value, default=str)})" if not isinstance(value, (list, dict)) else kind
+    if isinstance(value, (list, dict)):
+        return kind
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{kind} ({_short(value)})"
+    text = json.dumps(value, default=str)
+    return f"{kind} ({text if len(text) <= 80 else text[:77] + '...'})"
+
+
+#: SQLite stores integers as signed 64-bit: the range every integer in a file must lie in.
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+
+
+def out_of_int64(value: Any) -> bool:
+    """Is ``value`` an integer (not a boolean) that a signed 64-bit integer cannot hold?"""
+    return isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX
+
+
+def _finite_float(value: int | float) -> float:
+    """float(value), refused (TypeError) where it is not a finite number: nan, inf, or an integer beyond
+    the float range."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise TypeError(f"expected a number, found an integer too large for a float ({_short(value)})") from None
+    if not math.isfinite(number):
+        raise TypeError(f"expected a number, found {value} (not finite)")
+    return number
+
+
+def _short(value: Any) -> str:
+    """An integer in words short enough for one line: its digits, or its sign and digit count."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:8]}... ({len(text.lstrip('-'))} digits)"
 
 
 def _strict(expected: str, accept: tuple[type, ...], cast=lambda value: value):
@@ -309,21 +346,85 @@ def _strict(expected: str, accept: tuple[type, ...], cast=lambda value: value):
             raise TypeError(f"expected {expected}, found {_describe(value)}")
         if isinstance(value, float) and not math.isfinite(value):
             raise TypeError(f"expected {expected}, found {value} (not finite)")
+        if out_of_int64(value) and int in accept and float not in accept:
+            raise TypeError(f"expected {expected} between -2^63 and 2^63 - 1 (what the results store holds), "
+                            f"found {_short(value)}")
         return cast(value)
     return hook
+
+
+_ARRAY_ORIGINS = (list, tuple, set, frozenset, collections.abc.Sequence, collections.abc.MutableSequence,
+                  collections.abc.Set, collections.abc.MutableSet)
+
+
+def _is_array_type(type_: Any) -> bool:
+    """list[...], tuple[...], Sequence[...], set[...] and the like (never str): what a TOML array holds."""
+    return type_ in _ARRAY_ORIGINS or typing.get_origin(type_) in _ARRAY_ORIGINS
+
+
+def _strict_array_factory(converter: cattrs.Converter):
+    """Structure hooks for array types that accept only a TOML array (a list), so that a string is never
+    read as its characters nor a table as its keys."""
+    def factory(type_: Any):
+        origin = typing.get_origin(type_) or type_
+        args = typing.get_args(type_)
+        if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[int, str]: fixed length
+            def fixed(value: Any, _type: Any) -> tuple:
+                if not isinstance(value, list) or len(value) != len(args):
+                    raise TypeError(f"expected a list of {len(args)} values, found {_describe(value)}")
+                return tuple(converter.structure(v, t) for v, t in zip(value, args))
+            return fixed
+        if origin in (set, frozenset, collections.abc.Set, collections.abc.MutableSet):
+            element = args[0] if args else Any
+            def as_set(value: Any, _type: Any):
+                if not isinstance(value, list):
+                    raise TypeError(f"expected a list, found {_describe(value)}")
+                return (frozenset if origin is frozenset else set)(converter.structure(v, element) for v in value)
+            return as_set
+        inner = (cattrs.cols.homogenous_tuple_structure_factory if origin is tuple
+                 else cattrs.cols.list_structure_factory)(type_, converter)
+
+        def array(value: Any, _type: Any):
+            if not isinstance(value, list):
+                raise TypeError(f"expected a list, found {_describe(value)}")
+            return inner(value, _type)
+        return array
+    return factory
+
+
+def _strict_table_factory(converter: cattrs.Converter):
+    """Structure hooks for mapping types that accept only a TOML table (a dict)."""
+    def factory(type_: Any):
+        inner = cattrs.cols.mapping_structure_factory(type_, converter)
+
+        def table(value: Any, _type: Any):
+            if not isinstance(value, dict):
+                raise TypeError(f"expected a table, found {_describe(value)}")
+            return inner(value, _type)
+        return table
+    return factory
 
 
 def make_converter() -> cattrs.Converter:
     strict = cattrs.Converter(forbid_extra_keys=True)
     strict.register_structure_hook(int, _strict("an integer", (int,)))
-    strict.register_structure_hook(float, _strict("a number", (int, float), float))
+    strict.register_structure_hook(float, _strict("a number", (int, float), _finite_float))
     strict.register_structure_hook(bool, _strict("true or false", (bool,)))
     strict.register_structure_hook(str, _strict("a string", (str,)))
+    strict.register_structure_hook_factory(_is_array_type, _strict_array_factory(strict))
+    strict.register_structure_hook_factory(cattrs.cols.is_mapping, _strict_table_factory(strict))
 
     def seeds_hook(value: Any, _type: Any) -> int | list[int]:
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_SEEDS:
             return value
+        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_SEEDS:
+            raise TypeError(f"expected a count of at most {MAX_SEEDS} seeds, found {_short(value)}")
         if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            bad = next((v for v in value if not 0 <= v <= MAX_SEED), None)
+            if bad is not None:
+                raise TypeError(f"a seed is an integer from 0 to 2^63 - 1, found {_short(bad)}")
+            if len(value) > MAX_SEEDS:
+                raise TypeError(f"expected at most {MAX_SEEDS} seeds, found {len(value)}")
             if len(set(value)) == len(value):
                 return value
             raise TypeError(f"seed {next(v for v in value if value.count(v) > 1)} is listed twice")
@@ -331,6 +432,11 @@ def make_converter() -> cattrs.Converter:
 
     strict.register_structure_hook(int | list[int], seeds_hook)
     return strict
+
+
+#: The most seeds a stage may run per cell, and the largest seed (seeds are stored as 64-bit integers).
+MAX_SEEDS = 10_000
+MAX_SEED = INT64_MAX
 
 
 converter = make_converter()
@@ -644,20 +750,61 @@ class _Loader:
         return float(raw) if not isinstance(raw, str) else raw
 
 
+#: The largest experiment file read; anything larger is refused before reading.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+UTF8_BOM = "\ufeff"
+
+
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, in words, from its ``st_mode``."""
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def read_experiment_text(path: Path) -> str:
+    """The text of an experiment file: a regular file of at most ``MAX_FILE_BYTES`` bytes of UTF-8 (a
+    leading byte-order mark is dropped). Anything else is refused, naming the file, before a byte is
+    read (so a named pipe or a device never blocks)."""
+    source = str(path)
+    try:
+        status = os.stat(path)
+    except OSError as error:
+        raise UserError([Problem(source, "", f"cannot read the file: {error.strerror}")]) from None
+    if not stat.S_ISREG(status.st_mode):
+        raise UserError([Problem(source, "", f"is {_file_kind(status.st_mode)}, not an experiment file "
+                                             "(a regular TOML file)")])
+    if status.st_size > MAX_FILE_BYTES:
+        raise UserError([Problem(source, "", f"is {status.st_size} bytes; an experiment file is at most "
+                                             f"{MAX_FILE_BYTES // (1024 * 1024)} MiB of TOML")])
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise UserError([Problem(source, "", f"cannot read the file: {error.strerror}")]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise UserError([Problem(source, "", f"is over {MAX_FILE_BYTES // (1024 * 1024)} MiB; an experiment "
+                                             "file is at most that much TOML")])
+    try:
+        return raw.decode("utf-8").removeprefix(UTF8_BOM)
+    except UnicodeDecodeError as error:
+        raise UserError([Problem(source, "", f"is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
+                                             f"{error.start}); save it as UTF-8")]) from None
+
+
 def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, Any] | None = None,
                     text: str | None = None) -> Experiment:
     """Read, check and expand an experiment file (or ``text``, the file's content as stored, named by
     ``path``). Raises :class:`UserError` listing every problem."""
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text() if text is None else text
-    except OSError as error:
-        raise UserError([Problem(source, "", f"cannot read the file: {error.strerror}")]) from None
+    text = read_experiment_text(path) if text is None else text.removeprefix(UTF8_BOM)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise UserError([Problem(source, "", f"not valid TOML: {error}")]) from None
+    except RecursionError:
+        raise UserError([Problem(source, "", "not valid TOML here: arrays or tables nested too deeply")]) from None
     loader = _Loader(source, registry)
     loader.problems += [Problem("--set", dotted, why) for dotted, value in (overrides or {}).items()
                         if (why := _set_dotted(data, dotted, value)) is not None]
