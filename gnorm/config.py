@@ -53,6 +53,20 @@ def _unit_interval(instance: Any, attribute: Any, value: float) -> None:
         raise ValueError(f"'{attribute.name}' must be in [0, 1), found {value}")
 
 
+#: The longest training budget a file may ask for, and the largest critical norm it may give.
+MAX_STEPS = 10**9
+MAX_NORM = 1e12
+#: The most evaluation points a geometric schedule may ask for.
+MAX_POINTS = 100_000
+#: The most runs one file may plan (all stages, sweep points and seeds together).
+MAX_RUNS = 100_000
+
+
+def _at_most_max_steps(instance: Any, attribute: Any, value: int) -> None:
+    if value > MAX_STEPS:
+        raise ValueError(f"'{attribute.name}' must be at most {MAX_STEPS:_} steps, found {_short(value)}")
+
+
 def _device_name(instance: Any, attribute: Any, value: str) -> None:
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
         raise ValueError(f"'{attribute.name}' must be auto, cpu, cuda, cuda:N or mps, found {value!r}")
@@ -88,7 +102,7 @@ class OptimizerConfig:
 
 @attrs.frozen
 class TrainingConfig:
-    max_steps: int = attrs.field(default=10_000, validator=attrs.validators.gt(0))
+    max_steps: int = attrs.field(default=10_000, validator=[attrs.validators.gt(0), _at_most_max_steps])
     precision: str = attrs.field(default="float32", validator=attrs.validators.in_(["float32", "float64"]))
     #: How float32 matmuls compute, opt-in and part of a run's identity (precision changes the science:
     #: softmax collapse, paper B): "full" (float32 throughout, whatever the process had set),
@@ -113,7 +127,7 @@ class EvaluationConfig:
     observables measured at every evaluation besides the losses, accuracies and norms."""
 
     schedule: str = attrs.field(default="geometric", validator=attrs.validators.in_(["geometric", "every"]))
-    points: int = attrs.field(default=360, validator=attrs.validators.gt(0))
+    points: int = attrs.field(default=360, validator=[attrs.validators.gt(0), attrs.validators.le(MAX_POINTS)])
     every: int = attrs.field(default=25, validator=attrs.validators.gt(0))
     stop_when_grokked: bool = True
     observables: list[str] = attrs.field(factory=list)
@@ -626,6 +640,11 @@ class _Loader:
                 self.problem(f"{where}zip", f"all lists in a zip must have one length, found lengths {lengths}")
             else:
                 grid = grid + [[_merge_options(combo) for combo in zip(*axes["zip"])]]
+        points = math.prod(len(axis) for axis in grid)
+        if points > MAX_RUNS:
+            self.problem(f"{where}sweep" if axes["sweep"] else f"{where}zip",
+                         f"gives {_short(points)} sweep points; a file may plan at most {MAX_RUNS} runs")
+            return []
         return [_merge_options(combo) for combo in itertools.product(*grid)]
 
     def component(self, section: str, raw: Any, origin) -> ComponentChoice | None:
@@ -667,8 +686,9 @@ class _Loader:
         at_step = raw.get("at_step")
         if at_step is None:
             self.problem(f"{key}.at_step", "required key is missing (the step whose state every arm starts from)")
-        elif isinstance(at_step, bool) or not isinstance(at_step, int) or at_step < 1:
-            self.problem(f"{key}.at_step", f"expected a positive integer, found {_describe(at_step)}")
+        elif isinstance(at_step, bool) or not isinstance(at_step, int) or not 1 <= at_step <= MAX_STEPS:
+            self.problem(f"{key}.at_step", f"expected a positive integer of at most {MAX_STEPS}, "
+                                           f"found {_describe(at_step)}")
             at_step = None
         controller = self.component("controller", raw.get("controller"), lambda parts: f"{key}." + ".".join(parts))
         if controller is not None and getattr(self.registry.get("norm_controller", controller.name),
@@ -744,8 +764,14 @@ class _Loader:
             where = "a later stage" if raw in stage_names else "no stage"
             self.problem(key, f"{raw!r} is {where}; name an earlier stage{_suggest(raw, earlier)} or give a number")
             return None
+        if isinstance(raw, float) and not math.isfinite(raw):
+            self.problem(key, f"expected a finite positive norm, found {raw}")
+            return None
         if not isinstance(raw, str) and raw <= 0:
             self.problem(key, f"expected a positive norm, found {raw}")
+            return None
+        if not isinstance(raw, str) and raw > MAX_NORM:
+            self.problem(key, f"expected a norm of at most {MAX_NORM:g}, found {_describe(raw)}")
             return None
         return float(raw) if not isinstance(raw, str) else raw
 
@@ -831,6 +857,7 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
     base = {section: data[section] for section in RUN_SECTIONS if section in data}
     global_points = loader.sweep_points(data.get("sweep"), data.get("zip"), "")
     stages: list[Stage] = []
+    planned_runs = 0
     for i, raw_stage in enumerate(raw_stages):
         stage_name = stage_names[i]
         where = f"stage[{stage_name}]."
@@ -845,8 +872,14 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
         stage_points = loader.sweep_points(raw_stage.get("sweep"), raw_stage.get("zip"), where)
         fork = loader.fork(raw_stage.get("fork"), where)
         runs: list[RunSpec] = []
-        for global_point, stage_point in itertools.product(_stage_global_points(loader, data, raw_stage, global_points),
-                                                           stage_points):
+        stage_global_points = _stage_global_points(loader, data, raw_stage, global_points)
+        planned = len(stage_global_points) * len(stage_points) * len(seeds)
+        if planned_runs + planned > MAX_RUNS:
+            loader.problem(f"{where.rstrip('.')}", f"plans {planned} runs ({planned_runs} before it); a file may plan "
+                           f"at most {MAX_RUNS} runs")
+            stage_global_points = []
+        planned_runs += planned
+        for global_point, stage_point in itertools.product(stage_global_points, stage_points):
             point = {**global_point, **stage_point}
             config = copy.deepcopy(merged)
             refused = [(origin_of_value, why) for dotted, (value, origin_of_value) in point.items()
@@ -1000,6 +1033,8 @@ def _analysis_choice(loader: _Loader, raw: Any, where: str) -> ComponentChoice |
 # Where a study runs: the [executor] table.
 
 DEFAULT_EXECUTOR = "local"
+#: The ranges of the coordinator's own executor settings.
+EXECUTOR_LIMITS = {"retries": (0, 100), "threads": (1, 4096)}
 
 
 @attrs.frozen
@@ -1038,9 +1073,10 @@ def executor_choice(experiment: Experiment, registry: Registry) -> ExecutorChoic
     own = {}
     for key, default in (("retries", 2), ("threads", 1)):
         value = options.pop(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "retries" else 1):
+        low, high = EXECUTOR_LIMITS[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             problems.append(Problem(source, f"executor.{key}",
-                                    f"expected an integer >= {0 if key == 'retries' else 1}, found {_describe(value)}"))
+                                    f"expected an integer from {low} to {high}, found {_describe(value)}"))
         own[key] = value
     if not isinstance(name, str):
         raise UserError(problems + [Problem(source, "executor.name", f"expected a string, found {_describe(name)}")])
