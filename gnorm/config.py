@@ -943,8 +943,37 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
     if not isinstance(executor, dict):
         loader.problem("executor", f"expected a table, found {_describe(executor)}")
     if loader.problems:
-        raise UserError(loader.problems)
+        raise UserError(_name_the_command_line(loader.problems, overrides or {}, data))
     return Experiment(path, meta, stages, [a for a in analyses if a], text, executor)
+
+
+def _key_parts(key: str) -> list[str]:
+    """A problem's dotted key as plain parts: ``stage[clamp].sweep."task.p"[0]`` -> stage, clamp, sweep,
+    task, p, 0."""
+    return [part for quoted, bracket, plain in re.findall(r'"([^"]*)"|\[([^\]]*)\]|([^.\["]+)', key)
+            for part in (quoted or bracket or plain).split(".")]
+
+
+def _override_parts(dotted: str, data: dict) -> list[str]:
+    """The parts of a ``--set`` key as problem keys spell them: a ``[[stage]]`` picked by index becomes its
+    name, an ``[[analysis]]`` table its 1-based number."""
+    parts = dotted.split(".")
+    tables = data.get(parts[0]) if len(parts) > 1 else None
+    if parts[0] in ("stage", "analysis") and isinstance(tables, list):
+        names = [t.get("name") if isinstance(t, dict) else None for t in tables]
+        index = names.index(parts[1]) if parts[1] in names else int(parts[1]) if parts[1].isdigit() else None
+        if index is not None and index < len(tables):
+            stage_name = names[index] if isinstance(names[index], str) else f"#{index + 1}"
+            parts[1] = stage_name if parts[0] == "stage" else str(index + 1)
+    return parts
+
+
+def _name_the_command_line(problems: list[Problem], overrides: dict[str, Any], data: dict) -> list[Problem]:
+    """Problems at a key that a ``--set`` wrote (or inside it) name the command line, not the file."""
+    written = [_override_parts(dotted, data) for dotted in overrides]
+    return [attrs.evolve(problem, source="--set")
+            if any(_key_parts(problem.key)[:len(parts)] == parts for parts in written) else problem
+            for problem in problems]
 
 
 def _stage_global_points(loader: _Loader, data: dict, raw_stage: dict,

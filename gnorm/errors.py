@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import attrs
 
 
@@ -18,13 +20,37 @@ class Problem:
         return f"{where}: {self.message}" if where else self.message
 
 
+#: Numbers and quoted names: what varies between the lines of one problem repeated over sweep points or seeds.
+_VARYING = re.compile(r"'[^']*'|\"[^\"]*\"|[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def _shape(problem: Problem) -> tuple[str, str, str]:
+    """A problem with its numbers and quoted names blanked: lines of one shape are one problem repeated."""
+    return problem.source, problem.key, _VARYING.sub("#", problem.message)
+
+
+def collapse_repeats(problems: list[Problem]) -> list[Problem]:
+    """One line per problem: identical problems become one, and problems at one key that differ only in
+    numbers or quoted names (one problem met at many sweep points or seeds) become the first of them with
+    ``(and N more like it)``. Order is that of first appearance."""
+    groups: dict[tuple[str, str, str], list[Problem]] = {}
+    for problem in problems:
+        group = groups.setdefault(_shape(problem), [])
+        if problem not in group:
+            group.append(problem)
+    return [group[0] if len(group) == 1 else
+            attrs.evolve(group[0], message=f"{group[0].message} (and {len(group) - 1} more like it)")
+            for group in groups.values()]
+
+
 class UserError(Exception):
-    """Bad input or a refused request. The CLI prints each line and exits with status 2."""
+    """Bad input or a refused request. The CLI prints each line and exits with status 2. Repeats of one
+    problem are collapsed into one line (:func:`collapse_repeats`)."""
 
     def __init__(self, problems: list[Problem] | str):
         if isinstance(problems, str):
             problems = [Problem(source="", key="", message=problems)]
-        self.problems = list(problems)
+        self.problems = collapse_repeats(list(problems))
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
