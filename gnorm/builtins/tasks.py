@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
-
-import math
 
 import attrs
 import torch
@@ -19,9 +18,36 @@ def _check_fraction(instance, attribute, value) -> None:
         raise ValueError(f"'{attribute.name}' must be between 0 and 1 (exclusive), found {value}")
 
 
+#: The largest modulus: a modular task holds all p^2 pairs (2^26 of them at p = 2^13) as int64 tensors.
+MAX_MODULUS = 2**13
+
+
 def _check_modulus(instance, attribute, value) -> None:
     if value < 2:
         raise ValueError(f"'{attribute.name}' must be at least 2, found {value}")
+    if value > MAX_MODULUS:
+        raise ValueError(f"'{attribute.name}' must be at most {MAX_MODULUS} (the task holds all p^2 pairs in "
+                         f"memory), found {value}")
+
+
+def train_size(num_examples: int, train_fraction: float) -> int:
+    """n_train = round(train_fraction * num_examples)."""
+    return int(round(train_fraction * num_examples))
+
+
+def _leaves_both_sets(count_pairs: Callable[[int], int]):
+    """Validator of ``train_fraction``: 0 < n_train < the number of pairs at the config's p, so that
+    neither the training nor the test set is empty (checked only where p itself is valid)."""
+    def check(instance, attribute, value) -> None:
+        if not 2 <= instance.p <= MAX_MODULUS or not 0.0 < value < 1.0:
+            return
+        pairs = count_pairs(instance.p)
+        n_train = train_size(pairs, value)
+        if not 0 < n_train < pairs:
+            empty = "training" if n_train == 0 else "test"
+            raise ValueError(f"'{attribute.name}' {value} of the {pairs} pairs at p = {instance.p} gives "
+                             f"{n_train} training and {pairs - n_train} test pairs: the {empty} set is empty")
+    return check
 
 
 @attrs.frozen
@@ -29,12 +55,36 @@ class ModularConfig:
     """``p``: the modulus; ``train_fraction``: share of the p^2 pairs used for training."""
 
     p: int = attrs.field(default=97, validator=_check_modulus)
-    train_fraction: float = attrs.field(default=0.4, validator=_check_fraction)
+    train_fraction: float = attrs.field(default=0.4, validator=[_check_fraction,
+                                                                _leaves_both_sets(lambda p: p * p)])
+
+
+#: Miller-Rabin witnesses that decide primality exactly for every n < 3.3 * 10^24 (beyond 2^64).
+_WITNESSES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
 
 
 def is_prime(n: int) -> bool:
-    """Trial division up to sqrt(n)."""
-    return n >= 2 and all(n % divisor for divisor in range(2, math.isqrt(n) + 1))
+    """Miller-Rabin with the first 13 primes as witnesses: n - 1 = d 2^s with d odd; n is composite when
+    some witness a has a^d != 1 and a^(d 2^r) != -1 (mod n) for every r < s. Exact for n < 3.3 * 10^24."""
+    if n < 2:
+        return False
+    for small in _WITNESSES:
+        if n % small == 0:
+            return n == small
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d, s = d // 2, s + 1
+    for a in _WITNESSES:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
 
 
 def _check_prime(instance, attribute, value) -> None:
@@ -47,13 +97,9 @@ def _check_prime(instance, attribute, value) -> None:
 class PrimeModularConfig:
     """``p``: a prime modulus; ``train_fraction``: share of the pairs used for training."""
 
-    p: int = attrs.field(default=97, validator=_check_prime)
-    train_fraction: float = attrs.field(default=0.4, validator=_check_fraction)
-
-
-def train_size(num_examples: int, train_fraction: float) -> int:
-    """n_train = round(train_fraction * num_examples)."""
-    return int(round(train_fraction * num_examples))
+    p: int = attrs.field(default=97, validator=[_check_modulus, _check_prime])
+    train_fraction: float = attrs.field(default=0.4, validator=[_check_fraction,
+                                                                _leaves_both_sets(lambda p: p * (p - 1))])
 
 
 def random_split(num_examples: int, train_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,11 +119,25 @@ class ModularTask:
         self.config = config
         self.num_classes = config.p
         self.input_spec = InputSpec(kind="tokens", length=2, vocab_size=config.p)
-        a, b = torch.cartesian_prod(torch.arange(config.p), torch.arange(config.p)).unbind(1)
-        if nonzero_b:
+        self._operation, self._nonzero_b = operation, nonzero_b
+
+    @functools.cached_property
+    def _pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, labels), built when first used: building the task to read its input shape (as the
+        experiment loader does) costs nothing."""
+        p = self.config.p
+        a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).unbind(1)
+        if self._nonzero_b:
             a, b = a[b != 0], b[b != 0]
-        self.inputs = torch.stack([a, b], dim=1)
-        self.labels = operation(a, b) % config.p
+        return torch.stack([a, b], dim=1), self._operation(a, b) % p
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        return self._pairs[0]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self._pairs[1]
 
     def split(self, split_seed: int) -> Split:
         n_train = train_size(len(self.labels), self.config.train_fraction)
@@ -123,6 +183,17 @@ class SparseParityConfig:
     def _at_most_n_bits(self, attribute, value) -> None:
         if value > self.n_bits:
             raise ValueError(f"'k' must be at most n_bits ({self.n_bits}), found {value}")
+
+    @test_size.validator
+    def _fits_in_memory(self, attribute, value) -> None:
+        inputs = (self.train_size + value) * self.n_bits
+        if inputs > MAX_PARITY_INPUTS:
+            raise ValueError(f"(train_size + test_size) * n_bits must be at most {MAX_PARITY_INPUTS} input "
+                             f"values (held in memory), found {inputs}")
+
+
+#: The most input values (samples x bits) a sparse parity task may hold.
+MAX_PARITY_INPUTS = 2**28
 
 
 def parity_labels(x: torch.Tensor, k: int) -> torch.Tensor:
