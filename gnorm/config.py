@@ -28,6 +28,7 @@ import cattrs
 import cattrs.cols
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from gnorm.components import ControllerContext
 from gnorm.errors import Problem, UserError
 from gnorm.registry import Registry, UnknownComponent
 from gnorm.science import derive_seed
@@ -58,6 +59,8 @@ MAX_STEPS = 10**9
 MAX_NORM = 1e12
 #: The most evaluation points a geometric schedule may ask for.
 MAX_POINTS = 100_000
+#: The most parameters one seed's model may have.
+MAX_PARAMETERS = 2**31
 #: The most runs one file may plan (all stages, sweep points and seeds together).
 MAX_RUNS = 100_000
 
@@ -722,17 +725,68 @@ class _Loader:
 
     def architecture_groups(self, task: ComponentChoice, architecture: ComponentChoice) -> list[str]:
         """The weight-norm groups of an architecture on a task, from a copy built on the meta device
-        (no memory, no arithmetic)."""
-        import torch  # only files that ask for group-bound observables pay for it
+        (no memory, no arithmetic); none where it cannot be built."""
+        built = self._built(task, architecture)
+        return [] if isinstance(built, UserError) or built is None else list(built.weight_norm_groups())
+
+    def _built(self, task: ComponentChoice, architecture: ComponentChoice) -> Any:
+        """The architecture's module on the task, built on the meta device, once per (task, architecture):
+        the module, the UserError its task or architecture raised, or None where building it failed
+        otherwise (left for training to report)."""
+        import torch  # only a file whose runs resolve pays for it
 
         cache_key = json.dumps([task.name, converter.unstructure(task.config), architecture.name,
                                 converter.unstructure(architecture.config)], sort_keys=True, default=str)
         if cache_key not in self._groups:
-            task_data = self.registry.get("task", task.name).factory(task.config)
-            with torch.device("meta"):
-                module = self.registry.get("architecture", architecture.name).factory(architecture.config, task_data)
-            self._groups[cache_key] = list(module.weight_norm_groups())
-        return self._groups[cache_key]
+            try:
+                task_data = self.registry.get("task", task.name).factory(task.config)
+                with torch.device("meta"):
+                    module = self.registry.get("architecture", architecture.name).factory(architecture.config,
+                                                                                          task_data)
+                self._groups[cache_key] = (module, task_data)
+            except UserError as error:
+                self._groups[cache_key] = (error, None)
+            except Exception:  # noqa: BLE001 - not the file's fault as far as the loader can tell
+                self._groups[cache_key] = (None, None)
+        return self._groups[cache_key][0]
+
+    def buildable(self, resolved: dict[str, Any], critical: float | str | None, fork: ForkSpec | None,
+                  origin, where: str) -> None:
+        """Build what a worker would build for these settings, without weights (the architecture on the
+        meta device, its controllers): every refusal the task, the architecture or a controller would
+        raise when the cell trains is reported now, under its key, and never reaches a worker."""
+        module = self._built(resolved["task"], resolved["architecture"])
+        if isinstance(module, UserError):
+            for problem in module.problems:
+                section = "architecture" if problem.message.startswith("architecture:") else "task"
+                message = problem.message.removeprefix(f"{section}:").strip()
+                key = problem.key or f"{section}.name"
+                self.problem(origin(tuple(key.split("."))), message)
+            return
+        if module is None:
+            return
+        parameters = sum(parameter.numel() for parameter in module.parameters())
+        if parameters > MAX_PARAMETERS:
+            self.problem(origin(("architecture",)), f"has {parameters:_} parameters per seed on this task; "
+                         f"gnorm trains at most {MAX_PARAMETERS:_} (2^31)")
+        groups = module.weight_norm_groups()
+        names = [name for group in groups.values() for name in group]
+        positions = {name: i for i, name in enumerate(names)}
+        context = ControllerContext(critical if isinstance(critical, float) else 1.0, 1,
+                                    groups={g: [positions[n] for n in members] for g, members in groups.items()},
+                                    tensor_names=names, start_step=fork.at_step if fork else 0)
+        arms = [(resolved["controller"], origin)]
+        if fork is not None:
+            arms.append((fork.controller, lambda parts: f"{where}fork." + ".".join(parts)))
+        for choice, where_is in arms:
+            try:
+                self.registry.get("norm_controller", choice.name).factory(choice.config, context)
+            except UserError as error:
+                for problem in error.problems:
+                    key = problem.key if problem.key.startswith("controller") else "controller"
+                    self.problem(where_is(tuple(key.split("."))), problem.message)
+            except Exception:  # noqa: BLE001 - left for training to report
+                pass
 
     def section(self, section: str, raw: Any, origin) -> Any:
         config, problems = structure(raw if raw is not None else {}, SECTION_CLASSES[section])
@@ -912,11 +966,17 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
                                    "norm relative to Wc; give a number or the name of a free stage")
             if resolved["evaluation"] is not None:
                 loader.observables(resolved["evaluation"], resolved["task"], resolved["architecture"], origin)
+            if all(resolved[s] is not None for s in ("task", "architecture", "controller")):
+                loader.buildable(resolved, critical, fork, origin, where)
             if fork is not None and resolved["training"] is not None \
                     and fork.at_step >= resolved["training"].max_steps:
                 loader.problem(f"{where}fork.at_step", f"must be below training.max_steps "
                                f"({resolved['training'].max_steps}), found {fork.at_step}")
             t_start = getattr(resolved["controller"].config, "t_start", None) if resolved["controller"] else None
+            if isinstance(t_start, int) and resolved["training"] is not None \
+                    and t_start > resolved["training"].max_steps:
+                loader.problem(origin(("controller", "t_start")), f"is after training.max_steps "
+                               f"({resolved['training'].max_steps}): the controller would never act, found {t_start}")
             if fork is not None and isinstance(t_start, int) and t_start < fork.at_step:
                 loader.problem(origin(("controller", "t_start")),
                                f"is before fork.at_step ({fork.at_step}): the trunk trains without this controller "
