@@ -520,7 +520,7 @@ def test_a_seed_has_one_init_and_split_across_the_free_stage_and_every_clamp_cel
 
 @pytest.mark.parametrize("overrides", [{"optimizer.lr": 1e-2},
                                        {"stage.clamp.sweep": {"controller.rho": [0.3, 0.6]}},
-                                       {"training.max_steps": 10}])
+                                       {"training.max_steps": 300}])
 def test_learning_rate_rho_and_budget_do_not_change_a_seeds_init_or_split(overrides):
     base, changed = load(QUICKSTART), load(QUICKSTART, overrides)
     assert {run.run_id for run in base.runs} != {run.run_id for run in changed.runs}
