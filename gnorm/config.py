@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections.abc
 import copy
 import difflib
+import functools
 import itertools
 import json
 import math
@@ -994,8 +995,9 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
     if not isinstance(raw_analyses, list):
         loader.problem("analysis", "expected [[analysis]] tables")
         raw_analyses = []
+    run_keys = functools.cache(lambda: _run_keys([run for stage in stages for run in stage.runs]))
     for i, raw in enumerate(raw_analyses):
-        analyses.append(_analysis_choice(loader, raw, f"analysis[{i + 1}]"))
+        analyses.append(_analysis_choice(loader, raw, f"analysis[{i + 1}]", stage_names, run_keys))
     if not loader.problems:
         stages = _attach_critical_norm_sources(loader, stages)
         _refuse_duplicate_runs(loader, stages)
@@ -1101,7 +1103,66 @@ def _cell_text(cell: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value}" for key, value in cell.items()) or "(all)"
 
 
-def _analysis_choice(loader: _Loader, raw: Any, where: str) -> ComponentChoice | None:
+#: attrs field metadata key by which a component's config class declares what an option names: a
+#: stage of the file (``naming("stage")``) or run keys (``naming("key")``: a dotted config key,
+#: ``facts.<name>`` or ``held_norm``; for a table, its keys). The loader checks what the file wrote.
+NAMES = "gnorm.names"
+#: Run keys that are not config keys: what analyzers read besides a run's configuration.
+DERIVED_KEYS = ("held_norm",)
+
+
+def naming(what: str) -> dict[str, str]:
+    """Field metadata declaring that an option names a ``stage`` of the file or run ``key``s."""
+    return {NAMES: what}
+
+
+def _named(value: Any) -> list[tuple[str, Any]]:
+    """(suffix of the dotted key, name) for each name an option holds: a string, a list or a table's keys."""
+    if isinstance(value, str):
+        return [("", value)] if value else []
+    if isinstance(value, dict):
+        return [(f".{name}" if re.fullmatch(r"[A-Za-z0-9_-]+", name) else f'."{name}"', name) for name in value]
+    if isinstance(value, (list, tuple)):
+        return [(f"[{i}]", name) for i, name in enumerate(value)]
+    return []
+
+
+def _run_keys(runs: list[RunSpec]) -> set[str]:
+    """Every dotted config key some run of the file has (one run per cell is read)."""
+    keys: set[str] = set()
+
+    def walk(table: dict, prefix: str) -> None:
+        for key, value in table.items():
+            keys.add(prefix + key)
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+    for cell in cells_of(runs):
+        walk(cell[0].plain(), "")
+    return keys
+
+
+def _check_names(loader: _Loader, config_class: type, written: dict, where: str, stage_names: list[str],
+                 run_keys: Any) -> None:
+    """The stages and run keys that the options written in the file name exist in it (names that are
+    not strings are left to structuring to report)."""
+    for field in attrs.fields(config_class):
+        what = field.metadata.get(NAMES)
+        if what is None or field.name not in written:
+            continue
+        for suffix, name in _named(written[field.name]):
+            if not isinstance(name, str):
+                continue
+            key = f"{where}.{field.name}{suffix}"
+            if what == "stage" and name not in stage_names:
+                loader.problem(key, f"no stage of this file is named {name!r}{_suggest(name, stage_names)} "
+                                    f"(stages: {', '.join(stage_names)})")
+            elif what == "key" and run_keys() and not (name in DERIVED_KEYS or name.startswith("facts.")
+                                                       or name in run_keys()):
+                loader.problem(key, f"no run of this file has the key {name!r}{_suggest(name, run_keys())}")
+
+
+def _analysis_choice(loader: _Loader, raw: Any, where: str, stage_names: list[str] | None = None,
+                     run_keys: Any = set) -> ComponentChoice | None:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         loader.problem(f"{where}.name", "required: the name of an analyzer")
         return None
@@ -1115,6 +1176,8 @@ def _analysis_choice(loader: _Loader, raw: Any, where: str) -> ComponentChoice |
     config, problems = structure(options, component.config_class)
     for path, message, valid in problems:
         loader.problem(".".join((where,) + path), message + (_suggest(path[-1], valid) if valid else ""))
+    if stage_names is not None and attrs.has(component.config_class):
+        _check_names(loader, component.config_class, options, where, stage_names, run_keys)
     return ComponentChoice(name, config) if config is not None else None
 
 

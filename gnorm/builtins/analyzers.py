@@ -32,7 +32,7 @@ import numpy as np
 
 import gnorm
 from gnorm.components import Analysis, RunRecord, Table
-from gnorm.config import dotted_value
+from gnorm.config import dotted_value, naming
 from gnorm.science import (
     coefficient_of_variation,
     compare_laws,
@@ -89,6 +89,41 @@ def _intervals(instance, attribute, value: dict[str, list[float]]) -> None:
     for key, interval in value.items():
         if len(interval) != 2 or interval[0] > interval[1]:
             raise ValueError(f"{key!r} must be [low, high] with low <= high, found {interval}")
+
+
+def _at_least(low: int):
+    """Validator: an integer option of at least ``low``."""
+    def check(instance, attribute, value) -> None:
+        if value < low:
+            raise ValueError(f"'{attribute.name}' must be at least {low}, found {value}")
+    return check
+
+
+def _resample_count(instance, attribute, value) -> None:
+    if not 1 <= value <= MAX_RESAMPLES:
+        raise ValueError(f"'{attribute.name}' must be from 1 to {MAX_RESAMPLES}, found {value}")
+
+
+def _confidence_level(instance, attribute, value) -> None:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"'{attribute.name}' must be a level between 0 and 1 (e.g. 0.95), found {value}")
+
+
+def _positive_number(instance, attribute, value) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"'{attribute.name}' must be positive, found {value}")
+
+
+def _not_empty(instance, attribute, value) -> None:
+    if not value:
+        raise ValueError(f"'{attribute.name}' must not be empty")
+
+
+#: The most bootstrap resamples an analyzer may draw.
+MAX_RESAMPLES = 1_000_000
+#: Field metadata: the option names stages of the file, or run keys (checked when the file is read).
+STAGES = naming("stage")
+KEYS = naming("key")
 
 
 def _cells(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
@@ -148,13 +183,13 @@ class CriticalNormConfig:
     ``across``: cell keys (e.g. ``task.train_fraction``) over which the spread of Wc is reported.
     ``power_law_in``: the key Wc is fitted against as a power law (default p)."""
 
-    stages: list[str] = attrs.field(factory=list)
-    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals)
-    norm: str = "total"
-    across: list[str] = attrs.field(factory=list)
-    power_law_in: str = "task.p"
-    resamples: int = 2000
-    confidence: float = 0.95
+    stages: list[str] = attrs.field(factory=list, metadata=STAGES)
+    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals, metadata=KEYS)
+    norm: str = attrs.field(default="total", validator=_not_empty)
+    across: list[str] = attrs.field(factory=list, metadata=KEYS)
+    power_law_in: str = attrs.field(default="task.p", validator=_not_empty, metadata=KEYS)
+    resamples: int = attrs.field(default=2000, validator=_resample_count)
+    confidence: float = attrs.field(default=0.95, validator=_confidence_level)
 
 
 def norm_at_grok(record: RunRecord, norm: str) -> float | None:
@@ -262,15 +297,15 @@ class DelayLawConfig:
     each cell, censored ones included (see the module docstring).
     """
 
-    x: str = "controller.rho"
-    group_by: list[str] = attrs.field(factory=list)
-    stages: list[str] = attrs.field(factory=list)
-    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals)
-    min_grokked: int = 3
-    min_cells: int = 3
-    resamples: int = 2000
-    confidence: float = 0.95
-    seed: int = 0
+    x: str = attrs.field(default="controller.rho", validator=_not_empty, metadata=KEYS)
+    group_by: list[str] = attrs.field(factory=list, metadata=KEYS)
+    stages: list[str] = attrs.field(factory=list, metadata=STAGES)
+    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals, metadata=KEYS)
+    min_grokked: int = attrs.field(default=3, validator=_at_least(1))
+    min_cells: int = attrs.field(default=3, validator=_at_least(2))
+    resamples: int = attrs.field(default=2000, validator=_resample_count)
+    confidence: float = attrs.field(default=0.95, validator=_confidence_level)
+    seed: int = attrs.field(default=0, validator=_at_least(0))
 
 
 def fit_delay_law(cells: dict[float, list[int | None]], min_grokked: int, resamples: int, level: float,
@@ -361,7 +396,7 @@ class SharedExponentConfig(DelayLawConfig):
     Groups with fewer than ``min_cells`` usable cells are left out and reported. Options as for
     ``delay_law``."""
 
-    group_by: list[str] = attrs.field(factory=lambda: ["task.p"])
+    group_by: list[str] = attrs.field(factory=lambda: ["task.p"], metadata=KEYS)
 
 
 def fit_shared_exponent(groups: dict[Any, dict[float, list[int | None]]], min_grokked: int, min_cells: int,
@@ -463,13 +498,13 @@ class LeversConfig:
     Cells with fewer than ``min_grokked`` grokked seeds are left out and reported.
     """
 
-    x: str = "controller.rho"
-    across: str = "optimizer.lr"
-    stages: list[str] = attrs.field(factory=list)
-    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals)
-    reference: dict[str, float] = attrs.field(factory=dict)
-    delay_from: str = ""
-    min_grokked: int = 3
+    x: str = attrs.field(default="controller.rho", validator=_not_empty, metadata=KEYS)
+    across: str = attrs.field(default="optimizer.lr", metadata=KEYS)
+    stages: list[str] = attrs.field(factory=list, metadata=STAGES)
+    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals, metadata=KEYS)
+    reference: dict[str, float] = attrs.field(factory=dict, metadata=KEYS)
+    delay_from: str = attrs.field(default="", metadata=KEYS)
+    min_grokked: int = attrs.field(default=3, validator=_at_least(1))
 
 
 def delay_ratio(slow: float, fast: float) -> dict[str, float]:
@@ -566,12 +601,12 @@ class LawComparisonConfig:
     into the exponential, or the saddle-node into a line).
     """
 
-    x: str = "held_norm"
-    group_by: list[str] = attrs.field(factory=lambda: ["task.p"])
-    stages: list[str] = attrs.field(factory=list)
-    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals)
-    min_grokked: int = 3
-    min_cells: int = 5
+    x: str = attrs.field(default="held_norm", validator=_not_empty, metadata=KEYS)
+    group_by: list[str] = attrs.field(factory=lambda: ["task.p"], metadata=KEYS)
+    stages: list[str] = attrs.field(factory=list, metadata=STAGES)
+    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals, metadata=KEYS)
+    min_grokked: int = attrs.field(default=3, validator=_at_least(1))
+    min_cells: int = attrs.field(default=5, validator=_at_least(2))
 
 
 LAWS = ("exponential", "power_offset", "saddle_node")
@@ -640,10 +675,10 @@ class FreeContractionConfig:
 
     v_mem: str = attrs.field(default="at_memorization",
                              validator=attrs.validators.in_(("at_memorization", "peak")))
-    group_by: list[str] = attrs.field(factory=lambda: ["task.p", "optimizer.lr", "optimizer.weight_decay"])
-    stages: list[str] = attrs.field(factory=list)
-    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals)
-    min_runs: int = 3
+    group_by: list[str] = attrs.field(factory=lambda: ["task.p", "optimizer.lr", "optimizer.weight_decay"], metadata=KEYS)
+    stages: list[str] = attrs.field(factory=list, metadata=STAGES)
+    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals, metadata=KEYS)
+    min_runs: int = attrs.field(default=3, validator=_at_least(1))
 
 
 V_MEM_FACT = {"at_memorization": "norm_at_memorization", "peak": "peak_norm"}
@@ -746,18 +781,18 @@ class LogitMediationConfig:
     0.97, 0.01-0.02).
     """
 
-    stages: list[str] = attrs.field(factory=list)
-    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals)
-    group_by: list[str] = attrs.field(factory=lambda: ["task.p", "loss.name"])
-    norm_key: str = "controller.rho"
-    temperature_key: str = "loss.temperature"
-    baseline_norm: float = 1.0
-    baseline_temperature: float = 1.0
-    raised_norm: float | None = None
-    logit_scale: str = "auto"
-    min_grokked: int = 3
-    resamples: int = 2000
-    confidence: float = 0.95
+    stages: list[str] = attrs.field(factory=list, metadata=STAGES)
+    within: dict[str, list[float]] = attrs.field(factory=dict, validator=_intervals, metadata=KEYS)
+    group_by: list[str] = attrs.field(factory=lambda: ["task.p", "loss.name"], metadata=KEYS)
+    norm_key: str = attrs.field(default="controller.rho", validator=_not_empty, metadata=KEYS)
+    temperature_key: str = attrs.field(default="loss.temperature", validator=_not_empty, metadata=KEYS)
+    baseline_norm: float = attrs.field(default=1.0, validator=_positive_number)
+    baseline_temperature: float = attrs.field(default=1.0, validator=_positive_number)
+    raised_norm: float | None = attrs.field(default=None, validator=_positive_number)
+    logit_scale: str = attrs.field(default="auto", validator=_not_empty)
+    min_grokked: int = attrs.field(default=3, validator=_at_least(1))
+    resamples: int = attrs.field(default=2000, validator=_resample_count)
+    confidence: float = attrs.field(default=0.95, validator=_confidence_level)
 
 
 LOGIT_SCALE_FACTS = ("logit_scale_at_grok", "seed_mean_logit_scale_at_grok")
