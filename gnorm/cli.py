@@ -63,7 +63,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("experiment_file", type=click.Path(dir_okay=False))
+@click.argument("experiment_file", type=click.Path())
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Results directory "
               "(default: experiment.output_dir, else runs/<experiment.name>).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -137,7 +137,7 @@ def _echo_analysis(analysis: Analysis) -> None:
 
 
 @main.command()
-@click.argument("experiment_file", type=click.Path(dir_okay=False))
+@click.argument("experiment_file", type=click.Path())
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any key of the file.")
 @reports_user_errors
 def validate(experiment_file: str, overrides: tuple[str, ...]) -> None:
