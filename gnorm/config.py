@@ -1177,7 +1177,9 @@ def _analysis_choice(loader: _Loader, raw: Any, where: str, stage_names: list[st
     for path, message, valid in problems:
         loader.problem(".".join((where,) + path), message + (_suggest(path[-1], valid) if valid else ""))
     if stage_names is not None and attrs.has(component.config_class):
-        _check_names(loader, component.config_class, options, where, stage_names, run_keys)
+        misshapen = {re.sub(r"\[.*$", "", path[0]) for path, _, _ in problems if path}
+        _check_names(loader, component.config_class, {k: v for k, v in options.items() if k not in misshapen},
+                     where, stage_names, run_keys)
     return ComponentChoice(name, config) if config is not None else None
 
 
