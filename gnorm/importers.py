@@ -384,15 +384,11 @@ def import_reference(folder: str | Path, store: Store) -> list[RunRecord]:
     for run in runs:
         store.write_run(run.record, run.steps, run.metrics)
     store.add_to_plan([(run.record.run_id, run.record.stage, run.record.cell) for run in runs])
-    with store.connection:
-        sources = json.loads(store.meta("reference_sources") or "[]")
-        if str(folder) not in sources:
-            sources.append(str(folder))
-        store.connection.execute("INSERT OR REPLACE INTO meta VALUES ('reference_sources', ?)",
-                                 (json.dumps(sources),))
-        store.connection.execute("INSERT OR REPLACE INTO meta VALUES ('evaluation_schedule', ?)",
-                                 (EVALUATION_NOTE,))
-        notes = json.loads(store.meta("import_notes") or "[]")
-        notes += [note for note in experiment.notes if note not in notes]
-        store.connection.execute("INSERT OR REPLACE INTO meta VALUES ('import_notes', ?)", (json.dumps(notes),))
+    sources = store.meta_json("reference_sources", [])
+    if str(folder) not in sources:
+        sources.append(str(folder))
+    notes = store.meta_json("import_notes", [])
+    notes += [note for note in experiment.notes if note not in notes]
+    store.set_meta({"reference_sources": json.dumps(sources), "evaluation_schedule": EVALUATION_NOTE,
+                    "import_notes": json.dumps(notes)})
     return [run.record for run in runs]
