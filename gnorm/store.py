@@ -406,6 +406,14 @@ class FailedRun:
     attempts: int
 
 
+def lock_holder(directory: Path) -> str:
+    """What ``gnorm.lock`` says about the process holding ``directory``'s lock (it may be gone)."""
+    try:
+        return (Path(directory) / LOCK).read_text().strip() or "another process"
+    except OSError:
+        return "another process"
+
+
 # ---------------------------------------------------------------------------------------------------
 # Opening the file.
 
