@@ -14,15 +14,18 @@ PROJECT_NAME = "gnorm"
 #: Marker for plugin hook implementations: ``@gnorm.hookimpl def gnorm_norm_controllers(): ...``
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-from gnorm.components import (  # noqa: E402  (re-exported for plugin authors)
-    Analyzer,
-    Architecture,
-    Executor,
-    GrokCriterion,
-    NormController,
-    Observable,
-    Task,
-)
+#: Component classes re-exported for plugin authors (``gnorm.NormController``), imported on first use so
+#: that ``import gnorm`` (and the command line's start) does not wait for torch.
+_COMPONENTS = ("Analyzer", "Architecture", "Executor", "GrokCriterion", "NormController", "Observable", "Task")
+
+
+def __getattr__(name: str):
+    if name in _COMPONENTS:
+        from gnorm import components
+
+        return getattr(components, name)
+    raise AttributeError(f"module 'gnorm' has no attribute {name!r}")
+
 
 __all__ = [
     "Analyzer",

@@ -1,23 +1,42 @@
-"""The ``gnorm`` command: run | validate | plugins | show | analyze | export | report | import | bench."""
+"""The ``gnorm`` command: run | validate | plugins | show | analyze | export | report | import | bench.
+
+Every command answers bad input with one line per problem (``error: <where>: <key>: <message>``) and
+exit status 2, and a Ctrl-C anywhere with one ``interrupted`` line and exit status 130. Reading
+commands (show, analyze, export, report) open the store read-only. The heavy modules (torch and the
+plugins) are imported inside the commands, where a Ctrl-C is caught too.
+"""
 
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
+import os
+import sqlite3
 import sys
 from functools import wraps
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from gnorm import __version__
-from gnorm.components import Analysis
-from gnorm.config import Experiment, load_experiment, parse_override
-from gnorm.errors import UserError
-from gnorm.registry import Registry, default_registry
-from gnorm.store import Store
-from gnorm.tables import cell_label, format_table, stage_summaries
+from gnorm.errors import Problem, UserError, write_failure
+
+if TYPE_CHECKING:
+    from gnorm.components import Analysis
+    from gnorm.config import Experiment
+    from gnorm.registry import Registry
+    from gnorm.store import Store
+
+#: Exit status after a Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
+
+
+def _echo_problems(error: UserError) -> None:
+    for problem in error.problems:
+        click.echo(f"error: {problem}", err=True)
 
 
 def reports_user_errors(command: Callable) -> Callable:
@@ -28,13 +47,48 @@ def reports_user_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            for problem in error.problems:
-                click.echo(f"error: {problem}", err=True)
+            _echo_problems(error)
             sys.exit(2)
     return wrapper
 
 
+def disk_full_problem(error: BaseException) -> UserError | None:
+    """A full disk met outside the store's own writes (SQLite's "database or disk is full", or OSError
+    ENOSPC) as one line naming the file; None for any other error."""
+    if isinstance(error, sqlite3.OperationalError) and "full" in str(error):
+        return UserError(f"the disk is full (SQLite: {error}); what was stored before stays stored: free some "
+                         "space and run the same command again")
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return write_failure("", error.filename or "(a file)", error)
+    return None
+
+
+class GnormGroup(click.Group):
+    """The command group: a Ctrl-C in any command (importing, loading plugins, reading, printing) is
+    one ``interrupted`` line and exit status 130; a UserError or a full disk is one line per problem and
+    exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            command = ctx.invoked_subcommand or "command"
+            click.echo(f"\ninterrupted: gnorm {command} stopped; nothing already stored was lost", err=True)
+            ctx.exit(INTERRUPTED)
+        except UserError as error:
+            _echo_problems(error)
+            ctx.exit(2)
+        except (sqlite3.OperationalError, OSError) as error:
+            full = disk_full_problem(error)
+            if full is None:
+                raise
+            _echo_problems(full)
+            ctx.exit(2)
+
+
 def _registry() -> Registry:
+    from gnorm.registry import default_registry
+
     registry = default_registry()
     for failure in registry.failures:
         click.echo(f"warning: plugin {failure.entry_point} from {failure.provider} failed to load and was "
@@ -43,6 +97,8 @@ def _registry() -> Registry:
 
 
 def _load(path: str, overrides: tuple[str, ...]) -> tuple[Experiment, Registry]:
+    from gnorm.config import load_experiment, parse_override
+
     parsed, problems = {}, []
     for text in overrides:
         try:
@@ -56,7 +112,43 @@ def _load(path: str, overrides: tuple[str, ...]) -> tuple[Experiment, Registry]:
     return load_experiment(path, registry, parsed), registry
 
 
-@click.group()
+def _write_text(option: str, path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file, then a rename), so a full disk
+    never leaves a truncated file; a failure is one line naming ``option`` and the path."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError as error:
+        try:
+            temporary.unlink()
+        except OSError:
+            pass
+        raise write_failure(option, path, error) from None
+
+
+def _output_directory(option: str, path: Path) -> Path:
+    """``path`` made (with its parents) to write into; a failure is one line naming ``option`` (or, for
+    a default path, the path alone)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_failure(option, path, error) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise write_failure(option, path, PermissionError(errno.EACCES, "permission denied"))
+    return path
+
+
+def _output_file(option: str, path: Path) -> Path:
+    """Refuse, before any work, a file path whose directory is missing or that names a directory."""
+    if path.is_dir():
+        raise write_failure(option, path, IsADirectoryError(errno.EISDIR, "is a directory"))
+    if not path.parent.is_dir():
+        raise write_failure(option, path, FileNotFoundError(errno.ENOENT, "no such directory"))
+    return path
+
+
+@click.group(cls=GnormGroup)
 @click.version_option(__version__, prog_name="gnorm")
 def main() -> None:
     """Run and analyse weight-norm interventions in grokking."""
@@ -80,6 +172,8 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
     """Run every stage of EXPERIMENT_FILE; finished runs already in the store are skipped, runs stored
     as failed are tried again."""
     from gnorm.config import executor_choice, with_executor
+    from gnorm.store import Store
+    from gnorm.tables import cell_label
 
     experiment, registry = _load(experiment_file, overrides)
     experiment = with_executor(experiment, executor_name, scheduler)
@@ -102,25 +196,38 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
         click.echo(f"gnorm {__version__}: {experiment.source} -> {directory}", err=True)
         try:
             skipped = run_experiment(experiment, registry, store, Progress(), executor)
-        except KeyboardInterrupt:
-            done = len(store.finished_run_ids() & {r.run_id for r in experiment.runs})
-            click.echo(f"\ninterrupted: {done}/{len(experiment.runs)} runs are stored in {directory}; "
-                       "run the same command again to finish the rest", err=True)
-            sys.exit(130)
-        _print_summary(store, experiment, registry)
-        for line in skipped:
-            click.echo(f"error: {line}", err=True)
-        if experiment.analyses and store.records():
-            from gnorm.report import write_report
+            _print_summary(store, experiment, registry)
+            for line in skipped:
+                click.echo(f"error: {line}", err=True)
+            if experiment.analyses and store.records():
+                from gnorm.report import write_report
 
-            written = write_report(store, directory / "report", registry, experiment.analyses)
-            click.echo(f"report: {written.path}", err=True)
+                written = write_report(store, directory / "report", registry, experiment.analyses)
+                click.echo(f"report: {written.path}", err=True)
+        except KeyboardInterrupt:
+            click.echo("\n" + _interrupted_run(store, experiment, directory), err=True)
+            sys.exit(INTERRUPTED)
     if skipped:
         sys.exit(1)
 
 
+def _interrupted_run(store: Store, experiment: Experiment, directory: Path) -> str:
+    """The line a Ctrl-C during ``gnorm run`` ends with: how many of the file's runs are stored."""
+    planned = {r.run_id for r in experiment.runs}
+    try:
+        done = len(store.finished_run_ids() & planned)
+    except UserError:
+        return f"interrupted: the runs finished so far are stored in {directory}; run the same command again"
+    if done == len(planned):
+        return (f"interrupted: all {done} runs are stored in {directory}; gnorm show {directory} prints the "
+                "summary")
+    return (f"interrupted: {done}/{len(planned)} runs are stored in {directory}; run the same command again to "
+            "finish the rest")
+
+
 def _print_summary(store: Store, experiment: Experiment, registry: Registry) -> None:
     from gnorm.study import planned_cells
+    from gnorm.tables import format_table, stage_summaries
 
     records = store.records()
     for table in stage_summaries(records, planned_cells(store.plan())):
@@ -130,6 +237,8 @@ def _print_summary(store: Store, experiment: Experiment, registry: Registry) -> 
 
 
 def _echo_analysis(analysis: Analysis) -> None:
+    from gnorm.tables import format_table
+
     for table in analysis.tables:
         click.echo("\n" + format_table(table))
     for note in analysis.notes:
@@ -167,6 +276,7 @@ def plugins(as_json: bool) -> None:
         click.echo(json.dumps({"components": entries, "failures": failures}, indent=2))
         return
     from gnorm.components import Table
+    from gnorm.tables import format_table
 
     click.echo(format_table(Table("gnorm components", ["kind", "name", "package", "summary"],
                                   [[e["kind"], e["name"], f"{e['package']} {e['version']}", e["summary"]]
@@ -174,12 +284,17 @@ def plugins(as_json: bool) -> None:
 
 
 def _open(directory: str) -> Store:
-    return Store(directory)
+    """DIRECTORY's store, read-only: a reading command creates and changes no file there."""
+    from gnorm.store import Store
+
+    return Store(directory, read_only=True)
 
 
 def _stored_analyses(store: Store, registry: Registry) -> list:
     """The ``[[analysis]]`` choices of the experiment file as it was run (not as it may read now); none,
     with a warning, where that file no longer loads here (a plugin it used is not installed)."""
+    from gnorm.config import load_experiment
+
     text, source = store.meta("experiment_toml"), store.meta("source")
     if not (text and source):
         return []
@@ -197,6 +312,7 @@ def _stored_analyses(store: Store, registry: Registry) -> list:
 def show(directory: str) -> None:
     """Print a summary table per stage of the results in DIRECTORY."""
     from gnorm.study import planned_cells
+    from gnorm.tables import cell_label, format_table, stage_summaries
 
     store = _open(directory)
     records, plan, failed = store.records(), store.plan(), store.failed_runs()
@@ -211,6 +327,17 @@ def show(directory: str) -> None:
                + (f", {missing} still to run" if missing else ""))
 
 
+def _known_analyzers(registry: Registry, names: tuple[str, ...]) -> None:
+    """Refuse every ``--analyzer`` name no installed plugin gives, listing the known ones."""
+    from gnorm.registry import UnknownComponent
+
+    known = registry.names("analyzer")
+    unknown = [Problem("--analyzer", "", str(UnknownComponent("analyzer", name, known)))
+               for name in dict.fromkeys(names) if name not in known]
+    if unknown:
+        raise UserError(unknown)
+
+
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--analyzer", "names", multiple=True, help="Analyzer to run (repeatable; default: the file's "
@@ -220,6 +347,8 @@ def show(directory: str) -> None:
 def analyze(directory: str, names: tuple[str, ...], json_path: str | None) -> None:
     """Run analyzers on the results in DIRECTORY."""
     registry = _registry()
+    _known_analyzers(registry, names)
+    json_file = _output_file("--json", Path(json_path)) if json_path else None
     store = _open(directory)
     records = store.records()
     chosen = [(name, registry.get("analyzer", name).config_class()) for name in names] if names else None
@@ -232,8 +361,20 @@ def analyze(directory: str, names: tuple[str, ...], json_path: str | None) -> No
         analysis = analyzer.factory(config if config is not None else analyzer.config_class())(records)
         _echo_analysis(analysis)
         results.append({"analyzer": analysis.analyzer, "numbers": analysis.numbers, "notes": analysis.notes})
-    if json_path:
-        Path(json_path).write_text(json.dumps(results, indent=2, default=str))
+    if json_file:
+        _write_text("--json", json_file, json.dumps(results, indent=2, default=str))
+
+
+def _table_text(rows: list[dict[str, Any]], fmt: str) -> str:
+    """``rows`` as the text of a JSON list or of a CSV file with every key of any row as a column."""
+    if fmt == "json":
+        return json.dumps(rows, indent=1)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
 
 
 @main.command()
@@ -245,8 +386,7 @@ def export(directory: str, fmt: str, out_dir: str | None) -> None:
     """Write tidy tables of DIRECTORY's runs: runs.<fmt> (one row per run) and evaluations.<fmt>
     (one row per run and evaluated step)."""
     store = _open(directory)
-    target = Path(out_dir or Path(directory) / "export")
-    target.mkdir(parents=True, exist_ok=True)
+    option = "--out" if out_dir else ""
     runs, evaluations = [], []
     for record in store.records():
         row = {"run_id": record.run_id, "stage": record.stage, "seed": record.seed, "t_mem": record.t_mem,
@@ -259,16 +399,10 @@ def export(directory: str, fmt: str, out_dir: str | None) -> None:
         trajectory = store.trajectory(record.run_id)
         for i in range(len(trajectory["step"])):
             evaluations.append({"run_id": record.run_id, **{k: v[i] for k, v in trajectory.items()}})
+    target = _output_directory(option, Path(out_dir or Path(directory) / "export"))
     for name, rows in (("runs", runs), ("evaluations", evaluations)):
         path = target / f"{name}.{fmt}"
-        if fmt == "json":
-            path.write_text(json.dumps(rows, indent=1))
-        else:
-            columns = list(dict.fromkeys(k for row in rows for k in row))
-            with path.open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows(rows)
+        _write_text(option, path, _table_text(rows, fmt))
         click.echo(f"wrote {path} ({len(rows)} rows)")
 
 
@@ -284,8 +418,8 @@ def report(directory: str, out_dir: str | None) -> None:
 
     registry = _registry()
     store = _open(directory)
-    written = write_report(store, Path(out_dir or Path(directory) / "report"), registry,
-                           _stored_analyses(store, registry))
+    out = _output_directory("--out" if out_dir else "", Path(out_dir or Path(directory) / "report"))
+    written = write_report(store, out, registry, _stored_analyses(store, registry))
     drawn = len([f for f in written.figures if f.suffix == ".png"])
     click.echo(f"wrote {written.path}: {drawn} figures (PNG and PDF)"
                + (f", {len(written.left_out)} left out (see the report)" if written.left_out else ""))
@@ -299,12 +433,14 @@ def import_(folders: tuple[str, ...], out_dir: str) -> None:
     """Read the papers' released per-seed results (one experiment folder each, e.g.
     ../shared/reference/paper-a/denserho) into a gnorm store, so that analyze and show run on them."""
     from gnorm.importers import import_reference
+    from gnorm.store import Store
 
+    missing = [Problem(folder, "", "no such folder") for folder in folders if not Path(folder).is_dir()]
+    if missing:
+        raise UserError(missing)
     store = Store(out_dir, create=True)
     with store.exclusive():
         for folder in folders:
-            if not Path(folder).is_dir():
-                raise UserError(f"{folder}: no such folder")
             records = import_reference(folder, store)
             click.echo(f"imported {len(records)} runs from {folder}")
 
@@ -334,6 +470,7 @@ def bench(steps: int, seeds: int, reference_a_seeds: int, w2: bool, memory: bool
 
     from gnorm import bench as benchmark
     from gnorm.components import Table
+    from gnorm.tables import format_table
 
     registry = _registry()
     click.echo(f"gnorm bench: torch {torch.__version__}, {torch.get_num_threads()} threads, W1 = p 59, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 
 import attrs
@@ -56,3 +57,16 @@ class UserError(Exception):
 
 class PluginError(UserError):
     """A plugin set that cannot be used: two packages give one name, or a hook name is misspelled."""
+
+
+def write_failure(source: str, path: object, error: OSError) -> UserError:
+    """A failed write of ``path`` as one line: ``source`` (a command-line option, or "" to lead with the
+    path), the path, and why in words (the disk is full, no such directory, read-only, ...)."""
+    reasons = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+               errno.ENOENT: "its directory does not exist", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied", errno.EROFS: "the file system is read-only",
+               errno.EISDIR: "it is a directory", errno.ENOTDIR: "a part of the path is not a directory",
+               errno.EEXIST: "it exists and is not a directory"}
+    reason = reasons.get(error.errno, error.strerror or str(error))
+    return UserError([Problem(source, str(path), f"cannot write here: {reason}") if source else
+                      Problem(str(path), "", f"cannot write here: {reason}")])

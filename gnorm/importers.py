@@ -68,7 +68,8 @@ import attrs
 import numpy as np
 
 from gnorm.components import RunRecord
-from gnorm.store import EVALUATION_COLUMNS, Store
+from gnorm.errors import Problem, UserError
+from gnorm.store import EVALUATION_COLUMNS, NAMED_PROBLEMS, Store
 
 PAPER_A_EVALUATION = {"schedule": "geometric", "points": 360, "every": 25, "stop_when_grokked": False}
 PAPER_B_EVALUATION = {"schedule": "every", "points": 360, "every": 25, "stop_when_grokked": True}
@@ -267,9 +268,25 @@ def seed_mean_at(step: int, steps: list[int], seed_mean: np.ndarray) -> float:
 
 
 def read_cell(path: Path, paper: str, experiment: str) -> list[ImportedRun]:
-    """Every seed of one cell file, with an empty cell (``read_experiment`` fills it in)."""
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {key: data[key] for key in data.files}
+    """Every seed of one cell file, with an empty cell (``read_experiment`` fills it in). A file that
+    cannot be read, or lacks an array or scalar the import needs, is a UserError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except Exception as error:  # a damaged or truncated file: zipfile, numpy and OS errors alike
+        raise UserError([Problem(str(path), "", f"cannot read this result file ({type(error).__name__}: "
+                                 f"{' '.join(str(error).split())[:200]}); is it damaged?")]) from None
+    try:
+        return _cell_runs(path, arrays, paper, experiment)
+    except KeyError as error:
+        raise UserError([Problem(str(path), str(error.args[0]), "missing from this result file")]) from None
+    except (TypeError, ValueError, IndexError) as error:
+        raise UserError([Problem(str(path), "", f"not a result file of the papers' layout ({type(error).__name__}: "
+                                 f"{' '.join(str(error).split())[:200]})")]) from None
+
+
+def _cell_runs(path: Path, arrays: dict[str, np.ndarray], paper: str, experiment: str) -> list[ImportedRun]:
+    """Every seed of one cell file's arrays."""
     t_grok = times_from_paper(arrays["T_grok_per_seed"])
     t_mem = times_from_paper(arrays["T_mem_per_seed"])
     seeds = len(t_grok)
@@ -342,9 +359,25 @@ def read_experiment(folder: str | Path) -> ReferenceExperiment:
     """
     folder = Path(folder)
     paper, experiment = paper_of(folder), folder.name
+    files = cell_files(folder)
+    if not files:
+        raise UserError([Problem(str(folder), "", "holds no result files (metrics/*.npz or *.npz): nothing to "
+                                 "import; name a reference experiment folder, e.g. paper-a/denserho")])
+    read, damaged = {}, []
+    for path in files:
+        try:
+            read[path] = read_cell(path, paper, experiment)
+        except UserError as error:
+            damaged += error.problems
+    if damaged:
+        raise UserError(damaged[:NAMED_PROBLEMS] + ([Problem(str(folder), "", f"... and {len(damaged) - NAMED_PROBLEMS} "
+                                                             "more damaged result files")]
+                                                    if len(damaged) > NAMED_PROBLEMS else []))
     runs, notes, seen = [], [], {}
-    for path in cell_files(folder):
-        cell_runs = read_cell(path, paper, experiment)
+    for path in files:
+        cell_runs = read[path]
+        if not cell_runs:
+            continue
         settings = json.dumps(flatten(cell_runs[0].record.config), sort_keys=True)
         times = [(run.record.t_mem, run.record.t_grok) for run in cell_runs]
         earlier = seen.get((cell_runs[0].record.stage, settings))
@@ -353,6 +386,8 @@ def read_experiment(folder: str | Path) -> ReferenceExperiment:
             continue
         seen.setdefault((cell_runs[0].record.stage, settings), (path.name, times))
         runs += cell_runs
+    if not runs:
+        raise UserError([Problem(str(folder), "", f"its {len(files)} result files hold no seeds: nothing to import")])
     by_stage: dict[str, list[ImportedRun]] = defaultdict(list)
     for run in runs:
         by_stage[run.record.stage].append(run)
@@ -384,15 +419,11 @@ def import_reference(folder: str | Path, store: Store) -> list[RunRecord]:
     for run in runs:
         store.write_run(run.record, run.steps, run.metrics)
     store.add_to_plan([(run.record.run_id, run.record.stage, run.record.cell) for run in runs])
-    with store.connection:
-        sources = json.loads(store.meta("reference_sources") or "[]")
-        if str(folder) not in sources:
-            sources.append(str(folder))
-        store.connection.execute("INSERT OR REPLACE INTO meta VALUES ('reference_sources', ?)",
-                                 (json.dumps(sources),))
-        store.connection.execute("INSERT OR REPLACE INTO meta VALUES ('evaluation_schedule', ?)",
-                                 (EVALUATION_NOTE,))
-        notes = json.loads(store.meta("import_notes") or "[]")
-        notes += [note for note in experiment.notes if note not in notes]
-        store.connection.execute("INSERT OR REPLACE INTO meta VALUES ('import_notes', ?)", (json.dumps(notes),))
+    sources = store.meta_json("reference_sources", [])
+    if str(folder) not in sources:
+        sources.append(str(folder))
+    notes = store.meta_json("import_notes", [])
+    notes += [note for note in experiment.notes if note not in notes]
+    store.set_meta({"reference_sources": json.dumps(sources), "evaluation_schedule": EVALUATION_NOTE,
+                    "import_notes": json.dumps(notes)})
     return [run.record for run in runs]

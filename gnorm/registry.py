@@ -24,6 +24,9 @@ from gnorm.errors import PluginError, Problem
 ENTRY_POINT_GROUP = "gnorm"
 #: Set to 1 to load only gnorm's own plugins (third-party entry points are ignored).
 DISABLE_AUTOLOAD_ENV = "GNORM_DISABLE_PLUGIN_AUTOLOAD"
+#: How to get past a plugin set that cannot be used, said with each such problem (two packages, one).
+WAY_OUT = f"uninstall one of them, or set {DISABLE_AUTOLOAD_ENV}=1 to load gnorm's own plugins only"
+WAY_OUT_ONE = f"fix or uninstall that package, or set {DISABLE_AUTOLOAD_ENV}=1 to load gnorm's own plugins only"
 
 #: Registration hook per component kind.
 REGISTRATION_HOOKS: dict[str, str] = {
@@ -118,11 +121,54 @@ def _hook_problems(plugin: Any, plugin_manager: pluggy.PluginManager) -> list[st
     return problems
 
 
+def _components_by_plugin(plugin_manager: pluggy.PluginManager, providers: dict[str, Provider],
+                          failures: list[LoadFailure]) -> tuple[dict[str, list[Component]], set[str]]:
+    """Each registered plugin's components, in hook order, and the plugins to skip: a registration hook
+    that raises is reported and only its own components are left out; one that returns something other
+    than a list of its kind's components is reported and its whole plugin is skipped."""
+    offered: dict[str, list[Component]] = {name: [] for name in providers}
+    skipped: set[str] = set()
+    for kind, hook_name in REGISTRATION_HOOKS.items():
+        expected = _CLASS_OF_KIND[kind]
+        for implementation in getattr(plugin_manager.hook, hook_name).get_hookimpls():
+            provider = providers[implementation.plugin_name]
+            where = f"{implementation.plugin_name}.{hook_name}"
+            try:
+                returned = implementation.function()
+            except (Exception, SystemExit) as error:
+                failures.append(LoadFailure(where, provider, f"{type(error).__name__}: {error}"))
+                continue
+            wrong = returned_problem(returned, expected)
+            if wrong:
+                failures.append(LoadFailure(where, provider, f"{wrong}; the plugin is skipped"))
+                skipped.add(implementation.plugin_name)
+                continue
+            offered[implementation.plugin_name] += list(returned)
+    return offered, skipped
+
+
+def returned_problem(returned: Any, expected: type) -> str:
+    """What is wrong with a registration hook's return value (a list or tuple of ``expected``), or ""."""
+    if not isinstance(returned, (list, tuple)):
+        return f"returned {_shown(returned)}, expected a list of gnorm.{expected.__name__}"
+    for item in returned:
+        if not isinstance(item, expected):
+            return f"returned a list holding {_shown(item)}, expected only gnorm.{expected.__name__}"
+    return ""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def build_registry(extra_plugins: Iterable[tuple[Any, Provider]] = (), autoload: bool | None = None) -> Registry:
     """Load plugins from entry points (gnorm's own always; third-party unless disabled) and
     ``extra_plugins``, then collect their components.
 
-    Raises :class:`PluginError` for a misspelled hook or a component name given by two packages.
+    Raises :class:`PluginError` for a misspelled hook or a component name given by two packages; a
+    plugin that fails to import (even by ``sys.exit()``) or whose registration hook raises or returns
+    something other than a list of components is reported in ``failures`` and skipped.
     """
     if autoload is None:
         autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
@@ -139,7 +185,7 @@ def build_registry(extra_plugins: Iterable[tuple[Any, Provider]] = (), autoload:
             continue
         try:
             plugin = entry_point.load()
-        except Exception as error:  # a broken third-party package must not take gnorm down
+        except (Exception, SystemExit) as error:  # a broken third-party package must not take gnorm down
             failures.append(LoadFailure(entry_point.value, provider, f"{type(error).__name__}: {error}"))
             continue
         candidates.append((f"{provider.package}:{entry_point.name}", plugin, provider))
@@ -151,40 +197,33 @@ def build_registry(extra_plugins: Iterable[tuple[Any, Provider]] = (), autoload:
             continue  # two entry points naming one module
         wrong = _hook_problems(plugin, plugin_manager)
         if wrong:
-            problems.append(Problem(f"plugin {plugin_name} ({provider})", "", "; ".join(wrong)))
+            problems.append(Problem(f"plugin {plugin_name} ({provider})", "", "; ".join(wrong) + f"; {WAY_OUT_ONE}"))
             continue
         try:
             plugin_manager.register(plugin, name=plugin_name)
             plugin_manager.check_pending()  # a hookimpl(specname=...) that names no hook
         except pluggy.PluginValidationError as error:  # or an argument the hookspec does not have
-            problems.append(Problem(f"plugin {plugin_name} ({provider})", "", " ".join(str(error).split())))
+            problems.append(Problem(f"plugin {plugin_name} ({provider})", "", " ".join(str(error).split())
+                                    + f"; {WAY_OUT_ONE}"))
             if plugin_manager.is_registered(plugin):  # register() may stop half way
                 plugin_manager.unregister(plugin)
             continue
         providers[plugin_name] = provider
 
+    offered, skipped = _components_by_plugin(plugin_manager, providers, failures)
     registered: dict[tuple[str, str], Registered] = {}
-    for kind, hook_name in REGISTRATION_HOOKS.items():
-        for implementation in getattr(plugin_manager.hook, hook_name).get_hookimpls():
-            provider = providers[implementation.plugin_name]
-            try:
-                components = list(implementation.function() or [])
-            except Exception as error:
-                failures.append(LoadFailure(f"{implementation.plugin_name}.{hook_name}", provider,
-                                            f"{type(error).__name__}: {error}"))
+    for plugin_name, components in offered.items():
+        if plugin_name in skipped:
+            continue
+        provider = providers[plugin_name]
+        for component in components:
+            key = (component.kind, component.name)
+            if key in registered:
+                first = registered[key].provider
+                problems.append(Problem("plugins", f"{component.kind} {component.name!r}",
+                                        f"given by two packages: {first} and {provider}; {WAY_OUT}"))
                 continue
-            for component in components:
-                if not isinstance(component, _CLASS_OF_KIND[kind]):
-                    problems.append(Problem(f"plugin {implementation.plugin_name} ({provider})", hook_name,
-                                            f"returned {component!r}, expected gnorm.{_CLASS_OF_KIND[kind].__name__}"))
-                    continue
-                key = (kind, component.name)
-                if key in registered:
-                    first = registered[key].provider
-                    problems.append(Problem("plugins", f"{kind} {component.name!r}",
-                                            f"given by two packages: {first} and {provider}"))
-                    continue
-                registered[key] = Registered(component, provider)
+            registered[key] = Registered(component, provider)
     if problems:
         raise PluginError(problems)
     return Registry(plugin_manager, registered, failures)

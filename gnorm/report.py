@@ -46,7 +46,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from gnorm.builtins.analyzers import bootstrap_cell_medians, median_t_grok, record_value, select
 from gnorm.components import Analysis, RunRecord, Table
-from gnorm.errors import UserError
+from gnorm.errors import UserError, write_failure
 from gnorm.registry import Registry
 from gnorm.science import LineFit, ols_line, ols_slopes, percentile_interval
 from gnorm.store import Store
@@ -496,10 +496,14 @@ class ReportWriter:
 
     def figure(self, name: str, figure: Figure, caption: str) -> None:
         folder = self.directory / "figures"
-        folder.mkdir(parents=True, exist_ok=True)
         for suffix in ("png", "pdf"):
-            figure.savefig(folder / f"{name}.{suffix}")
-            self.figures.append(folder / f"{name}.{suffix}")
+            path = folder / f"{name}.{suffix}"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                figure.savefig(path)
+            except OSError as error:  # a full disk, a read-only directory
+                raise write_failure("", path, error) from None
+            self.figures.append(path)
         self.add(f"![{caption}](figures/{name}.png)\n\n*{caption}* ([PDF](figures/{name}.pdf))")
 
     def analysis(self, analysis: Analysis) -> None:
@@ -569,7 +573,7 @@ def write_report(store: Store, out_dir: str | Path, registry: Registry,
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"{out}: cannot write the report here ({error.strerror})") from None
+        raise write_failure("", out, error) from None
     report = ReportWriter(out)
     _header(report, store, records)
     chosen = {choice.name: choice.config for choice in analyses}
@@ -579,7 +583,10 @@ def write_report(store: Store, out_dir: str | Path, registry: Registry,
     _trajectory_section(report, store, records, critical)
     _file_analyses_section(report, registry, records, analyses)
     path = out / "report.md"
-    path.write_text("\n\n".join(report.lines) + "\n")
+    try:
+        path.write_text("\n\n".join(report.lines) + "\n")
+    except OSError as error:
+        raise write_failure("", path, error) from None
     for old in (out / "figures").glob("*") if (out / "figures").is_dir() else []:
         if old.suffix in (".png", ".pdf") and old.name.startswith(FIGURE_PREFIXES) and old not in report.figures:
             old.unlink()
@@ -696,7 +703,7 @@ def _header(report: ReportWriter, store: Store, records: Sequence[RunRecord]) ->
     from gnorm.study import planned_cells
 
     source = store.meta("source")
-    imported = json.loads(store.meta("reference_sources") or "[]")
+    imported = store.meta_json("reference_sources", [])
     origin = [f"Experiment file: `{source}`." if source else "",
               ("Imported reference data: " + ", ".join(f"`{s}`" for s in imported) + ".") if imported else ""]
     schedules = {json.dumps(r.config.get("evaluation") or {}, sort_keys=True) for r in records}
