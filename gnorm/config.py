@@ -974,10 +974,6 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
                 loader.problem(f"{where}fork.at_step", f"must be below training.max_steps "
                                f"({resolved['training'].max_steps}), found {fork.at_step}")
             t_start = getattr(resolved["controller"].config, "t_start", None) if resolved["controller"] else None
-            if isinstance(t_start, int) and resolved["training"] is not None \
-                    and t_start > resolved["training"].max_steps:
-                loader.problem(origin(("controller", "t_start")), f"is after training.max_steps "
-                               f"({resolved['training'].max_steps}): the controller would never act, found {t_start}")
             if fork is not None and isinstance(t_start, int) and t_start < fork.at_step:
                 loader.problem(origin(("controller", "t_start")),
                                f"is before fork.at_step ({fork.at_step}): the trunk trains without this controller "

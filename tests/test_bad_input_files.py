@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import gnorm.cli
+import gnorm.registry
 from gnorm.cli import main
 from gnorm.config import MAX_FILE_BYTES
 from gnorm.registry import DISABLE_AUTOLOAD_ENV, build_registry
@@ -26,7 +27,7 @@ FREE_STAGE = '[[stage]]\nname = "free"\n'
 @pytest.fixture(autouse=True)
 def _builtin_plugins_only(monkeypatch):
     monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
-    monkeypatch.setattr(gnorm.cli, "default_registry", lambda: BUILTINS)
+    monkeypatch.setattr(gnorm.registry, "default_registry", lambda: BUILTINS)
 
 
 STUDY = """\

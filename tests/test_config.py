@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 import gnorm
 import gnorm.cli
+import gnorm.registry
 from gnorm.cli import main
 from gnorm.config import load_experiment
 from gnorm.errors import UserError
@@ -33,7 +34,7 @@ BUILTINS = build_registry(autoload=False)
 @pytest.fixture(autouse=True)
 def _builtin_plugins_only(monkeypatch):
     monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
-    monkeypatch.setattr(gnorm.cli, "default_registry", lambda: BUILTINS)
+    monkeypatch.setattr(gnorm.registry, "default_registry", lambda: BUILTINS)
 
 STUDY = """\
 [experiment]
@@ -346,7 +347,7 @@ def test_a_missing_required_key_in_a_base_section_is_named(tmp_path, registry_wi
 
 
 def test_validate_reports_a_missing_plugin_key_with_exit_2(tmp_path, registry_with_required_key, monkeypatch):
-    monkeypatch.setattr(gnorm.cli, "default_registry", lambda: registry_with_required_key)
+    monkeypatch.setattr(gnorm.registry, "default_registry", lambda: registry_with_required_key)
     path = write(tmp_path, edited(NEEDS_WIDTH, (", width = 2", "")))
     assert error_lines(invoke("validate", path)) == [f"error: {path}: stage[free].controller.width: required key is missing"]
 

@@ -8,6 +8,7 @@ import torch
 from click.testing import CliRunner
 
 import gnorm.cli
+import gnorm.registry
 from gnorm.cli import main
 from gnorm.components import ControllerContext, RunRecord
 from gnorm.config import Stage, load_experiment
@@ -317,7 +318,7 @@ controller = { name = "group_clamp", group = "readout", rho = 1.1, t_start = 100
 def test_a_group_clamp_stage_holds_the_readout_at_rho_times_the_free_stages_readout_norm_at_grok(
         tmp_path, monkeypatch):
     monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
-    monkeypatch.setattr(gnorm.cli, "default_registry", lambda: BUILTINS)
+    monkeypatch.setattr(gnorm.registry, "default_registry", lambda: BUILTINS)
     path = tmp_path / "groups.toml"
     path.write_text(STUDY)
     result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "out")])
