@@ -1,0 +1,289 @@
+"""Long cells survive a kill: a cell checkpoints its whole training state as it goes, a task given the
+same job again resumes from the checkpoint, and what it stores is bit-identical to an uninterrupted
+run (wall time aside). Damaged checkpoints and checkpoints of other jobs are ignored; a stored cell's
+checkpoint is removed; a split cell resumes in the parts it was checkpointed in."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import attrs
+import pytest
+import torch
+
+import gnorm
+import gnorm.engine
+from conftest import GNORM
+from gnorm.builtins.controllers import Clamp, ClampConfig
+from gnorm.checkpoints import CHECKPOINT_FOLDER, checkpoint_path
+from gnorm.config import cells_of, load_experiment
+from gnorm.engine import CellJob, train_cell
+from gnorm.registry import Provider, build_registry
+from gnorm.store import DATABASE, Store
+from gnorm.study import Progress, _Cell, checkpointed_parts, run_experiment
+from gnorm.worker import torch_threads, train_cell_task
+
+REGISTRY = build_registry(autoload=False)
+
+#: Seeds 0, 1, 2 of the free cell grok at steps 500, 300 and 280 and stop there; the held cell holds
+#: each seed at its own norm from step 200: seed 1 groks at 340, seed 0 trains out its budget.
+STUDY = """
+[experiment]
+name = "checkpointed"
+seeds = {seeds}
+[task]
+name = "modular_addition"
+p = 97
+train_fraction = 0.5
+[architecture]
+name = "mlp"
+embed_dim = 16
+hidden_dim = 32
+[optimizer]
+lr = 5e-3
+[training]
+max_steps = {max_steps}
+checkpoint_seconds = {checkpoint_seconds}
+[evaluation]
+schedule = "every"
+every = 20
+[executor]
+name = "{executor}"
+[[stage]]
+name = "free"
+{held}"""
+HELD = """[[stage]]
+name = "held"
+controller = { name = "relative_clamp", factor = 1.0, t_start = 200 }
+"""
+
+
+def study(tmp_path: Path, seeds: str = "[0, 1]", max_steps: int = 600, checkpoint_seconds: float = 1e-6,
+          executor: str = "serial", held: bool = True) -> Path:
+    """The study file; ``checkpoint_seconds = 1e-6`` checkpoints at every evaluation."""
+    path = tmp_path / "checkpointed.toml"
+    path.write_text(STUDY.format(seeds=seeds, max_steps=max_steps, checkpoint_seconds=checkpoint_seconds,
+                                 executor=executor, held=HELD if held else ""))
+    return path
+
+
+def jobs(path: Path, folder: Path, registry=REGISTRY) -> dict[str, CellJob]:
+    """stage name -> the job of its (one) cell (Wc as the stage gives it), checkpointing to ``folder``."""
+    experiment = load_experiment(path, registry)
+    out = {}
+    for stage in experiment.stages:
+        (cell,) = cells_of(stage.runs)
+        out[stage.name] = CellJob(cell, stage.critical_norm,
+                                  checkpoint=str(checkpoint_path(folder, [r.run_id for r in cell])))
+    return out
+
+
+def comparable(results) -> list:
+    """Each run's record (all but its wall time), evaluation steps and metric columns, in finishing order."""
+    rows = []
+    for result in results:
+        record = attrs.asdict(result.record)
+        record["facts"] = {k: v for k, v in record["facts"].items() if k != "wall_seconds"}
+        rows.append((record, result.steps, result.metrics))
+    return rows
+
+
+class Interrupted(Exception):
+    pass
+
+
+def saved(job: CellJob) -> dict:
+    """The job's checkpoint file as stored (format checks aside)."""
+    return torch.load(job.checkpoint, map_location="cpu", weights_only=True)
+
+
+def interrupt_at(job: CellJob, step: int, registry=REGISTRY) -> None:
+    """Train ``job`` (resuming from its checkpoint, if any) and stop it at the evaluation of ``step``."""
+    def progress(at: int, active: int) -> None:
+        if at >= step:
+            raise Interrupted(at)
+    with torch_threads(1), pytest.raises(Interrupted):
+        train_cell(job, registry, lambda record, log: None, progress)
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("cells")
+    path = study(tmp_path)
+    uninterrupted = {name: comparable(train_cell_task(attrs.evolve(job, checkpoint=None), 1, REGISTRY))
+                     for name, job in jobs(path, tmp_path / "unused").items()}
+    return path, uninterrupted
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resumed cells store what uninterrupted cells store, bit for bit.
+
+
+def test_a_cell_interrupted_twice_resumes_and_finishes_bit_identical(cells, tmp_path):
+    path, uninterrupted = cells
+    job = jobs(path, tmp_path)["free"]
+    interrupt_at(job, 200)
+    assert saved(job)["step"] == 180 and len(saved(job)["members"]) == 2
+    interrupt_at(job, 400)  # seed 1 grokked at 300 and left: its record rides in the checkpoint
+    assert saved(job)["step"] == 380 and len(saved(job)["members"]) == 1 and len(saved(job)["finished"]) == 1
+    assert comparable(train_cell_task(job, 1, REGISTRY)) == uninterrupted["free"]
+
+
+def test_a_controller_with_per_member_state_resumes_bit_identical(cells, tmp_path):
+    path, uninterrupted = cells
+    job = jobs(path, tmp_path)["held"]
+    interrupt_at(job, 260)  # after t_start: each seed's held norm is the controller's state
+    interrupt_at(job, 400)  # seed 1 grokked at 340: the controller kept seed 0's held norm only
+    assert len(saved(job)["members"]) == 1
+    assert comparable(train_cell_task(job, 1, REGISTRY)) == uninterrupted["held"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# What is not a usable checkpoint is ignored, with a warning; nothing else changes.
+
+
+@pytest.fixture(scope="module")
+def short(tmp_path_factory):
+    """The free cell over 100 steps (no seed groks), its uninterrupted results."""
+    tmp_path = tmp_path_factory.mktemp("short")
+    path = study(tmp_path, max_steps=100, held=False)
+    return path, comparable(train_cell_task(jobs(path, tmp_path / "unused")["free"], 1, REGISTRY))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_checkpoint_is_ignored_and_the_cell_trains_from_the_start(short, tmp_path, damage):
+    path, uninterrupted = short
+    job = jobs(path, tmp_path)["free"]
+    file = Path(job.checkpoint)
+    if damage == "garbage":
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(b"not a checkpoint")
+    else:
+        interrupt_at(job, 60)
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="damaged checkpoint ignored"):
+        results = train_cell_task(job, 1, REGISTRY)
+    assert comparable(results) == uninterrupted
+
+
+def test_a_checkpoint_of_another_job_is_ignored(short, tmp_path):
+    path, uninterrupted = short
+    job = jobs(path, tmp_path)["free"]
+    interrupt_at(job, 60)
+    other = CellJob(job.runs, 12.5, checkpoint=job.checkpoint)  # another Wc: another job's results
+    interrupt_at(other, 80)
+    with pytest.warns(UserWarning, match="checkpoint of another job"):
+        results = train_cell_task(job, 1, REGISTRY)
+    assert comparable(results) == uninterrupted
+    assert saved(job)["step"] == 100  # and it checkpointed anew as it went, to its last evaluation
+
+
+def test_a_folder_that_cannot_be_written_costs_only_the_checkpoints(short, tmp_path):
+    path, uninterrupted = short
+    (tmp_path / "a file").write_text("")
+    job = attrs.evolve(jobs(path, tmp_path)["free"], checkpoint=str(tmp_path / "a file" / "checkpoint.pt"))
+    with pytest.warns(UserWarning, match="cannot write checkpoints here"):
+        results = train_cell_task(job, 1, REGISTRY)
+    assert comparable(results) == uninterrupted
+
+
+def test_a_controller_that_cannot_be_pickled_trains_without_checkpoints(tmp_path):
+    class Unpicklable(Clamp):  # a class local to a function cannot be pickled
+        pass
+
+    class Plugin:
+        @gnorm.hookimpl
+        def gnorm_norm_controllers(self):
+            return [gnorm.NormController(name="local_clamp", summary="a clamp that cannot be pickled",
+                                         config_class=ClampConfig, factory=Unpicklable, uses_critical_norm=True)]
+
+    registry = build_registry(extra_plugins=[(Plugin(), Provider("test-plugin", "0"))], autoload=False)
+    path = study(tmp_path, max_steps=60, held=False)
+    path.write_text(path.read_text().replace('name = "free"',
+                                             'name = "free"\ncritical_norm = 30.0\ncontroller = { name = "local_clamp" }'))
+    job = jobs(path, tmp_path, registry)["free"]
+    with pytest.warns(UserWarning, match="cannot be pickled, so it trains without checkpoints"):
+        results = train_cell_task(job, 1, registry)
+    assert len(results) == 2 and not Path(job.checkpoint).exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The coordinator: resumes from the checkpoint, removes it once the cell is stored, keeps a split.
+
+
+def stored(out: Path) -> dict:
+    store = Store(out)
+    return {r.run_id: (r.t_grok, r.t_mem, r.norm_at_grok, {k: v for k, v in r.facts.items() if k != "wall_seconds"},
+                       store.trajectory(r.run_id)) for r in store.records()}
+
+
+class StopAt:
+    """A plugin that interrupts the study (as Ctrl-C would) at the first evaluation of ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    @gnorm.hookimpl
+    def gnorm_after_evaluation(self, run_id, step, metrics):
+        if step >= self.step:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_study_resumes_its_cell_and_removes_the_checkpoint_once_stored(short, tmp_path, monkeypatch):
+    path, _ = short
+    stopper = build_registry(extra_plugins=[(StopAt(60), Provider("test-plugin", "0"))], autoload=False)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(load_experiment(path, stopper), stopper, Store(out, create=True), Progress(io.StringIO()))
+    assert [file.name for file in (out / CHECKPOINT_FOLDER).iterdir()] == [Path(jobs(path, out)["free"].checkpoint).name]
+
+    resumed_from = []
+    real = gnorm.engine._resume
+    monkeypatch.setattr(gnorm.engine, "_resume", lambda job, state, *rest: resumed_from.append(state.step)
+                        or real(job, state, *rest))
+    assert run_experiment(load_experiment(path, REGISTRY), REGISTRY, Store(out), Progress(io.StringIO())) == []
+    assert resumed_from == [40]
+    assert list((out / CHECKPOINT_FOLDER).iterdir()) == []
+    run_experiment(load_experiment(path, REGISTRY), REGISTRY, Store(tmp_path / "whole", create=True),
+                   Progress(io.StringIO()))
+    assert stored(out) == stored(tmp_path / "whole")
+
+
+def _cell(runs) -> _Cell:
+    return _Cell(stage=None, runs=runs, label="[free] (all)")
+
+
+def test_a_cell_is_cut_into_the_parts_that_left_checkpoints_and_the_seeds_between_them():
+    runs = [attrs.make_class("Run", ["seed"])(seed) for seed in range(6)]
+    with_checkpoints = [runs[1:3], runs[4:5], runs[1:2]]
+    parts = checkpointed_parts(_cell(runs), lambda part: part in with_checkpoints)
+    assert [part.runs for part in parts] == [runs[0:1], runs[1:3], runs[3:4], runs[4:5], runs[5:6]]
+    assert parts[1].label == "[free] (all) seeds 1-2"
+    assert checkpointed_parts(_cell(runs), lambda part: False) is None
+    assert [part.runs for part in checkpointed_parts(_cell(runs), lambda part: part == runs)] == [runs]
+
+
+def test_a_cell_checkpointed_in_other_parts_than_this_split_resumes_in_those_parts(tmp_path):
+    path = study(tmp_path, seeds="4", max_steps=100, held=False)
+    out = tmp_path / "out"
+    (cell,) = cells_of(load_experiment(path, REGISTRY).stages[0].runs)
+    first_three = CellJob(cell[:3], None, checkpoint=str(checkpoint_path(out / CHECKPOINT_FOLDER,
+                                                                         [r.run_id for r in cell[:3]])))
+    interrupt_at(first_three, 60)  # as if an earlier invocation had split the cell 3 + 1
+    stream = io.StringIO()
+    local = load_experiment(path, REGISTRY, {"executor.name": "local", "executor.workers": 2})
+    assert run_experiment(local, REGISTRY, Store(out, create=True), Progress(stream)) == []
+    assert "[free] (all) seeds 0-2: started" in stream.getvalue(), stream.getvalue()  # not 0-1 and 2-3
+    assert "[free] (all) seeds 3-3: started" in stream.getvalue()
+    assert list((out / CHECKPOINT_FOLDER).iterdir()) == []
+    run_experiment(load_experiment(path, REGISTRY), REGISTRY, Store(tmp_path / "serial", create=True),
+                   Progress(io.StringIO()))
+    assert stored(out) == stored(tmp_path / "serial")
