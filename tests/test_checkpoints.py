@@ -24,7 +24,7 @@ import gnorm.engine
 from conftest import GNORM
 from gnorm.builtins.controllers import Clamp, ClampConfig
 from gnorm.checkpoints import CHECKPOINT_FOLDER, checkpoint_path
-from gnorm.config import cells_of, load_experiment
+from gnorm.config import cells_of, load_experiment, with_executor
 from gnorm.engine import CellJob, train_cell
 from gnorm.registry import Provider, build_registry
 from gnorm.store import DATABASE, Store
@@ -287,3 +287,135 @@ def test_a_cell_checkpointed_in_other_parts_than_this_split_resumes_in_those_par
     run_experiment(load_experiment(path, REGISTRY), REGISTRY, Store(tmp_path / "serial", create=True),
                    Progress(io.StringIO()))
     assert stored(out) == stored(tmp_path / "serial")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The promise end to end: `gnorm run` killed at random moments, then run to completion.
+
+
+def checkpoint_steps(folder: Path) -> dict[str, tuple[int, int]]:
+    """file name -> (step, inode) of every checkpoint in ``folder``; each must load (writes are atomic)."""
+    found = {}
+    for file in folder.glob("*.pt"):
+        try:
+            with open(file, "rb") as handle:  # the inode and the step of the same file
+                inode = os.fstat(handle.fileno()).st_ino
+                found[file.name] = (torch.load(handle, map_location="cpu", weights_only=True)["step"], inode)
+        except FileNotFoundError:  # stored and removed meanwhile
+            continue
+    return found
+
+
+def spawned_children(pid: int) -> list[int]:
+    """The multiprocessing spawn workers whose parent is ``pid``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid \
+                    and b"spawn_main" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+class Killer:
+    """Starts ``command`` in its own session and kills it (or only what ``kill_part`` kills) ``kills``
+    times. Kill i comes a random 0-0.1 s after a checkpoint written since the last kill reaches step
+    (i + 1) * budget / (kills + 1), so kills spread over the cell whatever the machine's speed.
+    Records, for every kill, the step of the first checkpoint written after the previous one."""
+
+    def __init__(self, command: list[str], folder: Path, log: Path, env: dict, seed: int = 16):
+        self.command, self.folder, self.log, self.env = command, folder, log, env
+        self.random = random.Random(seed)
+        self.first_after: list[int] = []
+        self.killed_at: list[int] = []
+
+    def start(self) -> subprocess.Popen:
+        return subprocess.Popen(self.command, stdout=self.log.open("a"), stderr=subprocess.STDOUT,
+                                start_new_session=True, env=self.env)
+
+    def run(self, kills: int, budget: int, kill_part=None) -> None:
+        process = self.start()
+        try:
+            for kill in range(kills):
+                target = (kill + 1) * budget // (kills + 1)
+                before, first, deadline = checkpoint_steps(self.folder), None, time.monotonic() + 300
+                while True:
+                    assert process.poll() is None and time.monotonic() < deadline, self.log.read_text()
+                    now = checkpoint_steps(self.folder)
+                    new = [step for name, (step, inode) in now.items() if before.get(name, (None, None))[1] != inode]
+                    if new and first is None:
+                        first = min(new)
+                    if new and max(new) >= target:
+                        break
+                    time.sleep(0.02)
+                time.sleep(self.random.uniform(0.0, 0.1))
+                if kill_part is not None and kill % 2 == 1:
+                    kill_part(process)
+                else:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(timeout=30)
+                    if kill_part is not None:
+                        kill_part(None)
+                self.first_after.append(first)
+                self.killed_at.append(max(step for step, _ in checkpoint_steps(self.folder).values()))
+                if process.poll() is not None:
+                    process = self.start()
+            assert process.wait(timeout=600) == 0, self.log.read_text()
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+
+
+def assert_killed_cell_resumed_and_matches(killer: Killer, out: Path, path: Path, tmp_path: Path) -> None:
+    """Every restart went on from the last checkpoint (its first new checkpoint lies after it), the
+    study stored every planned run once, left no checkpoint, and stored what an uninterrupted run of
+    the same file stores, bit for bit."""
+    assert all(first > killed for first, killed in zip(killer.first_after[1:], killer.killed_at)), \
+        (killer.first_after, killer.killed_at)
+    assert killer.killed_at == sorted(killer.killed_at)
+    planned = sorted(run_id for run_id, _, _ in Store(out).plan())
+    rows = Store(out).connection.execute("SELECT run_id, status FROM runs").fetchall()
+    assert sorted(rows) == [(run_id, "done") for run_id in planned]
+    assert list((out / CHECKPOINT_FOLDER).glob("*")) == []
+    whole = with_executor(load_experiment(path, REGISTRY), "serial", None)  # the same results on any executor
+    assert run_experiment(whole, REGISTRY, Store(tmp_path / "whole", create=True), Progress(io.StringIO())) == []
+    assert stored(out) == stored(tmp_path / "whole")
+
+
+def killed_study(tmp_path: Path, seeds: str) -> tuple[Path, Path, Killer]:
+    path = study(tmp_path, seeds=seeds, max_steps=500, checkpoint_seconds=0.05, executor="local", held=False)
+    path.write_text(path.read_text().replace("every = 20", "every = 10").replace('"local"', '"local"\nworkers = 1'))
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return path, out, Killer([*GNORM, "run", str(path), "--out", str(out)], out / CHECKPOINT_FOLDER,
+                             tmp_path / "gnorm.log", env)
+
+
+def kill_the_worker(process: subprocess.Popen | None) -> None:
+    """SIGKILL the study's local worker (the coordinator retries its cell in a new one)."""
+    if process is None:
+        return
+    for pid in spawned_children(process.pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
+
+
+@needs_proc
+def test_gnorm_run_killed_three_times_completes_bit_identical(tmp_path):
+    path, out, killer = killed_study(tmp_path, "[2, 1]")  # grok at 280 and 300
+    killer.run(kills=3, budget=280, kill_part=kill_the_worker)
+    assert "lost with its worker" in killer.log.read_text()  # the middle kill took the worker only
+    assert_killed_cell_resumed_and_matches(killer, out, path, tmp_path)
+
+
+@pytest.mark.slow  # about two minutes on the shared 2-core machine
+@needs_proc
+def test_gnorm_run_killed_ten_times_at_random_moments_completes_bit_identical(tmp_path):
+    path, out, killer = killed_study(tmp_path, "[0, 1, 2]")  # seeds 2 and 1 finish at 280 and 300, 0 at 500
+    killer.run(kills=10, budget=500, kill_part=kill_the_worker)
+    assert_killed_cell_resumed_and_matches(killer, out, path, tmp_path)
