@@ -419,3 +419,60 @@ def test_gnorm_run_killed_ten_times_at_random_moments_completes_bit_identical(tm
     path, out, killer = killed_study(tmp_path, "[0, 1, 2]")  # seeds 2 and 1 finish at 280 and 300, 0 at 500
     killer.run(kills=10, budget=500, kill_part=kill_the_worker)
     assert_killed_cell_resumed_and_matches(killer, out, path, tmp_path)
+
+
+class DaskCluster:
+    """A dask scheduler and one worker on loopback, each a process in its own session; the worker can
+    be killed and started again."""
+
+    def __init__(self, tmp_path: Path, env: dict):
+        self.dask, self.tmp_path, self.env = Path(sys.executable).with_name("dask"), tmp_path, env
+        scheduler_file = tmp_path / "scheduler.json"
+        self.scheduler = self._start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                     "--scheduler-file", str(scheduler_file), log="scheduler")
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists():
+            assert time.monotonic() < deadline, (tmp_path / "scheduler.log").read_text()
+            time.sleep(0.2)
+        time.sleep(0.5)  # the file is written whole before the scheduler listens
+        import json
+        self.address = json.loads(scheduler_file.read_text())["address"]
+        self.worker = self.start_worker()
+
+    def _start(self, *args: str, log: str) -> subprocess.Popen:
+        return subprocess.Popen([str(self.dask), *args], stdout=(self.tmp_path / f"{log}.log").open("a"),
+                                stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
+
+    def start_worker(self) -> subprocess.Popen:
+        return self._start("worker", self.address, "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host",
+                           "127.0.0.1", "--name", "w0", log="worker")
+
+    def kill_worker(self, coordinator: subprocess.Popen | None = None) -> None:
+        """SIGKILL the worker and start a fresh one (after the coordinator, when it was killed too)."""
+        os.killpg(self.worker.pid, signal.SIGKILL)
+        self.worker.wait(timeout=30)
+        self.worker = self.start_worker()
+
+    def close(self) -> None:
+        for process in (self.worker, self.scheduler):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+
+
+@pytest.mark.slow  # about two and a half minutes on the shared 2-core machine
+def test_gnorm_run_on_dask_killed_at_random_moments_completes_bit_identical(tmp_path):
+    pytest.importorskip("distributed", reason="dask's distributed is not installed")
+    pytest.importorskip("gnorm_dask", reason="the gnorm-dask plugin is not installed")
+    if not Path(sys.executable).with_name("dask").exists():
+        pytest.skip("the dask command is not installed next to this Python")
+    path, out, killer = killed_study(tmp_path, "[0, 1, 2]")
+    cluster = DaskCluster(tmp_path, killer.env)
+    try:
+        killer.command += ["--executor", "dask", "--scheduler", cluster.address]
+        # odd kills: the worker alone (dask gives its task to the next worker); even kills: the
+        # coordinator, then the worker (so that no orphaned task trains on)
+        killer.run(kills=10, budget=500, kill_part=cluster.kill_worker)
+    finally:
+        cluster.close()
+    assert_killed_cell_resumed_and_matches(killer, out, path, tmp_path)
