@@ -121,6 +121,9 @@ class TrainingConfig:
     compile: str = attrs.field(default="auto", validator=attrs.validators.in_(["auto", "on", "off"]))
     #: Members trained per chunk (0: chosen from the batch size so a chunk's activations stay in cache).
     members_per_chunk: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    #: Wall seconds between checkpoints of a cell in flight (see gnorm.checkpoints): one is written at
+    #: the first evaluation after this many seconds; 0 turns checkpoints off. Never changes a result.
+    checkpoint_seconds: float = attrs.field(default=300.0, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen
@@ -162,7 +165,7 @@ COMPONENT_SECTIONS: dict[str, tuple[str, str | None]] = {
 }
 RUN_SECTIONS = tuple(COMPONENT_SECTIONS) + tuple(SECTION_CLASSES)
 #: Training settings that choose how a run is computed, not what it computes.
-EXECUTION_SETTINGS = ("device", "compile", "members_per_chunk")
+EXECUTION_SETTINGS = ("device", "compile", "members_per_chunk", "checkpoint_seconds")
 TOP_LEVEL_KEYS = ("experiment", *RUN_SECTIONS, "sweep", "zip", "stage", "analysis", "executor")
 STAGE_KEYS = ("name", "critical_norm", "seeds", "fork", "sweep", "zip", *RUN_SECTIONS)
 FORK_KEYS = ("at_step", "controller")

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
+from gnorm.checkpoints import Checkpoints, CellState, pickled_components, unpickled_components
 from gnorm.components import ControllerContext, EvaluationChunk, GrokTimes, ObservableContext, RunRecord
 from gnorm.config import OptimizerConfig, RunSpec, TrainingConfig
 from gnorm.errors import Problem, UserError
@@ -228,13 +229,35 @@ class Ensemble:
             out[f"norm/{group}"] = weight_norm([self.params[n] for n in names])
         return out
 
+    def training_tensors(self, optimizer: "BatchedAdamW") -> dict[str, dict[str, torch.Tensor]]:
+        """The stacked tensors that make up the training state, by part ("params", "buffers",
+        "exp_avg", "exp_avg_sq") and name (the ensemble's and ``optimizer``'s own, not copies)."""
+        names = list(self.params)
+        return {"params": self.params, "buffers": self.buffers, "exp_avg": dict(zip(names, optimizer.exp_avg)),
+                "exp_avg_sq": dict(zip(names, optimizer.exp_avg_sq))}
+
     def member_state(self, optimizer: "BatchedAdamW", position: int) -> TrunkState:
         """Member ``position``'s full training state, copied to the CPU."""
-        def cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return {n: t[position].detach().cpu().clone() for n, t in tensors.items()}
-        names = list(self.params)
-        return TrunkState(cpu(self.params), cpu(self.buffers), cpu(dict(zip(names, optimizer.exp_avg))),
-                          cpu(dict(zip(names, optimizer.exp_avg_sq))), optimizer.step_count)
+        parts = {part: {n: t[position].detach().cpu().clone() for n, t in tensors.items()}
+                 for part, tensors in self.training_tensors(optimizer).items()}
+        return TrunkState(**parts, step=optimizer.step_count)
+
+    def stacked_state(self, optimizer: "BatchedAdamW") -> dict[str, dict[str, torch.Tensor]]:
+        """Every member's training state, stacked as in ``training_tensors``, copied to the CPU."""
+        return {part: {n: t.detach().cpu().clone() for n, t in tensors.items()}
+                for part, tensors in self.training_tensors(optimizer).items()}
+
+    @torch.no_grad()
+    def load_stacked_state(self, optimizer: "BatchedAdamW", state: dict[str, dict[str, torch.Tensor]],
+                           step: int) -> None:
+        """Overwrite every member's training state with ``state`` (as ``stacked_state`` gives it) and set
+        the optimizer's step count to ``step``."""
+        for part, tensors in self.training_tensors(optimizer).items():
+            if set(state[part]) != set(tensors):
+                raise ValueError(f"the checkpoint's {part} do not match this architecture's")
+            for name, tensor in tensors.items():
+                tensor.copy_(state[part][name])
+        optimizer.step_count = step
 
     @torch.no_grad()
     def start_from(self, optimizer: "BatchedAdamW", states: Sequence[TrunkState]) -> None:
@@ -242,10 +265,7 @@ class Ensemble:
         all after the same step)."""
         if len(states) != self.size or len({s.step for s in states}) != 1:
             raise ValueError("start_from needs one state per member, all after the same step")
-        names = list(self.params)
-        targets = {"params": self.params, "buffers": self.buffers, "exp_avg": dict(zip(names, optimizer.exp_avg)),
-                   "exp_avg_sq": dict(zip(names, optimizer.exp_avg_sq))}
-        for part, tensors in targets.items():
+        for part, tensors in self.training_tensors(optimizer).items():
             if any(set(getattr(s, part)) != set(tensors) for s in states):
                 raise ValueError(f"the stored trunk state's {part} do not match this architecture's")
             for name, tensor in tensors.items():
@@ -355,6 +375,19 @@ class RunLog:
         for key, value in values.items():
             self.metrics.setdefault(key, []).append(value)
 
+    def plain(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this log: evaluations, facts, T_mem and T_grok so far, and the
+        seconds trained."""
+        return {"run_id": self.run.run_id, "steps": self.steps, "metrics": self.metrics, "facts": self.facts,
+                "t_mem": self.times.t_mem, "t_grok": self.times.t_grok,
+                "seconds": time.perf_counter() - self.started}
+
+    @classmethod
+    def from_plain(cls, run: RunSpec, data: dict[str, Any]) -> "RunLog":
+        """The log ``plain`` gave, for ``run``; its clock goes on from the seconds trained."""
+        return cls(run, list(data["steps"]), {k: list(v) for k, v in data["metrics"].items()}, dict(data["facts"]),
+                   GrokTimes(data["t_mem"], data["t_grok"]), time.perf_counter() - data["seconds"])
+
     def record(self, critical_norm: float | None, compiled: bool = False) -> RunRecord:
         """The run as stored. A grokked run's facts hold each group's norm at T_grok as
         ``norm_at_grok/<group>`` (what per-group critical norms are the median of) and the logit scale
@@ -385,12 +418,14 @@ class RunLog:
 class CellJob:
     """One cell's runs (same settings, different seeds) and the critical norm its controller uses, in
     total and per weight-norm group (empty when not known); for a forked cell, the trunk state each run
-    starts from (see gnorm.forks)."""
+    starts from (see gnorm.forks); and the file its checkpoints go to (None: no checkpoints; see
+    gnorm.checkpoints)."""
 
     runs: list[RunSpec]
     critical_norm: float | None
     group_critical_norms: dict[str, float] = attrs.field(factory=dict)
     start_states: list[TrunkState] | None = None
+    checkpoint: str | None = None
 
 
 #: ``compile = "auto"`` compiles runs whose max_steps x parameters reaches this (the paper's MLP over
@@ -598,19 +633,19 @@ def _train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunReco
     ensemble, task = build_ensemble(job, registry)
     optimizer = BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params], first.optimizer)
     criterion = registry.get("grok_criterion", first.criterion.name).factory(first.criterion.config)
-    observers = _observers(first, ensemble, task, registry)
-    logs = [RunLog(run) for run in job.runs]
-    start = _start_from_trunk(job, ensemble, optimizer, logs)
-    controller = registry.get("norm_controller", first.controller.name).factory(
-        first.controller.config, controller_context(job, ensemble, start))
-    for run in job.runs:
-        registry.hook.gnorm_before_run(run_id=run.run_id, stage=run.stage, seed=run.seed, config=run.plain())
+    checkpoints = Checkpoints.for_job(job, ensemble.labels.device)
+    finished: list[dict[str, Any]] = []  # the runs done in this job, as a checkpoint keeps them
+
+    def finish(record: RunRecord, log: RunLog) -> None:
+        finished.append({"record": attrs.asdict(record), "steps": log.steps, "metrics": log.metrics})
+        on_finished(record, log)
+
+    saved = checkpoints.load()
+    if saved is None:
+        start, logs, controller, observers = _start(job, ensemble, optimizer, task, registry)
+    else:
+        start, logs, controller, observers = _resume(job, saved, ensemble, optimizer, registry, finish)
     schedule = set(evaluation_steps(first).tolist())
-    with torch.no_grad():
-        if start:  # a forked arm: the controller acts after step `start`, on the forked state
-            _record_facts(logs, controller.after_step(start, ensemble.norm_tensors))
-        elif hasattr(controller, "before_training"):
-            _record_facts(logs, controller.before_training(ensemble.norm_tensors))
     for step in range(start + 1, first.training.max_steps + 1):
         optimizer.step(ensemble.parameters, ensemble.gradients())
         with torch.no_grad():
@@ -620,18 +655,87 @@ def _train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunReco
         done = _evaluate(ensemble, logs, criterion, step, registry, first.evaluation.stop_when_grokked, observers)
         on_progress(step, len(logs))
         for position in done:
-            on_finished(logs[position].record(job.critical_norm, ensemble.is_compiled), logs[position])
-        if done:
-            keep = [i for i in range(len(logs)) if i not in done]
-            if not keep:
-                return
-            index = torch.tensor(keep, device=ensemble.labels.device)
-            ensemble.keep(index)
-            optimizer.keep(index)
-            getattr(controller, "keep", lambda index: None)(index)
-            logs = [logs[i] for i in keep]
+            finish(logs[position].record(job.critical_norm, ensemble.is_compiled), logs[position])
+        logs = _drop_members(done, logs, ensemble, optimizer, controller)
+        if not logs:
+            return
+        checkpoints.save_if_due(lambda: _cell_state(checkpoints.identity, step, ensemble, optimizer, logs,
+                                                    finished, controller, observers))
     for log in logs:
         on_finished(log.record(job.critical_norm, ensemble.is_compiled), log)
+
+
+def _start(job: CellJob, ensemble: Ensemble, optimizer: BatchedAdamW, task: Any,
+           registry: Registry) -> tuple[int, list[RunLog], Any, list[Any]]:
+    """A cell from its beginning (a fork's arms: from their trunk states): the runs' logs, the
+    controller and observers, ``gnorm_before_run`` for every run, and the controller's first call
+    (``before_training``, or a fork's ``after_step(at_step)``). Returns the step training resumes after
+    with the logs, controller and observers."""
+    first = job.runs[0]
+    observers = _observers(first, ensemble, task, registry)
+    logs = [RunLog(run) for run in job.runs]
+    start = _start_from_trunk(job, ensemble, optimizer, logs)
+    controller = registry.get("norm_controller", first.controller.name).factory(
+        first.controller.config, controller_context(job, ensemble, start))
+    for run in job.runs:
+        registry.hook.gnorm_before_run(run_id=run.run_id, stage=run.stage, seed=run.seed, config=run.plain())
+    with torch.no_grad():
+        if start:  # a forked arm: the controller acts after step `start`, on the forked state
+            _record_facts(logs, controller.after_step(start, ensemble.norm_tensors))
+        elif hasattr(controller, "before_training"):
+            _record_facts(logs, controller.before_training(ensemble.norm_tensors))
+    return start, logs, controller, observers
+
+
+def _resume(job: CellJob, saved: CellState, ensemble: Ensemble, optimizer: BatchedAdamW, registry: Registry,
+            finish: Callable[[RunRecord, RunLog], None]) -> tuple[int, list[RunLog], Any, list[Any]]:
+    """A cell from its checkpoint: the runs that had finished are handed to ``finish`` again (in the
+    order they finished), the ensemble (built from the job as usual) keeps the members still training
+    and takes their saved state, and the controller and observers are the saved ones. Only those
+    members get ``gnorm_before_run``; evaluations before the checkpoint are not announced again.
+    Returns the step training resumes after with the logs, controller and observers."""
+    runs = {run.run_id: run for run in job.runs}
+    for entry in saved.finished:
+        run = runs[entry["record"]["run_id"]]
+        finish(RunRecord(**entry["record"]), RunLog(run, list(entry["steps"]), dict(entry["metrics"])))
+    if len(saved.members) < ensemble.size:
+        positions = {run.run_id: position for position, run in enumerate(job.runs)}
+        index = torch.tensor([positions[run_id] for run_id in saved.members], device=ensemble.labels.device)
+        ensemble.keep(index)
+        optimizer.keep(index)
+    ensemble.load_stacked_state(optimizer, saved.tensors, saved.optimizer_steps)
+    logs = [RunLog.from_plain(runs[run_id], data) for run_id, data in zip(saved.members, saved.logs)]
+    for log in logs:
+        registry.hook.gnorm_before_run(run_id=log.run.run_id, stage=log.run.stage, seed=log.run.seed,
+                                       config=log.run.plain())
+    controller, observers = unpickled_components(saved)
+    return saved.step, logs, controller, observers
+
+
+def _drop_members(done: list[int], logs: list[RunLog], ensemble: Ensemble, optimizer: BatchedAdamW,
+                  controller: Any) -> list[RunLog]:
+    """Take the members at positions ``done`` out of the ensemble, the optimizer and the controller;
+    return the logs of those that stay."""
+    if not done:
+        return logs
+    keep = [i for i in range(len(logs)) if i not in done]
+    if keep:
+        index = torch.tensor(keep, device=ensemble.labels.device)
+        ensemble.keep(index)
+        optimizer.keep(index)
+        getattr(controller, "keep", lambda index: None)(index)
+    return [logs[i] for i in keep]
+
+
+def _cell_state(identity: str, step: int, ensemble: Ensemble, optimizer: BatchedAdamW, logs: list[RunLog],
+                finished: list[dict[str, Any]], controller: Any, observers: list[Any]) -> CellState | None:
+    """The cell's state after the evaluation at ``step``, as a checkpoint keeps it (None when the
+    controller or observers cannot be pickled)."""
+    components = pickled_components(controller, observers)
+    if components is None:
+        return None
+    return CellState(identity, step, [log.run.run_id for log in logs], ensemble.stacked_state(optimizer),
+                     optimizer.step_count, [log.plain() for log in logs], list(finished), components)
 
 
 def _evaluate(ensemble: Ensemble, logs: list[RunLog], criterion: Any, step: int, registry: Registry,

@@ -7,10 +7,12 @@ from __future__ import annotations
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
-from typing import Any, Iterable, TextIO
+from pathlib import Path
+from typing import Any, Callable, Iterable, TextIO
 
 import attrs
 
+from gnorm.checkpoints import CHECKPOINT_FOLDER, checkpoint_path, remove_checkpoint
 from gnorm.components import ExecutorContext, RunRecord
 from gnorm.config import Experiment, ExecutorChoice, RunSpec, Stage, cells_of, executor_choice
 from gnorm.engine import CellJob, resolve_device, torch_matmul_precision, train_trunk
@@ -171,9 +173,34 @@ def split_cell(item: "_Cell", parts: int) -> list["_Cell"]:
     bounds = [0]
     for part in range(parts):
         bounds.append(bounds[-1] + size + (part < extra))
-    chunks = [item.runs[start:end] for start, end in zip(bounds, bounds[1:])]
-    return [attrs.evolve(item, runs=chunk, label=f"{item.label} seeds {chunk[0].seed}-{chunk[-1].seed}")
-            for chunk in chunks]
+    return [part_of(item, item.runs[start:end]) for start, end in zip(bounds, bounds[1:])]
+
+
+def part_of(item: "_Cell", runs: list[RunSpec]) -> "_Cell":
+    """The part of ``item`` that trains ``runs`` (labelled with its seeds; ``item`` itself for all of them)."""
+    if runs == item.runs:
+        return item
+    return attrs.evolve(item, runs=runs, label=f"{item.label} seeds {runs[0].seed}-{runs[-1].seed}")
+
+
+def checkpointed_parts(item: "_Cell", has_checkpoint: Callable[[list[RunSpec]], bool]) -> list["_Cell"] | None:
+    """``item`` in the parts that earlier tasks left checkpoints for, so that each resumes, whatever
+    split this invocation would choose: from each run on, the longest run of consecutive seeds with a
+    checkpoint is a part, and the seeds between such parts are parts of their own. None when no part of
+    ``item`` has a checkpoint. (Earlier parts were consecutive seeds of the runs then unstored, and all
+    of their runs are unstored still, so they are consecutive among ``item.runs``.)"""
+    runs, parts, gap, start = item.runs, [], [], 0
+    while start < len(runs):
+        end = next((end for end in range(len(runs), start, -1) if has_checkpoint(runs[start:end])), None)
+        if end is None:
+            gap.append(runs[start])
+            start += 1
+            continue
+        parts += [gap, runs[start:end]] if gap else [runs[start:end]]
+        gap, start = [], end
+    if not parts:
+        return None
+    return [part_of(item, part) for part in parts + ([gap] if gap else [])]
 
 
 def budget(item: "_Cell") -> int:
@@ -231,6 +258,10 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
     capacity = declared_capacity or len(waiting)
     in_flight: dict[Future, tuple[_Cell, Any]] = {}  # future -> (cell, the pool it was submitted to)
     failed_ids: set[str] = set()
+    checkpoints = store.directory.resolve() / CHECKPOINT_FOLDER
+
+    def checkpoint_of(runs: list[RunSpec]) -> Path:
+        return checkpoint_path(checkpoints, [run.run_id for run in runs])
 
     def submit(item: _Cell) -> None:
         item.attempts += 1
@@ -242,7 +273,8 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
             except Exception as error:  # a trunk that cannot train fails its cell like any training error
                 failed(item, error)
                 return
-        job = CellJob(item.runs, item.critical_norm, item.group_critical_norms, start_states)
+        job = CellJob(item.runs, item.critical_norm, item.group_critical_norms, start_states,
+                      str(checkpoint_of(item.runs)))
         shared_registry = registry if component.in_process else None
         attempt = f", attempt {item.attempts}" if item.attempts > 1 else ""
         wc = "" if item.critical_norm is None else f", Wc {item.critical_norm:.4g}"
@@ -262,6 +294,7 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
             registry.hook.gnorm_after_run(record=result.record)
             unsettled.discard(result.record.run_id)
             grokked += not result.record.censored
+        remove_checkpoint(checkpoint_of(item.runs))
         counts["done"] += len(results)
         counts["settled_budget"] += sum(budgets[result.record.run_id] for result in results)
         seconds = max((r.record.facts.get("wall_seconds", 0.0) for r in results), default=0.0)
@@ -278,6 +311,7 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
                                why, item.attempts)
             unsettled.discard(run.run_id)
             failed_ids.add(run.run_id)
+        remove_checkpoint(checkpoint_of(item.runs))  # the next invocation tries these runs from the start
         counts["failed"] += len(item.runs)
         counts["settled_budget"] += sum(budgets[run.run_id] for run in item.runs)
         progress.cell(item.label, f"failed {item.attempts} times, its {len(item.runs)} runs are stored as failed: {why}")
@@ -307,9 +341,11 @@ def run_experiment(experiment: Experiment, registry: Registry, store: Store, pro
                                     f"{item.stage.critical_norm!r} grokked")
                     unsettled.difference_update(run.run_id for run in item.runs)
                     continue
-                if declared_capacity:  # too few cells for the workers: split this one's seeds
+                parts = checkpointed_parts(item, lambda runs: checkpoint_of(runs).exists())
+                if parts is None and declared_capacity:  # too few cells for the workers: split this one's seeds
                     ready = sum(1 for other in waiting if not unsettled & set(other.runs[0].critical_norm_source))
                     parts = split_cell(item, seed_groups(len(item.runs), declared_capacity - len(in_flight), ready))
+                if parts is not None:
                     waiting[0:0] = parts[1:]
                     item = parts[0]
                     if len(parts) > 1:
