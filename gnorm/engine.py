@@ -561,7 +561,9 @@ def numerics(training: TrainingConfig) -> Iterator[None]:
 def train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunRecord, RunLog], None],
                on_progress: Callable[[int, int], None] = lambda step, active: None) -> None:
     """Train every run of a cell together until each has grokked (when the schedule stops on grok) or
-    the budget is spent; ``on_finished`` receives each run as soon as it is done."""
+    the budget is spent; ``on_finished`` receives each run as soon as it is done. With a checkpoint
+    file in the job, the cell checkpoints as it goes and resumes from a usable checkpoint there
+    (gnorm.checkpoints); runs that had finished before it was written are handed over first."""
     with numerics(job.runs[0].training):
         _train_cell(job, registry, on_finished, on_progress)
 
