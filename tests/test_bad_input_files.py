@@ -276,7 +276,6 @@ def test_a_bad_analyzer_option_is_refused_before_anything_trains(tmp_path, comma
      FREE_STAGE + 'controller = { name = "clip_rows", max_row_norm = 1.0, matrices = ["w_hidden"] }\n'),
     ("stage[clamp].controller.partner", '{ name = "clamp", t_start = 100 }',
      '{ name = "layer_allocation", group = "readout", partner = "readout", t_start = 100 }'),
-    ("stage[clamp].controller.t_start", "t_start = 100", "t_start = 5000"),
     ("architecture.name", 'name = "modular_addition"\np = 97', 'name = "sparse_parity"'),
 ])
 def test_what_a_worker_would_refuse_is_refused_when_the_file_is_read(tmp_path, command, key, old, new):
