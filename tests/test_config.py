@@ -20,8 +20,9 @@ import gnorm
 import gnorm.cli
 import gnorm.registry
 from gnorm.cli import main
-from gnorm.config import load_experiment, with_executor
 from gnorm.errors import Problem, UserError
+from gnorm.executor_table import with_executor
+from gnorm.loader import load_experiment
 from gnorm.registry import DISABLE_AUTOLOAD_ENV, Provider, build_registry
 from gnorm.study import plan_experiment
 

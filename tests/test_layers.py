@@ -15,8 +15,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from gnorm.config import load_experiment
 from gnorm.converter import converter
+from gnorm.loader import load_experiment
 from gnorm.registry import build_registry
 from gnorm.runmodel import plain_data
 
