@@ -5,8 +5,6 @@ Each docstring states the formula it computes.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from typing import Any, Sequence
 
@@ -14,6 +12,8 @@ import attrs
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from gnorm.runmodel import derive_seed  # noqa: F401 - the run model owns content addresses and seeds
 
 
 def weight_norm(norm_tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -100,16 +100,6 @@ def critical_norm(norms_at_grok: Sequence[float | None]) -> float | None:
     """
     grokked = [value for value in norms_at_grok if value is not None]
     return float(np.median(grokked)) if grokked else None
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from the canonical JSON of ``parts``: int(sha256(json)[:16], 16) >> 1.
-
-    Used so that a run's initialization depends only on the base configuration it is given, never on
-    the intervention arm.
-    """
-    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return int(hashlib.sha256(text.encode()).hexdigest()[:16], 16) >> 1
 
 
 @attrs.frozen

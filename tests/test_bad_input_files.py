@@ -16,7 +16,7 @@ from click.testing import CliRunner
 import gnorm.cli
 import gnorm.registry
 from gnorm.cli import main
-from gnorm.config import MAX_FILE_BYTES
+from gnorm.experiment_file import MAX_FILE_BYTES
 from gnorm.registry import DISABLE_AUTOLOAD_ENV, build_registry
 
 BUILTINS = build_registry(autoload=False)

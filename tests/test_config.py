@@ -20,8 +20,9 @@ import gnorm
 import gnorm.cli
 import gnorm.registry
 from gnorm.cli import main
-from gnorm.config import load_experiment
-from gnorm.errors import UserError
+from gnorm.errors import Problem, UserError
+from gnorm.executor_table import with_executor
+from gnorm.loader import load_experiment
 from gnorm.registry import DISABLE_AUTOLOAD_ENV, Provider, build_registry
 from gnorm.study import plan_experiment
 
@@ -645,3 +646,156 @@ def test_a_stage_that_sweeps_a_key_replaces_the_file_level_sweep_of_it(tmp_path)
     free, clamp = experiment.stages
     assert sorted({run.task.config.p for run in free.runs}) == [41, 59, 71]
     assert {run.task.config.p for run in clamp.runs} == {59} and len(clamp.runs) == 2 * 2  # rho x seeds, once each
+
+
+# ---------------------------------------------------------------------------------------------------
+# Declared contracts: the loader asks a controller's descriptor where its intervention starts and
+# which weight-norm groups it needs, and checks both before anything trains.
+
+DECLARED_FIELDS = "starts_at" in attrs.fields_dict(gnorm.NormController)
+needs_declared_fields = pytest.mark.skipif(not DECLARED_FIELDS, reason="needs R3's descriptor fields")
+
+
+@attrs.frozen
+class FromBeginConfig:
+    group: str = "hidden"
+    begin: int = 100
+    t_start: int = 1  # not where it starts: the descriptor says "begin", so this is never read as the start
+
+
+class DeclaringPlugin:
+    @staticmethod
+    @gnorm.hookimpl
+    def gnorm_norm_controllers():
+        return [gnorm.NormController(name="from_begin", summary="test controller declaring its start and group",
+                                     config_class=FromBeginConfig, factory=lambda config, context: None,
+                                     starts_at="begin", groups=lambda config: [config.group])]
+
+
+FORKED_ARM = """\
+[experiment]
+name = "forked"
+seeds = 2
+
+[task]
+name = "modular_addition"
+p = 97
+
+[architecture]
+name = "mlp"
+embed_dim = 16
+hidden_dim = 32
+
+[[stage]]
+name = "arm"
+fork = { at_step = 100 }
+controller = { name = "from_begin", begin = 100 }
+"""
+
+
+@pytest.fixture(scope="module")
+def declaring_registry():
+    return build_registry(extra_plugins=[(DeclaringPlugin, Provider("test-pkg", "0"))], autoload=False)
+
+
+@needs_declared_fields
+def test_a_forked_arm_that_starts_before_the_fork_is_refused_at_the_field_its_descriptor_declares(
+        tmp_path, declaring_registry):
+    path = write(tmp_path, edited(FORKED_ARM, ("begin = 100", "begin = 50")))
+    assert problems_of(path, declaring_registry) == [
+        f"{path}: stage[arm].controller.begin: is before fork.at_step (100): the trunk trains without this "
+        "controller up to step 100; start it at or after the fork, found 50"]
+
+
+@needs_declared_fields
+def test_an_arm_starting_at_the_fork_loads_and_an_undeclared_t_start_is_not_read_as_its_start(
+        tmp_path, declaring_registry):
+    experiment = load(write(tmp_path, FORKED_ARM), registry=declaring_registry)
+    assert {(run.controller.config.begin, run.controller.config.t_start) for run in experiment.runs} == {(100, 1)}
+
+
+@needs_declared_fields
+def test_a_group_a_controller_declares_that_the_architecture_lacks_is_refused_when_the_file_loads(
+        tmp_path, declaring_registry):
+    path = write(tmp_path, edited(FORKED_ARM, ("begin = 100", 'begin = 100, group = "attention"')))
+    assert problems_of(path, declaring_registry) == [
+        f"{path}: stage[arm].controller.group: controller 'from_begin' needs the weight-norm group 'attention', "
+        "which architecture 'mlp' does not have here (its groups: embedding, hidden, readout)"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation in one place: what the grok criterion and the observables would refuse in a worker is
+# refused when the file loads.
+
+
+@attrs.frozen
+class LevelConfig:
+    level: float = 0.5
+
+
+@attrs.frozen
+class NoOptions:
+    pass
+
+
+def refusing_criterion(config: LevelConfig):
+    if config.level > 0.9:
+        raise UserError([Problem("", "criterion.level", f"{config.level} is above the best accuracy this "
+                                                        "criterion can see")])
+    return object()
+
+
+def refusing_observable(config, context):
+    raise UserError([Problem("", "", f"needs {context.num_classes + 1} classes")])
+
+
+class RefusingPlugin:
+    @staticmethod
+    @gnorm.hookimpl
+    def gnorm_grok_criteria():
+        return [gnorm.GrokCriterion(name="refusing", summary="test criterion that refuses high levels",
+                                    config_class=LevelConfig, factory=refusing_criterion)]
+
+    @staticmethod
+    @gnorm.hookimpl
+    def gnorm_observables():
+        return [gnorm.Observable(name="refusing", summary="test observable that always refuses",
+                                 config_class=NoOptions, factory=refusing_observable)]
+
+
+@pytest.fixture(scope="module")
+def refusing_registry():
+    return build_registry(extra_plugins=[(RefusingPlugin, Provider("test-pkg", "0"))], autoload=False)
+
+
+def test_a_criterion_that_would_refuse_its_options_in_a_worker_is_refused_at_load(tmp_path, refusing_registry):
+    path = write(tmp_path, edited(STUDY, (FIRST_STAGE, '[criterion]\nname = "refusing"\nlevel = 0.95\n\n' + FIRST_STAGE)))
+    assert problems_of(path, refusing_registry) == [
+        f"{path}: criterion.level: 0.95 is above the best accuracy this criterion can see"]
+    edited_level = edited(STUDY, (FIRST_STAGE, '[criterion]\nname = "refusing"\nlevel = 0.5\n\n' + FIRST_STAGE))
+    assert load(write(tmp_path, edited_level, name="fine.toml"), registry=refusing_registry).runs
+
+
+def test_an_observable_that_would_refuse_to_be_built_in_a_worker_is_refused_at_load(tmp_path, refusing_registry):
+    path = write(tmp_path, edited(STUDY, (FIRST_STAGE, '[evaluation]\nobservables = ["refusing"]\n\n' + FIRST_STAGE)))
+    assert problems_of(path, refusing_registry) == [f"{path}: evaluation.observables[0]: needs 98 classes"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command line's executor options laid over the file's [executor] table.
+
+
+def test_with_executor_sets_the_options_an_executor_declares_and_skips_those_not_given(tmp_path):
+    experiment = load(write(tmp_path, edited(STUDY, (FIRST_STAGE, '[executor]\nname = "local"\nretries = 5\n\n'
+                                                                  + FIRST_STAGE))))
+    moved = with_executor(experiment, "dask", {"scheduler": "tcp://host:8786", "workers": None})
+    assert moved.executor == {"retries": 5, "name": "dask", "scheduler": "tcp://host:8786"}
+    assert with_executor(experiment, None, {}).executor == experiment.executor
+
+
+def test_with_executor_still_takes_the_scheduler_as_it_did(tmp_path):
+    experiment = load(write(tmp_path, STUDY))
+    expected = {"name": "dask", "scheduler": "tcp://host:8786"}
+    assert with_executor(experiment, "dask", "tcp://host:8786").executor == expected
+    assert with_executor(experiment, "dask", scheduler="tcp://host:8786").executor == expected
+    assert with_executor(experiment, "dask", None).executor == {"name": "dask"}

@@ -1,0 +1,99 @@
+"""The layers of gnorm's import graph hold: the run model sits at the bottom, importing neither the
+registry, the file loader, the strict converter (cattrs) nor torch, and it writes a configuration as
+plain data exactly as the converter would (so run ids do not depend on which of them wrote it)."""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import attrs
+import pytest
+
+from gnorm.converter import converter
+from gnorm.loader import load_experiment
+from gnorm.registry import build_registry
+from gnorm.runmodel import plain_data
+
+REPO = Path(__file__).resolve().parent.parent
+BUILTINS = build_registry(autoload=False)
+#: What the run model must never pull in, however it is imported.
+ABOVE_THE_RUN_MODEL = ("gnorm.registry", "gnorm.loader", "gnorm.converter", "gnorm.config", "cattrs", "torch")
+
+
+def modules_after_importing(module: str) -> set[str]:
+    """The modules a fresh interpreter holds after ``import module``."""
+    code = f"import json, sys; import {module}; print(json.dumps(sorted(sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                            cwd=REPO).stdout
+    return set(json.loads(output))
+
+
+def test_the_run_model_imports_neither_the_registry_the_loader_the_converter_nor_torch():
+    loaded = modules_after_importing("gnorm.runmodel")
+    assert "gnorm.runmodel" in loaded
+    assert sorted(loaded & set(ABOVE_THE_RUN_MODEL)) == []
+
+
+def test_the_facade_still_brings_the_loader_so_old_imports_keep_working():
+    loaded = modules_after_importing("gnorm.config")
+    assert {"gnorm.runmodel", "gnorm.loader", "gnorm.converter"} <= loaded
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+@attrs.frozen
+class Inner:
+    level: int = 1
+
+
+@attrs.frozen
+class EveryShape:
+    numbers: tuple[int, ...] = (1, 2)
+    loose: tuple = (3, (4, 5))
+    chosen: frozenset[int] = frozenset({1, 2})
+    tables: list[Inner] = attrs.field(factory=lambda: [Inner(), Inner(2)])
+    by_name: dict[str, Inner] = attrs.field(factory=lambda: {"a": Inner(3)})
+    colour: Colour = Colour.RED
+    anything: typing.Any = (6, 7)
+    maybe: Inner | None = None
+    inner: Inner = Inner()
+    _private: int = 4
+    ratio: float = 1
+
+
+def test_plain_data_is_what_the_converter_unstructures_for_every_shape_a_config_holds():
+    value = EveryShape()
+    assert plain_data(value) == converter.unstructure(value)
+    assert json.dumps(plain_data(value), default=sorted) == json.dumps(converter.unstructure(value), default=sorted)
+
+
+def _default_configs():
+    for kind in ("task", "architecture", "norm_controller", "grok_criterion", "observable", "analyzer", "executor"):
+        for name in BUILTINS.names(kind):
+            try:
+                yield f"{kind}:{name}", BUILTINS.get(kind, name).config_class()
+            except TypeError:  # a required option: covered through the example files below
+                continue
+
+
+@pytest.mark.parametrize("label, config", list(_default_configs()), ids=lambda value: value if isinstance(value, str) else "")
+def test_plain_data_matches_the_converter_on_every_builtin_config(label, config):
+    assert plain_data(config) == converter.unstructure(config)
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "examples").glob("*.toml")), ids=lambda path: path.name)
+def test_every_run_of_the_examples_keeps_the_configuration_the_converter_gave_it(example):
+    for run in load_experiment(example, BUILTINS).runs:
+        for section in ("task", "architecture", "controller", "criterion"):
+            assert plain_data(getattr(run, section).config) == converter.unstructure(getattr(run, section).config)
+        for section in ("optimizer", "training", "evaluation", "loss"):
+            assert plain_data(getattr(run, section)) == converter.unstructure(getattr(run, section))
