@@ -84,6 +84,7 @@ class Plugin:
     provider: Provider
     hooks: tuple[str, ...]
     summary: str = ""
+    module: str = ""
 
     @property
     def observes(self) -> tuple[str, ...]:
@@ -263,7 +264,8 @@ def _plugins(plugin_manager: pluggy.PluginManager, providers: dict[str, Provider
         module = plugin_manager.get_plugin(plugin_name)
         hooks = tuple(sorted(caller.name for caller in plugin_manager.get_hookcallers(module) or ()))
         doc = (inspect.getdoc(module) or "").strip().splitlines()
-        plugins.append(Plugin(plugin_name, provider, hooks, doc[0] if doc else ""))
+        plugins.append(Plugin(plugin_name, provider, hooks, doc[0] if doc else "",
+                              getattr(module, "__name__", plugin_name)))
     return plugins
 
 
