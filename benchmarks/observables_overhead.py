@@ -19,7 +19,7 @@ import time
 import attrs
 import torch
 
-from gnorm.bench import workload_job
+from gnorm_bench.bench import workload_job
 from gnorm.components import EvaluationChunk, ObservableContext
 from gnorm.engine import BatchedAdamW, build_ensemble, numerics
 from gnorm.registry import build_registry

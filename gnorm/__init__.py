@@ -16,7 +16,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 #: Component classes re-exported for plugin authors (``gnorm.NormController``), imported on first use so
 #: that ``import gnorm`` (and the command line's start) does not wait for torch.
-_COMPONENTS = ("Analyzer", "Architecture", "Executor", "GrokCriterion", "NormController", "Observable", "Task")
+_COMPONENTS = ("Analyzer", "Architecture", "Executor", "ExecutorOption", "GrokCriterion", "NormController",
+               "Observable", "Task")
 
 
 def __getattr__(name: str):
@@ -31,6 +32,7 @@ __all__ = [
     "Analyzer",
     "Architecture",
     "Executor",
+    "ExecutorOption",
     "GrokCriterion",
     "NormController",
     "Observable",

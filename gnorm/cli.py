@@ -1,9 +1,12 @@
-"""The ``gnorm`` command: run | validate | plugins | show | analyze | export | report | import | bench.
+"""The ``gnorm`` command: run | validate | plugins | show | analyze | export | report | import, and the
+commands plugins add through ``gnorm_commands`` (gnorm-bench adds ``bench``).
 
 Every command answers bad input with one line per problem (``error: <where>: <key>: <message>``) and
 exit status 2, and a Ctrl-C anywhere with one ``interrupted`` line and exit status 130. Reading
 commands (show, analyze, export, report) open the store read-only. The heavy modules (torch and the
-plugins) are imported inside the commands, where a Ctrl-C is caught too.
+plugins) are imported inside the commands, where a Ctrl-C is caught too; plugins' commands are looked
+up only for ``gnorm --help`` or a name gnorm itself does not have, and ``gnorm run``'s executor options
+only when ``run`` parses its arguments.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import attrs
 import click
 
 from gnorm import __version__
@@ -66,7 +70,23 @@ def disk_full_problem(error: BaseException) -> UserError | None:
 class GnormGroup(click.Group):
     """The command group: a Ctrl-C in any command (importing, loading plugins, reading, printing) is
     one ``interrupted`` line and exit status 130; a UserError or a full disk is one line per problem and
-    exit status 2."""
+    exit status 2. Beside gnorm's own commands it holds the ones plugins add (``gnorm_commands``),
+    collected the first time they are needed."""
+
+    plugin_commands: dict[str, click.Command] | None = None
+
+    def _plugin_commands(self) -> dict[str, click.Command]:
+        if self.plugin_commands is None:
+            self.plugin_commands = collect_plugin_commands(set(self.commands))
+        return self.plugin_commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self._plugin_commands()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        return self._plugin_commands().get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -84,6 +104,34 @@ class GnormGroup(click.Group):
                 raise
             _echo_problems(full)
             ctx.exit(2)
+
+
+def collect_plugin_commands(taken: set[str]) -> dict[str, click.Command]:
+    """The subcommands third-party plugins add through ``gnorm_commands``, each into a group of its own
+    so one plugin's mistakes stay its own. A name gnorm (or an earlier plugin) already has, or a hook
+    that raises, is a warning and that command or plugin is left out."""
+    from gnorm.registry import command_plugins
+
+    plugin_manager, failures = command_plugins()
+    for failure in failures:
+        click.echo(f"warning: plugin {failure.entry_point} from {failure.provider} failed to load and was "
+                   f"skipped: {failure.error}", err=True)
+    commands: dict[str, click.Command] = {}
+    for implementation in plugin_manager.hook.gnorm_commands.get_hookimpls():
+        group = click.Group("gnorm")
+        try:
+            implementation.function(**({"cli": group} if implementation.argnames else {}))
+        except (Exception, SystemExit) as error:
+            click.echo(f"warning: plugin {implementation.plugin_name}: gnorm_commands failed and its commands "
+                       f"were skipped: {type(error).__name__}: {error}", err=True)
+            continue
+        for name, command in group.commands.items():
+            if name in taken or name in commands:
+                click.echo(f"warning: plugin {implementation.plugin_name}: command {name!r} is taken; skipped",
+                           err=True)
+                continue
+            commands[name] = command
+    return commands
 
 
 def _registry() -> Registry:
@@ -154,7 +202,71 @@ def main() -> None:
     """Run and analyse weight-norm interventions in grokking."""
 
 
-@main.command()
+#: Where the values of executor-contributed options arrive in ``run``'s keyword arguments.
+EXECUTOR_OPTION_PREFIX = "executor_option_"
+
+
+class RunCommand(click.Command):
+    """``gnorm run``: its own options, plus each registered executor's declared ``options``
+    (:class:`gnorm.ExecutorOption`), added when the command parses its arguments (which builds the
+    plugin registry, as the run itself does)."""
+
+    _built_for: tuple[Any, list[click.Option]] | None = None
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        own = super().get_params(ctx)
+        from gnorm.registry import default_registry
+
+        registry = default_registry()
+        if self._built_for is None or self._built_for[0] is not registry:
+            self._built_for = (registry, executor_options(registry, {f for p in own for f in p.opts}))
+        help_option = self.get_help_option(ctx)
+        return [p for p in own if p is not help_option] + self._built_for[1] + [p for p in own if p is help_option]
+
+
+def executor_options(registry: Registry, taken: set[str]) -> list[click.Option]:
+    """One click option per distinct flag the registered executors declare, named
+    ``executor_option_<key>``. A flag ``gnorm run`` has itself, one declared with two keys, or one that is
+    no ``--long-option`` is refused, naming the executor and its package."""
+    import re
+
+    from gnorm.registry import WAY_OUT_ONE
+
+    declared: dict[str, tuple[str, list[str], Any]] = {}  # flag -> key, executor names, first option
+    problems: list[Problem] = []
+    for entry in registry.entries():
+        for option in getattr(entry.component, "options", ()):
+            where = f"executor {entry.component.name!r} ({entry.provider})"
+            if not re.fullmatch(r"--[a-z0-9][a-z0-9-]*", option.flag) or not option.key.isidentifier():
+                problems.append(Problem("plugins", where, f"option {option.flag!r} (key {option.key!r}): expected a "
+                                        f"flag like --scheduler and a key like scheduler; {WAY_OUT_ONE}"))
+            elif option.flag in taken:
+                problems.append(Problem("plugins", where, f"option {option.flag} is one of gnorm run's own; "
+                                        f"{WAY_OUT_ONE}"))
+            elif option.flag in declared and declared[option.flag][0] != option.key:
+                problems.append(Problem("plugins", where, f"option {option.flag} sets executor.{option.key}, but "
+                                        f"executor {declared[option.flag][1][0]!r} declares it for "
+                                        f"executor.{declared[option.flag][0]}; {WAY_OUT_ONE}"))
+            else:
+                declared.setdefault(option.flag, (option.key, [], option))[1].append(entry.component.name)
+    if problems:
+        raise UserError(problems)
+    return [click.Option([flag, EXECUTOR_OPTION_PREFIX + key], metavar=option.metavar,
+                         help=f"{option.help} (sets executor.{key}; executor {', '.join(names)})")
+            for flag, (key, names, option) in declared.items()]
+
+
+def _with_executor_options(experiment: Experiment, name: str | None, options: dict[str, Any]) -> Experiment:
+    """The experiment with ``--executor NAME`` and the executor options given on the command line, each
+    setting ``executor.<key>`` (read as a TOML value, as ``--set`` reads one)."""
+    from gnorm.config import parse_override, with_executor
+
+    experiment = with_executor(experiment, name, scheduler=None)
+    given = dict(parse_override(f"{key}={value}") for key, value in options.items() if value is not None)
+    return attrs.evolve(experiment, executor={**experiment.executor, **given}) if given else experiment
+
+
+@main.command(cls=RunCommand)
 @click.argument("experiment_file", type=click.Path())
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Results directory "
               "(default: experiment.output_dir, else runs/<experiment.name>).")
@@ -163,20 +275,21 @@ def main() -> None:
                    "name or 0-based index; repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the expanded list of runs and exit.")
 @click.option("--executor", "executor_name", metavar="NAME",
-              help="Where cells train (default: the file's [executor] table, else local); see gnorm plugins.")
-@click.option("--scheduler", metavar="ADDRESS", help="Scheduler address for executors that have one, e.g. "
-              "--executor dask --scheduler tcp://host:8786 (sets executor.scheduler).")
+              help="Where cells train (default: the file's [executor] table, else local); see gnorm plugins. "
+                   "Executors may add options of their own, listed below.")
 @reports_user_errors
 def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], dry_run: bool,
-        executor_name: str | None, scheduler: str | None) -> None:
+        executor_name: str | None, **executor_options: Any) -> None:
     """Run every stage of EXPERIMENT_FILE; finished runs already in the store are skipped, runs stored
     as failed are tried again."""
-    from gnorm.config import executor_choice, with_executor
+    from gnorm.config import executor_choice
     from gnorm.store import Store
     from gnorm.tables import cell_label
 
     experiment, registry = _load(experiment_file, overrides)
-    experiment = with_executor(experiment, executor_name, scheduler)
+    experiment = _with_executor_options(experiment, executor_name,
+                                        {key[len(EXECUTOR_OPTION_PREFIX):]: value
+                                         for key, value in executor_options.items()})
     executor = executor_choice(experiment, registry)
     if dry_run:
         from gnorm.study import plan_experiment
@@ -270,6 +383,7 @@ def plugins(as_json: bool) -> None:
     registry = _registry()
     entries = [{"kind": e.component.kind, "name": e.component.name, "package": e.provider.package,
                 "version": e.provider.version, "summary": e.component.summary} for e in registry.entries()]
+    entries += plugin_rows(registry)
     failures = [{"entry_point": f.entry_point, "package": f.provider.package, "version": f.provider.version,
                  "error": f.error} for f in registry.failures]
     if as_json:
@@ -281,6 +395,22 @@ def plugins(as_json: bool) -> None:
     click.echo(format_table(Table("gnorm components", ["kind", "name", "package", "summary"],
                                   [[e["kind"], e["name"], f"{e['package']} {e['version']}", e["summary"]]
                                    for e in entries])))
+
+
+def plugin_rows(registry: Registry) -> list[dict[str, Any]]:
+    """Rows for the plugins that act through hooks rather than components: kind ``observer`` for one
+    implementing lifecycle hooks (a tracker), ``command`` for one adding subcommands; named by module."""
+    from gnorm.registry import COMMAND_HOOK
+
+    rows = []
+    for plugin in registry.plugins:
+        for kind, hooks in (("observer", plugin.observes),
+                            ("command", tuple(h for h in plugin.hooks if h == COMMAND_HOOK))):
+            if hooks:
+                rows.append({"kind": kind, "name": plugin.module, "package": plugin.provider.package,
+                             "version": plugin.provider.version,
+                             "summary": plugin.summary or f"implements {', '.join(hooks)}", "hooks": list(hooks)})
+    return rows
 
 
 def _open(directory: str) -> Store:
@@ -443,65 +573,6 @@ def import_(folders: tuple[str, ...], out_dir: str) -> None:
         for folder in folders:
             records = import_reference(folder, store)
             click.echo(f"imported {len(records)} runs from {folder}")
-
-
-@main.command()
-@click.option("--steps", default=2000, show_default=True, help="W1 length in steps (the issue's W1: 2000).")
-@click.option("--seeds", default=16, show_default=True, help="Seeds in the W1 cell.")
-@click.option("--reference-a-seeds", default=4, show_default=True,
-              help="Seeds timed for reference (a); it trains seeds one after another, so its rate does not "
-                   "depend on how many.")
-@click.option("--w2/--no-w2", default=False, show_default=True,
-              help="Also run W2: a full rho = 0.85 cell to completion, gnorm vs reference (b), and check "
-                   "per-seed T_grok agreement.")
-@click.option("--memory/--no-memory", default=True, show_default=True,
-              help="Measure peak memory of p = 113 with 16 seeds in a fresh process.")
-@click.option("--repeats", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Rounds of timing, every other one in the reverse order; the table and the targets use the "
-                   "median of the rounds (ratios are taken within a round).")
-@click.option("--bfloat16/--no-bfloat16", default=None,
-              help="Also time (and with --w2, check) gnorm with matmul_precision = \"bfloat16\": opt-in, lower "
-                   "precision, not counted for the targets. Default: when this CPU computes in bfloat16.")
-@reports_user_errors
-def bench(steps: int, seeds: int, reference_a_seeds: int, w2: bool, memory: bool, bfloat16: bool | None,
-          repeats: int) -> None:
-    """Time gnorm's engine against two reference trainers on W1, in one run, and print the ratios."""
-    import torch
-
-    from gnorm import bench as benchmark
-    from gnorm.components import Table
-    from gnorm.tables import format_table
-
-    registry = _registry()
-    click.echo(f"gnorm bench: torch {torch.__version__}, {torch.get_num_threads()} threads, W1 = p 59, "
-               f"{seeds} seeds, {steps} steps, clamp from step 500, geometric evaluation grid", err=True)
-    peak = benchmark.matmul_peak_gflops()
-    from gnorm.builtins.executors import machine_cores
-    from gnorm.engine import cpu_computes_bfloat16
-
-    workers = machine_cores()
-    if bfloat16 and not cpu_computes_bfloat16():
-        raise UserError("--bfloat16: this CPU's oneDNN does not compute in bfloat16 (or oneDNN is off)")
-    bfloat16 = cpu_computes_bfloat16() if bfloat16 is None else bfloat16
-    rounds = benchmark.bench_w1(registry, steps, seeds, reference_a_seeds, lambda line: click.echo(line, err=True),
-                                workers, bfloat16, repeats)
-    table, lines = benchmark.w1_report(rounds, peak)
-    click.echo(format_table(table))
-    for line in lines:
-        click.echo(line)
-    if memory:
-        mib = benchmark.peak_memory_mib(p=113, seeds=16)
-        click.echo(f"peak memory, p 113 with 16 seeds: {mib:.0f} MiB ({'under' if mib < 2048 else 'OVER'} 2 GiB)")
-    for precision in ("full", "bfloat16") if w2 and bfloat16 else ("full",) if w2 else ():
-        ours, theirs, grid = benchmark.bench_w2(registry, seeds, 30_000, precision)
-        ours_t, theirs_t = ours.t_grok, theirs.t_grok
-        agree = benchmark.grid_agreement(ours_t, theirs_t, grid)
-        name, label = ("W2", "gnorm") if precision == "full" else ("W2 with bfloat16 matmuls", "gnorm bfloat16")
-        click.echo(format_table(Table(f"{name}: rho 0.85 cell, per-seed T_grok",
-                                      ["seed", label, "reference (b)", "agree"],
-                                      [[i, a, b, ok] for i, (a, b, ok) in enumerate(zip(ours_t, theirs_t, agree))])))
-        target = "target >= 15/16" if precision == "full" else "not a target: precision changes the science"
-        click.echo(f"{name}: {sum(agree)}/{len(agree)} seeds agree within one grid step ({target})")
 
 
 if __name__ == "__main__":

@@ -3,15 +3,23 @@
 Every registration hook returns a list of these. A description carries the piece's name (what an
 experiment file writes in ``name = "..."``), a one-line summary (shown by ``gnorm plugins``), the attrs
 class that the piece's TOML table is structured into, and a factory that builds the working object.
+Beyond that, a description declares what the core must know about its piece (its contract): the config
+field that starts an intervention, the weight-norm groups it needs, the facts it records, the
+command-line options it adds. The core reads these fields and never probes a piece's config.
+
+torch and numpy appear here in annotations only, so importing this module (as every plugin module does)
+does not import torch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
 
 import attrs
-import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 
 @attrs.frozen
@@ -47,12 +55,31 @@ class Architecture(Component):
 class NormController(Component):
     """What happens to the weight norm after each optimizer step.
 
-    ``factory(config, context: ControllerContext) -> Controller``. Set ``uses_critical_norm`` when the
-    controller needs the critical norm Wc (the stage's ``critical_norm`` key then becomes required).
+    ``factory(config, context: ControllerContext) -> Controller``. The contract, declared here:
+
+    - ``uses_critical_norm``: the controller needs the critical norm Wc (the stage's ``critical_norm``
+      key then becomes required).
+    - ``starts_at``: the name of the config field holding the step at which the intervention starts
+      (``"t_start"`` for every built-in controller that has one), or None. The loader reads it to refuse
+      an intervention that starts before a fork it continues.
+    - ``groups``: ``groups(config) -> list[str]``, the weight-norm groups the configured controller needs,
+      or None; the loader checks them against the architecture's groups when the file is read.
+    - ``facts``: the names of the facts the controller records once per run (the keys its
+      ``after_step`` / ``before_training`` return), e.g. ``("norm_before_clamp", "held_norm")``.
+
+    For example::
+
+        gnorm.NormController(name="group_halve", summary="halve one group at t_start",
+                             config_class=GroupHalveConfig, factory=GroupHalve,
+                             starts_at="t_start", groups=lambda config: [config.group],
+                             facts=("group_norm_before_halving",))
     """
 
     kind: ClassVar[str] = "norm_controller"
     uses_critical_norm: bool = False
+    starts_at: str | None = None
+    groups: Callable[[Any], list[str]] | None = None
+    facts: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -64,9 +91,16 @@ class GrokCriterion(Component):
 
 @attrs.frozen
 class Analyzer(Component):
-    """Turns stored runs into findings. ``factory(config) -> callable(records) -> Analysis``."""
+    """Turns stored runs into findings. ``factory(config) -> callable(records) -> Analysis``.
+
+    ``report``: ``report(config, analysis, context) -> ReportSection | None``, the analyzer's section of
+    ``gnorm report`` (title, paragraphs, tables, named figures) built from its own ``Analysis``; the
+    context (:class:`gnorm.reporting.ReportContext`) gives the records, the store's trajectories and
+    where figures go. None (the default): the report shows the analysis's tables and notes.
+    """
 
     kind: ClassVar[str] = "analyzer"
+    report: Callable[[Any, Any, Any], Any] | None = None
 
 
 @attrs.frozen
@@ -75,12 +109,19 @@ class Observable(Component):
     the evaluation computes anyway and the weights. ``factory(config, context: ObservableContext) ->
     Observer``; an experiment switches it on with ``[evaluation] observables = ["<name>"]``.
 
-    ``requires_groups`` names weight-norm groups the architecture must have; an experiment that asks
-    for the observable on an architecture without them is refused when the file is read.
+    The contract, declared here:
+
+    - ``requires_groups``: weight-norm groups the architecture must have; an experiment that asks for
+      the observable on an architecture without them is refused when the file is read.
+    - ``at_grok``: metric keys whose value at T_grok the engine records as the fact ``<key>_at_grok``
+      (the built-in ``logit_scale`` declares ``("logit_scale",)``, giving ``logit_scale_at_grok``).
+    - ``facts``: the names of the facts recorded for this observable (``("logit_scale_at_grok",)``).
     """
 
     kind: ClassVar[str] = "observable"
     requires_groups: tuple[str, ...] = ()
+    at_grok: tuple[str, ...] = ()
+    facts: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -92,11 +133,31 @@ class Executor(Component):
 
     Set ``in_process`` when tasks run in the coordinator's own process: they then receive the
     coordinator's plugin registry (so plugins registered in-process work); other executors' workers
-    build the registry from the ``gnorm`` entry points.
+    build the registry themselves (gnorm's built-ins, then the ``gnorm`` entry points).
+
+    ``options``: command-line options this executor adds to ``gnorm run``, each setting one key of the
+    ``[executor]`` table (see :class:`ExecutorOption`); the dask plugin declares ``--scheduler``::
+
+        options=(gnorm.ExecutorOption(flag="--scheduler", key="scheduler", metavar="ADDRESS",
+                                      help="address of a running dask scheduler"),)
     """
 
     kind: ClassVar[str] = "executor"
     in_process: bool = False
+    options: tuple[ExecutorOption, ...] = ()
+
+
+@attrs.frozen
+class ExecutorOption:
+    """A command-line option of ``gnorm run`` contributed by an executor plugin: ``gnorm run FILE flag
+    VALUE`` sets ``executor.<key> = VALUE`` (read as a TOML value, so numbers and booleans keep their
+    type, as with ``--set``). ``flag`` is a long option (``--scheduler``); ``help`` is its line in
+    ``gnorm run --help``."""
+
+    flag: str
+    key: str
+    help: str
+    metavar: str = "VALUE"
 
 
 COMPONENT_KINDS: tuple[type[Component], ...] = (Task, Architecture, NormController, GrokCriterion, Analyzer,

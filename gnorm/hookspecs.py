@@ -7,18 +7,25 @@ and declaring the module under the ``gnorm`` entry-point group of your package::
     [project.entry-points.gnorm]
     xyz = "gnorm_plugin_xyz"
 
-Sections: registration hooks (what pieces exist), then run-lifecycle hooks (observers).
+gnorm's own plugins (``gnorm.builtins.BUILTIN_PLUGINS``) are registered first, in code; then every
+package of the entry-point group. An implementation may take any subset of a hook's arguments.
+
+Sections: registration hooks (what pieces exist), lifecycle hooks (observers of a study and its runs),
+then the command hook (subcommands of ``gnorm``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from gnorm import PROJECT_NAME
 from gnorm.components import (Analyzer, Architecture, Executor, GrokCriterion, NormController, Observable,
                               RunRecord, Task)
+
+if TYPE_CHECKING:
+    import click
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -78,7 +85,12 @@ def gnorm_norm_controllers() -> list[NormController]:
     ``group_critical_norms``), the member count, and ``groups``: group name -> positions of its tensors
     in ``norm_tensors``. Optional: ``before_training(norm_tensors)``, called once before step 1, and
     ``keep(index)``, called with the positions of the members that stay when others finish. Both
-    ``after_step`` and ``before_training`` may return per-member tensors to record as facts::
+    ``after_step`` and ``before_training`` may return per-member tensors to record as facts.
+
+    The descriptor declares the controller's contract: ``starts_at`` names the config field holding the
+    step the intervention starts at (checked against a fork's step when the file loads),
+    ``groups(config)`` the weight-norm groups it needs (checked against the architecture's groups when
+    the file loads), ``facts`` the fact names it records, ``uses_critical_norm`` that it needs Wc::
 
         @attrs.frozen
         class HalveConfig:
@@ -89,13 +101,16 @@ def gnorm_norm_controllers() -> list[NormController]:
                 self.at_step = config.at_step
             def after_step(self, step, norm_tensors):
                 if step == self.at_step:
+                    before = gnorm.science.weight_norm(norm_tensors)
                     for tensor in norm_tensors:
                         tensor.mul_(0.5)
+                    return {"norm_before_halving": before}
 
         @gnorm.hookimpl
         def gnorm_norm_controllers():
             return [gnorm.NormController(name="halve", summary="halve the weights once",
-                                         config_class=HalveConfig, factory=Halve)]
+                                         config_class=HalveConfig, factory=Halve,
+                                         starts_at="at_step", facts=("norm_before_halving",))]
     """
 
 
@@ -120,13 +135,20 @@ def gnorm_analyzers() -> list[Analyzer]:
     """Register analyzers. Called once at start-up; return a list of :class:`gnorm.Analyzer`.
 
     ``factory(config)`` returns a callable taking the stored runs (``list[RunRecord]``) and returning
-    a :class:`gnorm.components.Analysis`::
+    a :class:`gnorm.components.Analysis`. The descriptor's ``report(config, analysis, context)``, when
+    given, returns the analyzer's section of ``gnorm report`` (a :class:`gnorm.reporting.ReportSection`
+    with paragraphs, tables and named figures, or None to add nothing) from that same analysis::
 
         def count_grokked(config):
             def analyze(records):
                 grokked = sum(not r.censored for r in records)
                 return Analysis(analyzer="count", numbers={"grokked": grokked})
             return analyze
+
+        @gnorm.hookimpl
+        def gnorm_analyzers():
+            return [gnorm.Analyzer(name="count", summary="how many runs grokked", config_class=EmptyConfig,
+                                   factory=count_grokked)]
     """
 
 
@@ -139,7 +161,9 @@ def gnorm_observables() -> list[Observable]:
     ``observe(chunk)`` is called under ``torch.no_grad()`` for every chunk of ensemble members at every
     scheduled evaluation (chunk: :class:`gnorm.components.EvaluationChunk`, with the logits the
     evaluation has already computed) and returns metric key -> one value per member of the chunk; the
-    values are stored as trajectory columns::
+    values are stored as trajectory columns. The descriptor declares ``requires_groups`` (weight-norm
+    groups the architecture must have, checked when the file loads), ``at_grok`` (metric keys whose
+    value at T_grok is recorded as the fact ``<key>_at_grok``) and ``facts`` (the fact names that gives)::
 
         class MaxLogit:
             def __init__(self, config, context):
@@ -150,7 +174,8 @@ def gnorm_observables() -> list[Observable]:
         @gnorm.hookimpl
         def gnorm_observables():
             return [gnorm.Observable(name="max_logit", summary="largest logit over all examples",
-                                     config_class=EmptyConfig, factory=MaxLogit)]
+                                     config_class=EmptyConfig, factory=MaxLogit,
+                                     at_grok=("max_logit",), facts=("max_logit_at_grok",))]
     """
 
 
@@ -166,7 +191,9 @@ def gnorm_executors() -> list[Executor]:
     executor never sees the store. Optional: a ``capacity`` attribute (the coordinator keeps at most
     that many cells submitted; default: all that are ready) and ``terminate_workers()`` (called instead
     of ``shutdown`` when the study is interrupted). An experiment picks one with
-    ``[executor] name = "..."`` (or ``gnorm run --executor NAME``)::
+    ``[executor] name = "..."`` (or ``gnorm run --executor NAME``). The descriptor's ``options``
+    (:class:`gnorm.ExecutorOption`) add options to ``gnorm run``, each setting one key of the
+    ``[executor]`` table::
 
         @attrs.frozen
         class PoolConfig:
@@ -175,7 +202,9 @@ def gnorm_executors() -> list[Executor]:
         @gnorm.hookimpl
         def gnorm_executors():
             return [gnorm.Executor(name="processes", summary="a plain process pool", config_class=PoolConfig,
-                                   factory=lambda config, context: ProcessPoolExecutor(config.workers))]
+                                   factory=lambda config, context: ProcessPoolExecutor(config.workers),
+                                   options=(gnorm.ExecutorOption(flag="--workers", key="workers", metavar="N",
+                                                                 help="worker processes"),))]
 
     (Not a thread pool: a cell sets process-wide torch state, such as its thread count and
     deterministic kernels, so cells must not share a process at the same time.)
@@ -183,37 +212,93 @@ def gnorm_executors() -> list[Executor]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Run lifecycle: observers (trackers, loggers). They are called in the process that trains, must not
-# change anything, and their return values are ignored.
+# Lifecycle: observers (trackers, loggers). Every one of them is called in the coordinator process (the
+# one that runs ``gnorm run``), never in a worker, so a tracker can open a run in ``gnorm_before_run``
+# and close it in ``gnorm_after_run``. They must not change anything; their return values are ignored.
+# Order: ``gnorm_before_study``; then for each run, when its cell's results reach the coordinator,
+# ``gnorm_before_run``, ``gnorm_after_evaluation`` for each stored evaluation in step order,
+# ``gnorm_after_run``; finally ``gnorm_after_study``. Runs already in the store are not announced.
 
 
 @hookspec
-def gnorm_before_run(run_id: str, stage: str, seed: int, config: dict[str, Any]) -> None:
-    """Called once per run, just before its ensemble starts training::
+def gnorm_before_study(results_dir: str, experiment: str, runs: int) -> None:
+    """Called once in the coordinator process when ``gnorm run`` starts a study, before any cell is
+    submitted, with the results directory, the experiment's name and the number of runs still to train::
 
         @gnorm.hookimpl
-        def gnorm_before_run(run_id, stage, seed, config):
-            print("starting", run_id)
+        def gnorm_before_study(results_dir, experiment, runs):
+            print(f"{experiment}: {runs} runs into {results_dir}")
     """
 
 
 @hookspec
-def gnorm_after_evaluation(run_id: str, step: int, metrics: dict[str, float]) -> None:
-    """Called for every run at every scheduled evaluation, with that run's metrics (train_loss,
-    test_loss, train_acc, test_acc, weight_norm, one ``norm/<group>`` per parameter group and the keys
-    of the observables the experiment switched on)::
+def gnorm_after_study(results_dir: str, experiment: str, done: int, failed: int) -> None:
+    """Called once in the coordinator process when the study ends (also after an interruption or
+    failures), with how many runs were stored as finished and as failed in this study::
+
+        @gnorm.hookimpl
+        def gnorm_after_study(results_dir, experiment, done, failed):
+            print(f"{experiment}: {done} done, {failed} failed")
+    """
+
+
+@hookspec
+def gnorm_before_run(run_id: str, stage: str, seed: int, config: dict[str, Any], results_dir: str,
+                     cell_label: str, critical_norm: float | None) -> None:
+    """Called once per run in the coordinator process, when its cell's results arrive and before that
+    run's evaluations are announced. ``config`` is the run's resolved configuration as plain data,
+    ``cell_label`` names its cell as the summary tables do (e.g. ``controller.rho=1.1``) and
+    ``critical_norm`` is the Wc it was given (None for a stage without one)::
+
+        @gnorm.hookimpl
+        def gnorm_before_run(run_id, stage, cell_label, critical_norm):
+            tracker.start(run_id, group=f"{stage} {cell_label}", wc=critical_norm)
+    """
+
+
+@hookspec
+def gnorm_after_evaluation(run_id: str, step: int, metrics: dict[str, float], results_dir: str,
+                           cell_label: str) -> None:
+    """Called in the coordinator process for every stored evaluation of a run, in step order, between
+    that run's ``gnorm_before_run`` and ``gnorm_after_run``, with its metrics (train_loss, test_loss,
+    train_acc, test_acc, weight_norm, one ``norm/<group>`` per parameter group and the keys of the
+    observables the experiment switched on)::
 
         @gnorm.hookimpl
         def gnorm_after_evaluation(run_id, step, metrics):
-            tracker.log(metrics, step=step)
+            tracker.log(run_id, metrics, step=step)
     """
 
 
 @hookspec
-def gnorm_after_run(record: RunRecord) -> None:
-    """Called once per run when it has finished (grokked, or out of budget), after it is stored::
+def gnorm_after_run(record: RunRecord, results_dir: str, cell_label: str, critical_norm: float | None) -> None:
+    """Called once per run in the coordinator process after it is stored (grokked, or out of budget),
+    after its last ``gnorm_after_evaluation``::
 
         @gnorm.hookimpl
-        def gnorm_after_run(record):
-            print(record.run_id, record.t_grok)
+        def gnorm_after_run(record, critical_norm):
+            tracker.finish(record.run_id, t_grok=record.t_grok, wc=critical_norm)
+    """
+
+
+# ---------------------------------------------------------------------------------------------------
+# Commands.
+
+
+@hookspec
+def gnorm_commands(cli: click.Group) -> None:
+    """Add subcommands to ``gnorm``: called with the ``gnorm`` click group when the command line needs
+    the plugins' commands (``gnorm --help``, or a command name gnorm itself does not have), before any
+    registry is built. Add commands with ``@cli.command()``; a name gnorm already has is refused.
+
+    Keep the module that implements this hook light: ``gnorm --help`` imports it, so import torch and
+    gnorm's engine inside the command, not at the top::
+
+        @gnorm.hookimpl
+        def gnorm_commands(cli):
+            @cli.command()
+            @click.argument("directory")
+            def hello(directory):
+                \"\"\"Say hello to DIRECTORY.\"\"\"
+                click.echo(f"hello {directory}")
     """

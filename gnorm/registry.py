@@ -1,13 +1,15 @@
-"""The plugin manager: loads every plugin through the ``gnorm`` entry-point group, reports the ones that
-fail, refuses name conflicts, and answers "which piece is called X".
+"""The plugin manager: registers gnorm's built-in plugins (the modules listed in
+``gnorm.builtins.BUILTIN_PLUGINS``), then every package of the ``gnorm`` entry-point group; reports the
+ones that fail, refuses name conflicts, and answers "which piece is called X".
 
-Built-in pieces arrive by the same path as third-party ones (gnorm's own pyproject declares them), so
-this module never imports a built-in by name.
+Built-in and third-party plugins are modules of the same kind, registered by the same code; this
+module names no built-in, it only reads the tuple.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import os
 from functools import lru_cache
@@ -17,7 +19,8 @@ from typing import Any, Iterable
 import attrs
 import pluggy
 
-from gnorm import PROJECT_NAME, hookspecs
+from gnorm import PROJECT_NAME, __version__, hookspecs
+from gnorm.builtins import BUILTIN_PLUGINS
 from gnorm.components import COMPONENT_KINDS, Component
 from gnorm.errors import PluginError, Problem
 
@@ -42,6 +45,10 @@ _CLASS_OF_KIND = {cls.kind: cls for cls in COMPONENT_KINDS}
 #: Every hook a plugin may implement (registration and lifecycle), as specified in gnorm.hookspecs.
 HOOK_NAMES: list[str] = sorted(name for name, value in vars(hookspecs).items()
                                if hasattr(value, f"{PROJECT_NAME}_spec"))
+#: The hooks that observe a study and its runs (what makes a plugin an "observer" in ``gnorm plugins``).
+LIFECYCLE_HOOKS: tuple[str, ...] = ("gnorm_before_study", "gnorm_before_run", "gnorm_after_evaluation",
+                                    "gnorm_after_run", "gnorm_after_study")
+COMMAND_HOOK = "gnorm_commands"
 
 
 @attrs.frozen
@@ -68,6 +75,22 @@ class Registered:
     provider: Provider
 
 
+@attrs.frozen
+class Plugin:
+    """A registered plugin module: its name (``<package>:<entry point>``), who provides it, the hooks it
+    implements and the module's docstring's first line."""
+
+    name: str
+    provider: Provider
+    hooks: tuple[str, ...]
+    summary: str = ""
+    module: str = ""
+
+    @property
+    def observes(self) -> tuple[str, ...]:
+        return tuple(hook for hook in self.hooks if hook in LIFECYCLE_HOOKS)
+
+
 class UnknownComponent(LookupError):
     def __init__(self, kind: str, name: str, known: list[str]):
         self.kind, self.name, self.known = kind, name, known
@@ -80,11 +103,12 @@ class Registry:
     """Every loaded component, by kind and name, plus the pluggy hook relay for lifecycle hooks."""
 
     def __init__(self, plugin_manager: pluggy.PluginManager, registered: dict[tuple[str, str], Registered],
-                 failures: list[LoadFailure]):
+                 failures: list[LoadFailure], plugins: list[Plugin] | None = None):
         self.plugin_manager = plugin_manager
         self.hook = plugin_manager.hook
         self._registered = registered
         self.failures = failures
+        self.plugins = plugins or []
 
     def get(self, kind: str, name: str) -> Component:
         try:
@@ -97,6 +121,10 @@ class Registry:
 
     def entries(self) -> list[Registered]:
         return sorted(self._registered.values(), key=lambda r: (r.component.kind, r.component.name))
+
+
+#: Who provides the built-ins: gnorm itself (``0.0.0`` in a source tree that was never installed).
+BUILTIN_PROVIDER = Provider(package=PROJECT_NAME, version=__version__)
 
 
 def _provider_of(entry_point: Any) -> Provider:
@@ -162,26 +190,29 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def build_registry(extra_plugins: Iterable[tuple[Any, Provider]] = (), autoload: bool | None = None) -> Registry:
-    """Load plugins from entry points (gnorm's own always; third-party unless disabled) and
-    ``extra_plugins``, then collect their components.
+def _builtin_candidates(failures: list[LoadFailure]) -> list[tuple[str, Any, Provider]]:
+    """gnorm's own plugin modules, imported by name from ``BUILTIN_PLUGINS``."""
+    candidates = []
+    for module_name in BUILTIN_PLUGINS:
+        try:
+            plugin = importlib.import_module(module_name)
+        except (Exception, SystemExit) as error:
+            failures.append(LoadFailure(module_name, BUILTIN_PROVIDER, f"{type(error).__name__}: {error}"))
+            continue
+        candidates.append((f"{PROJECT_NAME}:{module_name.rsplit('.', 1)[-1]}", plugin, BUILTIN_PROVIDER))
+    return candidates
 
-    Raises :class:`PluginError` for a misspelled hook or a component name given by two packages; a
-    plugin that fails to import (even by ``sys.exit()``) or whose registration hook raises or returns
-    something other than a list of components is reported in ``failures`` and skipped.
-    """
-    if autoload is None:
-        autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
-    plugin_manager = pluggy.PluginManager(PROJECT_NAME)
-    plugin_manager.add_hookspecs(hookspecs)
-    failures: list[LoadFailure] = []
-    providers: dict[str, Provider] = {}
-    problems: list[Problem] = []
 
-    candidates: list[tuple[str, Any, Provider]] = []
+def _entry_point_candidates(autoload: bool, failures: list[LoadFailure]) -> list[tuple[str, Any, Provider]]:
+    """Third-party plugin modules of the ``gnorm`` entry-point group (none when ``autoload`` is off).
+    Entry points of the gnorm distribution itself (metadata left by an older install) are ignored: the
+    built-ins are registered from ``BUILTIN_PLUGINS``."""
+    if not autoload:
+        return []
+    candidates = []
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         provider = _provider_of(entry_point)
-        if not autoload and provider.package != PROJECT_NAME:
+        if provider.package == PROJECT_NAME:
             continue
         try:
             plugin = entry_point.load()
@@ -189,12 +220,21 @@ def build_registry(extra_plugins: Iterable[tuple[Any, Provider]] = (), autoload:
             failures.append(LoadFailure(entry_point.value, provider, f"{type(error).__name__}: {error}"))
             continue
         candidates.append((f"{provider.package}:{entry_point.name}", plugin, provider))
-    for index, (plugin, provider) in enumerate(extra_plugins):
-        candidates.append((f"{provider.package}:extra{index}", plugin, provider))
+    return candidates
 
+
+def _autoload(autoload: bool | None) -> bool:
+    return os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0") if autoload is None else autoload
+
+
+def _register(plugin_manager: pluggy.PluginManager, candidates: list[tuple[str, Any, Provider]],
+              problems: list[Problem]) -> dict[str, Provider]:
+    """Register each candidate whose hooks are all known and marked; return plugin name -> provider.
+    A module named twice (two entry points, or a built-in an entry point names too) is registered once."""
+    providers: dict[str, Provider] = {}
     for plugin_name, plugin, provider in candidates:
         if plugin_manager.is_registered(plugin):
-            continue  # two entry points naming one module
+            continue
         wrong = _hook_problems(plugin, plugin_manager)
         if wrong:
             problems.append(Problem(f"plugin {plugin_name} ({provider})", "", "; ".join(wrong) + f"; {WAY_OUT_ONE}"))
@@ -209,6 +249,41 @@ def build_registry(extra_plugins: Iterable[tuple[Any, Provider]] = (), autoload:
                 plugin_manager.unregister(plugin)
             continue
         providers[plugin_name] = provider
+    return providers
+
+
+def _new_plugin_manager() -> pluggy.PluginManager:
+    plugin_manager = pluggy.PluginManager(PROJECT_NAME)
+    plugin_manager.add_hookspecs(hookspecs)
+    return plugin_manager
+
+
+def _plugins(plugin_manager: pluggy.PluginManager, providers: dict[str, Provider]) -> list[Plugin]:
+    plugins = []
+    for plugin_name, provider in providers.items():
+        module = plugin_manager.get_plugin(plugin_name)
+        hooks = tuple(sorted(caller.name for caller in plugin_manager.get_hookcallers(module) or ()))
+        doc = (inspect.getdoc(module) or "").strip().splitlines()
+        plugins.append(Plugin(plugin_name, provider, hooks, doc[0] if doc else "",
+                              getattr(module, "__name__", plugin_name)))
+    return plugins
+
+
+def build_registry(extra_plugins: Iterable[tuple[Any, Provider]] = (), autoload: bool | None = None) -> Registry:
+    """Register gnorm's built-in plugins (``BUILTIN_PLUGINS``), then the ``gnorm`` entry points
+    (third-party; unless disabled) and ``extra_plugins``, then collect their components.
+
+    Raises :class:`PluginError` for a misspelled hook or a component name given by two packages; a
+    plugin that fails to import (even by ``sys.exit()``) or whose registration hook raises or returns
+    something other than a list of components is reported in ``failures`` and skipped.
+    """
+    plugin_manager = _new_plugin_manager()
+    failures: list[LoadFailure] = []
+    problems: list[Problem] = []
+    candidates = _builtin_candidates(failures) + _entry_point_candidates(_autoload(autoload), failures)
+    for index, (plugin, provider) in enumerate(extra_plugins):
+        candidates.append((f"{provider.package}:extra{index}", plugin, provider))
+    providers = _register(plugin_manager, candidates, problems)
 
     offered, skipped = _components_by_plugin(plugin_manager, providers, failures)
     registered: dict[tuple[str, str], Registered] = {}
@@ -226,7 +301,19 @@ def build_registry(extra_plugins: Iterable[tuple[Any, Provider]] = (), autoload:
             registered[key] = Registered(component, provider)
     if problems:
         raise PluginError(problems)
-    return Registry(plugin_manager, registered, failures)
+    return Registry(plugin_manager, registered, failures,
+                    [plugin for plugin in _plugins(plugin_manager, providers) if plugin.name not in skipped])
+
+
+def command_plugins(autoload: bool | None = None) -> tuple[pluggy.PluginManager, list[LoadFailure]]:
+    """The third-party plugins of the ``gnorm`` entry-point group in a plugin manager of their own, for
+    their ``gnorm_commands``, without gnorm's built-ins (they add no commands, and would import torch):
+    what the command line loads to list or find a plugin's command. A plugin with a misspelled hook is
+    left out here (the registry refuses it when a command builds one)."""
+    plugin_manager = _new_plugin_manager()
+    failures: list[LoadFailure] = []
+    _register(plugin_manager, _entry_point_candidates(_autoload(autoload), failures), [])
+    return plugin_manager, failures
 
 
 @lru_cache(maxsize=1)

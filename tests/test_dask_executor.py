@@ -96,3 +96,12 @@ def test_a_study_survives_losing_a_dask_worker_and_matches_a_serial_run(tmp_path
     serial = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "serial"), "--executor", "serial"])
     assert serial.exit_code == 0, serial.output
     assert _results(out) == _results(tmp_path / "serial")
+
+
+def test_the_dask_plugin_adds_scheduler_to_gnorm_run():
+    from gnorm.registry import build_registry
+
+    [option] = build_registry().get("executor", "dask").options
+    assert (option.flag, option.key) == ("--scheduler", "scheduler")
+    result = CliRunner().invoke(main, ["run", "--help"])
+    assert "--scheduler ADDRESS" in result.output and "sets executor.scheduler; executor dask" in result.output

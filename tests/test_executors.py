@@ -269,8 +269,78 @@ def test_executor_on_the_command_line_replaces_the_files_choice(tmp_path):
     path = _small_study(tmp_path, '\n[executor]\nname = "local"\nworkers = 3\nretries = 4\n')
     result = CliRunner().invoke(main, ["run", str(path), "--executor", "serial", "--dry-run"])
     assert result.exit_code == 0, result.output  # local's workers do not apply to serial
-    result = CliRunner().invoke(main, ["run", str(path), "--executor", "serial", "--scheduler", "tcp://x:1"])
-    assert result.exit_code == 2 and "executor.scheduler: unknown key" in result.output
+
+
+# ---------------------------------------------------------------------------------------------------
+# Executor options: declared by the executor plugin, added to gnorm run by the command line.
+
+
+@attrs.frozen
+class PoolConfig:
+    greeting: str = attrs.field(default="hello", validator=attrs.validators.in_(["hello", "hi"]))
+    pool: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+
+
+def _executor_plugin(*options: gnorm.ExecutorOption, name: str = "pool") -> object:
+    module = __import__("types").ModuleType(f"gnorm_plugin_{name}")
+    module.gnorm_executors = gnorm.hookimpl(lambda: [gnorm.Executor(
+        name=name, summary="an executor with options", config_class=PoolConfig,
+        factory=lambda config, context: None, options=options)])
+    return module
+
+
+GREETING = gnorm.ExecutorOption(flag="--greeting", key="greeting", metavar="WORD", help="What the pool says.")
+POOL_SIZE = gnorm.ExecutorOption(flag="--pool-size", key="pool", metavar="N", help="Processes in the pool.")
+
+
+@pytest.fixture
+def pool_registry(monkeypatch):
+    registry = build_registry(extra_plugins=[(_executor_plugin(GREETING, POOL_SIZE), Provider("gnorm-pool", "0.2"))],
+                              autoload=False)
+    monkeypatch.setattr("gnorm.registry.default_registry", lambda: registry)
+    return registry
+
+
+def test_gnorm_run_help_lists_the_options_executor_plugins_declare(pool_registry):
+    result = CliRunner().invoke(main, ["run", "--help"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "--greeting WORD What the pool says. (sets executor.greeting; executor pool)" in text
+    assert "--pool-size N Processes in the pool. (sets executor.pool; executor pool)" in text
+
+
+def test_an_executor_option_sets_its_key_of_the_executor_table_as_a_toml_value(tmp_path, pool_registry):
+    path = _small_study(tmp_path)
+    ok = CliRunner().invoke(main, ["run", str(path), "--executor", "pool", "--greeting", "hi", "--pool-size", "3",
+                                   "--dry-run"])
+    assert ok.exit_code == 0, ok.output
+    result = CliRunner().invoke(main, ["run", str(path), "--executor", "pool", "--greeting", "bye", "--pool-size", "0",
+                                       "--dry-run"])
+    assert result.exit_code == 2
+    assert f"error: {path}: executor.greeting: " in result.output and "'bye'" in result.output
+    assert f"error: {path}: executor.pool: 'pool' must be >= 1: 0" in result.output  # read as an integer
+
+
+def test_an_executor_option_given_to_another_executor_is_an_unknown_key_of_its_table(tmp_path, pool_registry):
+    path = _small_study(tmp_path)
+    result = CliRunner().invoke(main, ["run", str(path), "--executor", "serial", "--greeting", "hi"])
+    assert result.exit_code == 2 and "executor.greeting: unknown key" in result.output
+
+
+@pytest.mark.parametrize("option, message", [
+    (gnorm.ExecutorOption(flag="--greeting", key="pool", help="x"),
+     "option --greeting sets executor.pool, but executor 'other' declares it for executor.greeting"),
+    (gnorm.ExecutorOption(flag="--out", key="out", help="x"), "option --out is one of gnorm run's own"),
+    (gnorm.ExecutorOption(flag="-g", key="greeting", help="x"), "expected a flag like --scheduler"),
+])
+def test_an_executor_option_that_cannot_be_added_is_refused_naming_the_executor_and_package(
+        tmp_path, monkeypatch, option, message):
+    registry = build_registry(extra_plugins=[(_executor_plugin(GREETING, name="other"), Provider("gnorm-other", "1.0")),
+                                             (_executor_plugin(option), Provider("gnorm-pool", "0.2"))], autoload=False)
+    monkeypatch.setattr("gnorm.registry.default_registry", lambda: registry)
+    result = CliRunner().invoke(main, ["run", str(_small_study(tmp_path)), "--dry-run"])
+    assert result.exit_code == 2
+    assert "error: plugins: executor 'pool' (gnorm-pool 0.2): " in result.output and message in result.output
 
 
 def test_time_left_extrapolates_this_invocations_pace_in_step_budgets():
@@ -360,7 +430,7 @@ def test_split_parts_are_submitted_before_the_next_cell_is_split(tmp_path):
 
 FAULTS_PER_STEP = """
 import resource, sys, torch
-from gnorm.bench import workload_job
+from gnorm_bench.bench import workload_job
 from gnorm.engine import build_ensemble
 from gnorm.registry import default_registry
 from gnorm.worker import train_cell_task
@@ -383,6 +453,7 @@ GLIBC_DEFAULTS = {name: value for name, value in os.environ.items() if not name.
 
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's allocator only")
 def test_a_worker_process_stops_page_faulting_its_activations_in_every_step():
+    pytest.importorskip("gnorm_bench", reason="the W1 workload is gnorm-bench's (pip install -e plugins/gnorm-bench)")
     import subprocess
     import sys
 

@@ -101,6 +101,127 @@ def test_gnorm_plugins_json_lists_each_builtin_with_kind_package_version_and_sum
     assert isinstance(listing["failures"], list)
 
 
+def test_a_source_checkout_without_install_metadata_has_every_builtin(autoload_on):
+    """As from a bare clone on PYTHONPATH: importlib.metadata knows no gnorm distribution and no entry
+    point, and the registry still holds every built-in, provided by gnorm."""
+    code = (
+        "import importlib.metadata as m, json\n"
+        "def missing(name): raise m.PackageNotFoundError(name)\n"
+        "m.version, m.entry_points = missing, lambda **selection: m.EntryPoints([])\n"
+        "import gnorm\n"
+        "from gnorm.registry import build_registry\n"
+        "print(json.dumps([[e.component.kind, e.component.name, str(e.provider)] for e in build_registry().entries()]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=REPO)
+    listed = {(kind, name): provider for kind, name, provider in json.loads(out.stdout)}
+    builtins = {(e.component.kind, e.component.name) for e in build_registry(autoload=False).entries()}
+    assert BUILTINS <= builtins
+    assert listed == {key: "gnorm 0.0.0" for key in builtins}
+
+
+def test_gnorm_plugins_lists_an_observer_only_plugin_with_its_package(monkeypatch):
+    tracker = plugin_module("gnorm_tracker", gnorm_before_run=lambda run_id: None,
+                            gnorm_after_run=lambda record: None)
+    tracker.__doc__ = "gnorm-tracker: sends every run to a tracking server."
+    registry = build_registry(extra_plugins=[(tracker, Provider("gnorm-tracker", "1.2"))], autoload=False)
+    monkeypatch.setattr("gnorm.registry.default_registry", lambda: registry)
+    listing = json.loads(CliRunner().invoke(main, ["plugins", "--json"]).stdout)
+    assert [row for row in listing["components"] if row["kind"] == "observer"] == [
+        {"kind": "observer", "name": "gnorm_tracker", "package": "gnorm-tracker", "version": "1.2",
+         "summary": "gnorm-tracker: sends every run to a tracking server.",
+         "hooks": ["gnorm_after_run", "gnorm_before_run"]}]
+    table = CliRunner().invoke(main, ["plugins"]).stdout
+    [line] = [line for line in table.splitlines() if line.startswith("observer")]
+    assert line.split()[:4] == ["observer", "gnorm_tracker", "gnorm-tracker", "1.2"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command hook: plugins add subcommands to gnorm.
+
+
+class CommandEntryPoint:
+    """An installed package's ``gnorm`` entry point, as importlib.metadata gives it."""
+
+    def __init__(self, module: types.ModuleType, package: str, version: str):
+        self.module, self.name, self.value = module, module.__name__, module.__name__
+        self.dist = types.SimpleNamespace(metadata={"Name": package}, version=version)
+
+    def load(self) -> types.ModuleType:
+        return self.module
+
+
+def hello_plugin(command_name: str = "hello") -> types.ModuleType:
+    import click
+
+    def gnorm_commands(cli):
+        @cli.command(name=command_name)
+        @click.argument("who")
+        def hello(who):
+            """Say hello to WHO."""
+            click.echo(f"hello {who}")
+
+    return plugin_module(f"gnorm_{command_name}", gnorm_commands=gnorm_commands)
+
+
+@pytest.fixture
+def installed_commands(monkeypatch, autoload_on):
+    """Install command plugins (their entry points) for this test; the CLI collects them afresh."""
+    def install(*modules: types.ModuleType) -> None:
+        points = [CommandEntryPoint(module, module.__name__.replace("_", "-"), "0.1") for module in modules]
+        monkeypatch.setattr("gnorm.registry.entry_points", lambda group: points if group == "gnorm" else [])
+        monkeypatch.setattr(main, "plugin_commands", None)
+    yield install
+
+
+def test_a_plugin_adds_a_subcommand_that_gnorm_help_lists_and_gnorm_runs(installed_commands):
+    installed_commands(hello_plugin())
+    listed = CliRunner().invoke(main, ["--help"])
+    assert listed.exit_code == 0 and "hello     Say hello to WHO." in listed.output
+    said = CliRunner().invoke(main, ["hello", "world"])
+    assert (said.exit_code, said.output) == (0, "hello world\n")
+
+
+def test_a_plugin_command_cannot_take_the_name_of_one_of_gnorms_own(installed_commands):
+    installed_commands(hello_plugin("show"), hello_plugin())
+    listed = CliRunner().invoke(main, ["--help"])
+    assert "warning: plugin gnorm-show:gnorm_show: command 'show' is taken; skipped" in listed.stderr
+    assert "show      Print a summary table per stage" in listed.stdout and "hello " in listed.stdout
+
+
+HELP_WITHOUT_TORCH = '''
+import importlib.metadata as m, sys, types
+plugin = types.ModuleType("gnorm_hello")
+exec("""
+import click, gnorm
+@gnorm.hookimpl
+def gnorm_commands(cli):
+    @cli.command()
+    def hello():
+        "Say hello."
+""", plugin.__dict__)
+class Point:
+    name = value = "gnorm_hello"
+    dist = types.SimpleNamespace(metadata={"Name": "gnorm-hello"}, version="0.1")
+    def load(self):
+        return plugin
+m.entry_points = lambda **selection: [Point()] if selection.get("group") == "gnorm" else m.EntryPoints([])
+from gnorm.cli import main
+try:
+    main(["--help"])
+except SystemExit:
+    pass
+print("torch imported" if "torch" in sys.modules else "no torch")
+'''
+
+
+def test_gnorm_help_with_a_command_plugin_does_not_import_torch(autoload_on):
+    out = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert "hello     Say hello." in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "no torch"
+
+
 # ---------------------------------------------------------------------------------------------------
 # Plugins that misbehave: refused loudly when the plugin set is ambiguous or mistyped ...
 

@@ -1,2 +1,18 @@
-"""gnorm's built-in plugins. Each module is declared under the ``gnorm`` entry-point group in
-pyproject.toml and loaded by the same path as a third-party plugin."""
+"""gnorm's built-in plugins: ordinary plugin modules (each implements registration hooks with
+``@gnorm.hookimpl``), listed in code so that a bare source tree has them without install metadata.
+
+The registry imports and registers every module of :data:`BUILTIN_PLUGINS`, in this order, before the
+third-party packages of the ``gnorm`` entry-point group; nothing else in gnorm imports a built-in by
+name to use it as a piece.
+"""
+
+#: gnorm's own plugin modules, registered first and reported as provided by gnorm itself.
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "gnorm.builtins.tasks",
+    "gnorm.builtins.architectures",
+    "gnorm.builtins.controllers",
+    "gnorm.builtins.criteria",
+    "gnorm.builtins.analyzers",
+    "gnorm.builtins.observables",
+    "gnorm.builtins.executors",
+)

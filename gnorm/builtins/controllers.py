@@ -349,26 +349,46 @@ class InitialRescale:
         return None
 
 
+def _named_groups(*names: str) -> list[str]:
+    """The group names a controller's config gives, without ``all`` (every group) and "" (the rest)."""
+    return [name for name in names if name and name != ALL_GROUPS]
+
+
+#: The facts a controller that clamps from t_start records, and one that intervenes once.
+CLAMP_FACTS = ("norm_before_clamp", "norm_after_clamp", "held_norm")
+INTERVENTION_FACTS = ("norm_before_intervention", "norm_after_intervention")
+
+
 @gnorm.hookimpl
 def gnorm_norm_controllers() -> list[gnorm.NormController]:
     return [
         gnorm.NormController(name="free", summary="free AdamW training; the norm follows weight decay",
                              config_class=FreeConfig, factory=Free),
         gnorm.NormController(name="clamp", summary="hold ||W|| at rho * Wc after every step from t_start",
-                             config_class=ClampConfig, factory=Clamp, uses_critical_norm=True),
+                             config_class=ClampConfig, factory=Clamp, uses_critical_norm=True,
+                             starts_at="t_start", facts=CLAMP_FACTS),
         gnorm.NormController(name="rescale", summary="set ||W|| to rho * Wc once, after step t_start",
-                             config_class=RescaleConfig, factory=Rescale, uses_critical_norm=True),
+                             config_class=RescaleConfig, factory=Rescale, uses_critical_norm=True,
+                             starts_at="t_start", facts=INTERVENTION_FACTS),
         gnorm.NormController(name="group_clamp", summary="hold one group's norm at rho * its own Wc from t_start",
-                             config_class=GroupClampConfig, factory=GroupClamp, uses_critical_norm=True),
+                             config_class=GroupClampConfig, factory=GroupClamp, uses_critical_norm=True,
+                             starts_at="t_start", groups=lambda config: _named_groups(config.group),
+                             facts=CLAMP_FACTS + ("group_norm_before_clamp", "group_critical_norm")),
         gnorm.NormController(name="group_rescale", summary="multiply one group by factor once, after step t_start",
-                             config_class=GroupRescaleConfig, factory=GroupRescale),
+                             config_class=GroupRescaleConfig, factory=GroupRescale,
+                             starts_at="t_start", groups=lambda config: _named_groups(config.group),
+                             facts=INTERVENTION_FACTS + ("group_norm_before_intervention",
+                                                         "group_norm_after_intervention")),
         gnorm.NormController(name="layer_allocation",
                              summary="hold ||W|| at rho * Wc with one group's share moved by allocation",
-                             config_class=LayerAllocationConfig, factory=LayerAllocation, uses_critical_norm=True),
+                             config_class=LayerAllocationConfig, factory=LayerAllocation, uses_critical_norm=True,
+                             starts_at="t_start", groups=lambda config: _named_groups(config.group, config.partner),
+                             facts=INTERVENTION_FACTS + ("share_before", "held_share", "held_norm")),
         gnorm.NormController(name="relative_clamp", summary="hold ||W|| at factor x each seed's own norm at t_start",
-                             config_class=RelativeClampConfig, factory=RelativeClamp),
+                             config_class=RelativeClampConfig, factory=RelativeClamp,
+                             starts_at="t_start", facts=CLAMP_FACTS),
         gnorm.NormController(name="clip_rows", summary="clip every row of chosen matrices to max_row_norm",
-                             config_class=ClipRowsConfig, factory=ClipRows),
+                             config_class=ClipRowsConfig, factory=ClipRows, starts_at="t_start"),
         gnorm.NormController(name="initial_rescale", summary="multiply the initial weights by factor (Omnigrok)",
-                             config_class=InitialRescaleConfig, factory=InitialRescale),
+                             config_class=InitialRescaleConfig, factory=InitialRescale, facts=INTERVENTION_FACTS),
     ]

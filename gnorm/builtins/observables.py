@@ -135,7 +135,8 @@ class Spectral:
 def gnorm_observables() -> list[gnorm.Observable]:
     return [
         gnorm.Observable(name="logit_scale", summary="logit_scale: mean over all pairs of ||logits / tau||",
-                         config_class=NoOptions, factory=LogitScale),
+                         config_class=NoOptions, factory=LogitScale, at_grok=("logit_scale",),
+                         facts=("logit_scale_at_grok",)),
         gnorm.Observable(name="softmax_collapse",
                          summary="softmax_collapse_fraction: share of train pairs with p(correct) == 1.0 exactly",
                          config_class=NoOptions, factory=SoftmaxCollapse),

@@ -77,4 +77,7 @@ class DaskExecutor(concurrent.futures.Executor):
 @gnorm.hookimpl
 def gnorm_executors() -> list[gnorm.Executor]:
     return [gnorm.Executor(name="dask", summary="dask.distributed: a scheduler address, or a LocalCluster",
-                           config_class=DaskConfig, factory=DaskExecutor)]
+                           config_class=DaskConfig, factory=DaskExecutor,
+                           options=(gnorm.ExecutorOption(
+                               flag="--scheduler", key="scheduler", metavar="ADDRESS",
+                               help="Scheduler address, e.g. --executor dask --scheduler tcp://host:8786"),))]

@@ -1,4 +1,5 @@
-"""The benchmark's reference trainers compute what gnorm computes, so its ratios compare like with like."""
+"""The benchmark's reference trainers compute what gnorm computes, so its ratios compare like with like;
+``gnorm bench`` arrives through the plugin's ``gnorm_commands`` hook."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from gnorm import bench
+from gnorm_bench import bench
 from gnorm.cli import main
 from gnorm.engine import cpu_computes_bfloat16, deterministic_algorithms
 from gnorm.registry import default_registry

@@ -1,5 +1,5 @@
-"""``gnorm bench``: gnorm's engine against two reference trainers written the way users write them,
-timed in the same process on the same workload, reported as ratios.
+"""The benchmark behind ``gnorm bench``: gnorm's engine against two reference trainers written the way
+users write them, timed in the same process on the same workload, reported as ratios.
 
 W1: the paper's MLP at p = 59, training fraction 0.4, 16 seeds, AdamW lr 1e-3 with weight decay 1,
 clamp from step 500 at a fixed held norm, 2000 steps, evaluation on a 360-point geometric grid.
@@ -509,7 +509,7 @@ def grid_agreement(ours: list[int | None], theirs: list[int | None], grid: np.nd
 
 def peak_memory_mib(p: int, seeds: int, steps: int = 20) -> float:
     """Peak resident memory of a fresh process training ``seeds`` seeds at modulus ``p`` for ``steps``."""
-    code = ("import resource, gnorm.bench as b; from gnorm.registry import default_registry as r; "
+    code = ("import resource, gnorm_bench.bench as b; from gnorm.registry import default_registry as r; "
             "b.keep_freed_memory(); "
             f"b.gnorm_engine(b.workload_job(r(), {seeds}, {steps}, 1.0, False, p={p}), r()); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
