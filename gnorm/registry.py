@@ -25,6 +25,9 @@ from gnorm.components import COMPONENT_KINDS, Component
 from gnorm.errors import PluginError, Problem
 
 ENTRY_POINT_GROUP = "gnorm"
+#: Entry points of plugins that add commands: the only ones the command line imports to list or find a
+#: command (``gnorm --help``), so a plugin module that imports torch at the top costs ``--help`` nothing.
+COMMANDS_ENTRY_POINT_GROUP = "gnorm.commands"
 #: Set to 1 to load only gnorm's own plugins (third-party entry points are ignored).
 DISABLE_AUTOLOAD_ENV = "GNORM_DISABLE_PLUGIN_AUTOLOAD"
 #: How to get past a plugin set that cannot be used, said with each such problem (two packages, one).
@@ -203,23 +206,27 @@ def _builtin_candidates(failures: list[LoadFailure]) -> list[tuple[str, Any, Pro
     return candidates
 
 
-def _entry_point_candidates(autoload: bool, failures: list[LoadFailure]) -> list[tuple[str, Any, Provider]]:
-    """Third-party plugin modules of the ``gnorm`` entry-point group (none when ``autoload`` is off).
-    Entry points of the gnorm distribution itself (metadata left by an older install) are ignored: the
-    built-ins are registered from ``BUILTIN_PLUGINS``."""
+def _entry_point_candidates(autoload: bool, failures: list[LoadFailure],
+                            groups: tuple[str, ...] = (ENTRY_POINT_GROUP, COMMANDS_ENTRY_POINT_GROUP)
+                            ) -> list[tuple[str, Any, Provider]]:
+    """Third-party plugin modules of the ``groups`` entry-point groups (none when ``autoload`` is off),
+    each module once. Entry points of the gnorm distribution itself (metadata left by an older install)
+    are ignored: the built-ins are registered from ``BUILTIN_PLUGINS``."""
     if not autoload:
         return []
-    candidates = []
-    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-        provider = _provider_of(entry_point)
-        if provider.package == PROJECT_NAME:
-            continue
-        try:
-            plugin = entry_point.load()
-        except (Exception, SystemExit) as error:  # a broken third-party package must not take gnorm down
-            failures.append(LoadFailure(entry_point.value, provider, f"{type(error).__name__}: {error}"))
-            continue
-        candidates.append((f"{provider.package}:{entry_point.name}", plugin, provider))
+    candidates, seen = [], set()
+    for group in groups:
+        for entry_point in entry_points(group=group):
+            provider = _provider_of(entry_point)
+            if provider.package == PROJECT_NAME or entry_point.value in seen:
+                continue
+            seen.add(entry_point.value)
+            try:
+                plugin = entry_point.load()
+            except (Exception, SystemExit) as error:  # a broken third-party package must not take gnorm down
+                failures.append(LoadFailure(entry_point.value, provider, f"{type(error).__name__}: {error}"))
+                continue
+            candidates.append((f"{provider.package}:{entry_point.name}", plugin, provider))
     return candidates
 
 
@@ -306,13 +313,14 @@ def build_registry(extra_plugins: Iterable[tuple[Any, Provider]] = (), autoload:
 
 
 def command_plugins(autoload: bool | None = None) -> tuple[pluggy.PluginManager, list[LoadFailure]]:
-    """The third-party plugins of the ``gnorm`` entry-point group in a plugin manager of their own, for
-    their ``gnorm_commands``, without gnorm's built-ins (they add no commands, and would import torch):
-    what the command line loads to list or find a plugin's command. A plugin with a misspelled hook is
-    left out here (the registry refuses it when a command builds one)."""
+    """The plugins of the ``gnorm.commands`` entry-point group in a plugin manager of their own, for
+    their ``gnorm_commands``, without gnorm's built-ins and component plugins (they add no commands, and
+    may import torch): what the command line loads to list or find a plugin's command. A plugin with a
+    misspelled hook is left out here (the registry refuses it when a command builds one)."""
     plugin_manager = _new_plugin_manager()
     failures: list[LoadFailure] = []
-    _register(plugin_manager, _entry_point_candidates(_autoload(autoload), failures), [])
+    _register(plugin_manager, _entry_point_candidates(_autoload(autoload), failures, (COMMANDS_ENTRY_POINT_GROUP,)),
+              [])
     return plugin_manager, failures
 
 

@@ -141,7 +141,7 @@ def test_gnorm_plugins_lists_an_observer_only_plugin_with_its_package(monkeypatc
 
 
 class CommandEntryPoint:
-    """An installed package's ``gnorm`` entry point, as importlib.metadata gives it."""
+    """An installed package's ``gnorm.commands`` entry point, as importlib.metadata gives it."""
 
     def __init__(self, module: types.ModuleType, package: str, version: str):
         self.module, self.name, self.value = module, module.__name__, module.__name__
@@ -169,7 +169,7 @@ def installed_commands(monkeypatch, autoload_on):
     """Install command plugins (their entry points) for this test; the CLI collects them afresh."""
     def install(*modules: types.ModuleType) -> None:
         points = [CommandEntryPoint(module, module.__name__.replace("_", "-"), "0.1") for module in modules]
-        monkeypatch.setattr("gnorm.registry.entry_points", lambda group: points if group == "gnorm" else [])
+        monkeypatch.setattr("gnorm.registry.entry_points", lambda group: points if group == "gnorm.commands" else [])
         monkeypatch.setattr(main, "plugin_commands", None)
     yield install
 
@@ -205,7 +205,13 @@ class Point:
     dist = types.SimpleNamespace(metadata={"Name": "gnorm-hello"}, version="0.1")
     def load(self):
         return plugin
-m.entry_points = lambda **selection: [Point()] if selection.get("group") == "gnorm" else m.EntryPoints([])
+class HeavyPoint(Point):  # a component plugin that imports torch when loaded
+    name = value = "gnorm_heavy"
+    def load(self):
+        import torch
+        return types.ModuleType("gnorm_heavy")
+groups = {"gnorm.commands": [Point()], "gnorm": [HeavyPoint()]}
+m.entry_points = lambda **selection: groups.get(selection.get("group"), m.EntryPoints([]))
 from gnorm.cli import main
 try:
     main(["--help"])
@@ -215,7 +221,9 @@ print("torch imported" if "torch" in sys.modules else "no torch")
 '''
 
 
-def test_gnorm_help_with_a_command_plugin_does_not_import_torch(autoload_on):
+def test_gnorm_help_imports_command_plugins_only_and_no_torch(autoload_on):
+    """``gnorm --help`` loads the ``gnorm.commands`` entry points, never the component plugins (which
+    may import torch at the top)."""
     out = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert "hello     Say hello." in out.stdout
