@@ -183,13 +183,29 @@ def gnorm_executors() -> list[Executor]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Run lifecycle: observers (trackers, loggers). They are called in the process that trains, must not
-# change anything, and their return values are ignored.
+# Lifecycle: observers (trackers, loggers). Every one is called in the coordinator process (the one that
+# runs ``gnorm run``), never in a worker. Order: ``gnorm_before_study``; for each run, when its cell's
+# results reach the coordinator, ``gnorm_before_run``, ``gnorm_after_evaluation`` for each evaluation in
+# step order, ``gnorm_after_run``; finally ``gnorm_after_study``. They must not change anything; their
+# return values are ignored. (Docstrings to be completed by the hookspec owner.)
 
 
 @hookspec
-def gnorm_before_run(run_id: str, stage: str, seed: int, config: dict[str, Any]) -> None:
-    """Called once per run, just before its ensemble starts training::
+def gnorm_before_study(results_dir: str, experiment: str, runs: int) -> None:
+    """Called once when a study starts, before any cell is submitted: the results directory, the
+    experiment's name and the number of runs still to train."""
+
+
+@hookspec
+def gnorm_after_study(results_dir: str, experiment: str, done: int, failed: int) -> None:
+    """Called once when a study ends (also when interrupted): runs stored as finished and as failed by
+    this invocation."""
+
+
+@hookspec
+def gnorm_before_run(run_id: str, stage: str, seed: int, config: dict[str, Any], results_dir: str,
+                     cell_label: str, critical_norm: float | None) -> None:
+    """Called once per run when its cell's results arrive, before its evaluations are announced::
 
         @gnorm.hookimpl
         def gnorm_before_run(run_id, stage, seed, config):
@@ -198,8 +214,9 @@ def gnorm_before_run(run_id: str, stage: str, seed: int, config: dict[str, Any])
 
 
 @hookspec
-def gnorm_after_evaluation(run_id: str, step: int, metrics: dict[str, float]) -> None:
-    """Called for every run at every scheduled evaluation, with that run's metrics (train_loss,
+def gnorm_after_evaluation(run_id: str, step: int, metrics: dict[str, float], results_dir: str,
+                           cell_label: str) -> None:
+    """Called for every stored evaluation of a run, in step order, with that run's metrics (train_loss,
     test_loss, train_acc, test_acc, weight_norm, one ``norm/<group>`` per parameter group and the keys
     of the observables the experiment switched on)::
 
@@ -210,8 +227,8 @@ def gnorm_after_evaluation(run_id: str, step: int, metrics: dict[str, float]) ->
 
 
 @hookspec
-def gnorm_after_run(record: RunRecord) -> None:
-    """Called once per run when it has finished (grokked, or out of budget), after it is stored::
+def gnorm_after_run(record: RunRecord, results_dir: str, cell_label: str, critical_norm: float | None) -> None:
+    """Called once per run after it is stored (grokked, or out of budget), after its last evaluation::
 
         @gnorm.hookimpl
         def gnorm_after_run(record):
