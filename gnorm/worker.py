@@ -1,7 +1,11 @@
-"""What an executor runs: one cell's training, in whatever process the executor chose.
+"""What an executor runs: one cell's training, or one fork's trunk, in whatever process the executor
+chose.
 
-A task gets a :class:`~gnorm.engine.CellJob` (plain, picklable data) and returns each run's record and
-trajectory. It never touches the store; the coordinator (gnorm.study) writes what tasks return.
+A cell task gets a :class:`~gnorm.training.jobs.CellJob` (plain, picklable data) and returns each run's
+record and trajectory; a trunk task gets a :class:`~gnorm.training.jobs.TrunkJob` and returns each run's
+state at the fork step. Tasks build their components from the plugin registry and train them; they
+never touch the store and fire no hooks: the coordinator (gnorm.study) writes what tasks return and
+tells observers about it.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ import attrs
 import torch
 
 from gnorm.components import RunRecord
-from gnorm.engine import CellJob, RunLog, train_cell
+from gnorm.forks import TrunkState
 from gnorm.registry import Registry, default_registry
+from gnorm.training.build import train_cell, train_trunk
+from gnorm.training.jobs import CellJob, TrunkJob
+from gnorm.training.runlog import RunLog
 
 
 @attrs.frozen
@@ -86,6 +93,16 @@ def train_cell_task(job: CellJob, threads: int, registry: Registry | None = None
     with torch_threads(threads):
         train_cell(job, registry, finished)
     return results
+
+
+def train_trunk_task(job: TrunkJob, threads: int, registry: Registry | None = None) -> list[TrunkState]:
+    """Train the trunks of ``job``'s runs with ``threads`` torch threads, exactly as a cell task would
+    train a cell (``registry`` as for ``train_cell_task``); return each run's state at the fork step,
+    in order."""
+    keep_freed_memory()
+    registry = registry if registry is not None else default_registry()
+    with torch_threads(threads):
+        return train_trunk(job, registry)
 
 
 def exit_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:

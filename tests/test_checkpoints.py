@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import gnorm
-import gnorm.engine
+import gnorm.training.loop
 from conftest import GNORM
 from gnorm.builtins.controllers import Clamp, ClampConfig
 from gnorm.checkpoints import CHECKPOINT_FOLDER, checkpoint_path
@@ -224,29 +224,31 @@ def stored(out: Path) -> dict:
                        store.trajectory(r.run_id)) for r in store.records()}
 
 
-class StopAt:
-    """A plugin that interrupts the study (as Ctrl-C would) at the first evaluation of ``step``."""
+def stop_at(step: int, monkeypatch) -> None:
+    """Interrupt the study (as Ctrl-C would) at the first evaluation of ``step`` or later, in the
+    training loop itself (the in-process executor runs it in this process)."""
+    real = gnorm.training.loop.evaluate
 
-    def __init__(self, step: int):
-        self.step = step
-
-    @gnorm.hookimpl
-    def gnorm_after_evaluation(self, run_id, step, metrics):
-        if step >= self.step:
+    def evaluate(parts, logs, at, *rest):
+        if at >= step:
             raise KeyboardInterrupt
+        return real(parts, logs, at, *rest)
+    monkeypatch.setattr(gnorm.training.loop, "evaluate", evaluate)
 
 
 def test_an_interrupted_study_resumes_its_cell_and_removes_the_checkpoint_once_stored(short, tmp_path, monkeypatch):
     path, _ = short
-    stopper = build_registry(extra_plugins=[(StopAt(60), Provider("test-plugin", "0"))], autoload=False)
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(load_experiment(path, stopper), stopper, Store(out, create=True), Progress(io.StringIO()))
+    with monkeypatch.context() as patch:
+        stop_at(60, patch)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(load_experiment(path, REGISTRY), REGISTRY, Store(out, create=True),
+                           Progress(io.StringIO()))
     assert [file.name for file in (out / CHECKPOINT_FOLDER).iterdir()] == [Path(jobs(path, out)["free"].checkpoint).name]
 
     resumed_from = []
-    real = gnorm.engine._resume
-    monkeypatch.setattr(gnorm.engine, "_resume", lambda job, state, *rest: resumed_from.append(state.step)
+    real = gnorm.training.loop.resume
+    monkeypatch.setattr(gnorm.training.loop, "resume", lambda job, state, *rest: resumed_from.append(state.step)
                         or real(job, state, *rest))
     assert run_experiment(load_experiment(path, REGISTRY), REGISTRY, Store(out), Progress(io.StringIO())) == []
     assert resumed_from == [40]

@@ -177,3 +177,14 @@ def test_compiled_transformer_ensemble_computes_the_same_function_as_eager():
         *_transformer_members([0, 1, 2], layernorm="pre"))
     assert not eager_compiled and compiled_compiled
     np.testing.assert_allclose(compiled, eager, rtol=1e-4)
+
+
+def test_the_training_core_imports_neither_the_file_loader_nor_the_registry():
+    """gnorm.training is a function of built components: only its build step is handed a registry."""
+    import subprocess
+    import sys
+
+    code = ("import sys, gnorm.training.loop, gnorm.training.build; "
+            "print(sorted(m for m in ('gnorm.config', 'gnorm.registry') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

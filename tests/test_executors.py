@@ -207,20 +207,22 @@ def test_a_killed_local_worker_costs_only_a_retry(tmp_path):
 
 class GatedPool:
     """In-process executor: a thread pool of 2 in which the free cell with weight decay 0.5 may not
-    start training until a clamp run has started. If clamp cells waited for the whole free stage, it
+    start training until a clamp cell has started. If clamp cells waited for the whole free stage, it
     never would: the gate then opens after 60 s and the test fails on the order of events."""
 
     def __init__(self):
         self.clamp_started = threading.Event()
         self.order: list[str] = []
 
-    @gnorm.hookimpl
-    def gnorm_before_run(self, run_id, stage, seed, config):
-        self.order.append(f"start {stage} wd={config['optimizer']['weight_decay']}")
-        if stage == "clamp":
+    def gated(self, task, job, *rest):
+        """``task`` run once the gate allows the cell of ``job`` to start."""
+        run = job.runs[0]
+        self.order.append(f"start {run.stage} wd={run.optimizer.weight_decay}")
+        if run.stage == "clamp":
             self.clamp_started.set()
-        elif config["optimizer"]["weight_decay"] == 0.5:
+        elif run.optimizer.weight_decay == 0.5:
             self.clamp_started.wait(timeout=60)
+        return task(job, *rest)
 
     @gnorm.hookimpl
     def gnorm_after_run(self, record):
@@ -228,12 +230,16 @@ class GatedPool:
 
     @gnorm.hookimpl
     def gnorm_executors(self):
-        def threads(config, context):
-            pool = ThreadPoolExecutor(2)
-            pool.capacity = 2
-            return pool
+        gate = self
+
+        class Gated(ThreadPoolExecutor):
+            capacity = 2
+
+            def submit(self, fn, /, *args, **kwargs):
+                return super().submit(gate.gated, fn, *args, **kwargs)
+
         return [gnorm.Executor(name="threads", summary="two threads", config_class=attrs.make_class("C", {}),
-                               factory=threads, in_process=True)]
+                               factory=lambda config, context: Gated(2), in_process=True)]
 
 
 def test_a_clamp_cell_starts_once_its_own_source_cell_is_stored(tmp_path):

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import gnorm.study
 import gnorm.worker
+from gnorm.builtins.executors import SerialExecutor
 from gnorm.config import load_experiment
 from gnorm.engine import BatchedAdamW, CellJob, build_ensemble
 from gnorm.errors import UserError
@@ -72,11 +72,12 @@ def quiet() -> Progress:
 
 
 class TrunkCount:
-    """Wraps the real train_trunk and records which seeds each call trained."""
+    """Wraps the real train_trunk (what a worker's trunk task calls) and records which seeds each call
+    trained."""
 
     def __init__(self):
         self.calls: list[list[int]] = []
-        self.real = gnorm.study.train_trunk
+        self.real = gnorm.worker.train_trunk
 
     def __call__(self, job, registry):
         self.calls.append([run.seed for run in job.runs])
@@ -87,13 +88,19 @@ class TrunkCount:
 def forked_study(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("forked")
     experiment = load_experiment(write(tmp_path), REGISTRY)
-    count = TrunkCount()
+    count, tasks = TrunkCount(), []
+    real_submit = SerialExecutor.submit
+
+    def submit(self, fn, *args):
+        tasks.append((fn.__name__, args[0].runs[0].stage))
+        return real_submit(self, fn, *args)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gnorm.study, "train_trunk", count)
+        patch.setattr(gnorm.worker, "train_trunk", count)
+        patch.setattr(SerialExecutor, "submit", submit)
         run_experiment(experiment, REGISTRY, Store(tmp_path / "out", create=True), quiet())
     store = Store(tmp_path / "out")
     records = {(r.stage, r.seed): r for r in store.records()}
-    return SimpleNamespace(experiment=experiment, store=store, records=records, count=count,
+    return SimpleNamespace(experiment=experiment, store=store, records=records, count=count, tasks=tasks,
                            files=TrunkFiles(tmp_path / "out" / TRUNK_FOLDER))
 
 
@@ -101,6 +108,11 @@ def test_the_trunk_is_trained_once_per_seed_and_both_arms_reuse_it(forked_study)
     assert forked_study.count.calls == [[0, 1]]
     assert sorted(p.name for p in forked_study.files.directory.iterdir()) == sorted(
         f"{run.trunk_id}.pt" for run in forked_study.experiment.runs if run.stage == "arm_free")
+
+
+def test_the_trunk_is_an_executor_task_of_its_own_submitted_before_its_arms(forked_study):
+    assert forked_study.tasks == [("train_cell_task", "free"), ("train_trunk_task", "arm_free"),
+                                  ("train_cell_task", "arm_free"), ("train_cell_task", "arm_clamp")]
 
 
 def test_arms_of_a_fork_record_the_same_starting_state_hash_which_is_the_stored_trunks(forked_study):
@@ -172,7 +184,7 @@ controller = { name = "clamp", rho = 1.0, t_start = 41 }
 def test_a_study_interrupted_after_the_trunk_resumes_without_training_it_again(tmp_path, monkeypatch):
     experiment = load_experiment(write(tmp_path, stages=RESUMABLE, p=17, max_steps=120), REGISTRY)
     count = TrunkCount()
-    monkeypatch.setattr(gnorm.study, "train_trunk", count)
+    monkeypatch.setattr(gnorm.worker, "train_trunk", count)
     real_train_cell, cells = gnorm.worker.train_cell, []
 
     def interrupted_in_second_cell(job, *args):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import gnorm.engine
+import gnorm.training.numerics
 from conftest import tiny_study
 from gnorm.cli import main
 from gnorm.config import load_experiment
@@ -94,7 +94,7 @@ def test_tensorfloat32_on_a_cpu_is_refused_in_one_line_naming_file_and_key(tmp_p
 
 
 def test_bfloat16_on_a_cpu_without_it_is_refused_in_one_line_naming_file_and_key(tmp_path, monkeypatch):
-    monkeypatch.setattr(gnorm.engine, "cpu_computes_bfloat16", lambda: False)
+    monkeypatch.setattr(gnorm.training.numerics, "cpu_computes_bfloat16", lambda: False)
     assert _refused(tmp_path, "bfloat16").startswith("training.matmul_precision: 'bfloat16' needs a CPU whose matmuls ")
 
 

@@ -193,38 +193,63 @@ def test_export_writes_tidy_run_and_evaluation_tables(finished_study, tmp_path, 
         next(row for row in runs if row["stage"] == "clamp"))
 
 
-def test_lifecycle_hooks_see_every_run_and_evaluation(tmp_path):
+def test_lifecycle_hooks_fire_in_the_coordinator_in_order_with_results_dir_cell_label_and_wc(tmp_path):
+    """Each run is announced when its cell's results arrive, in this process: before_run, then every
+    stored evaluation in step order, then after_run; the study is announced around all of them."""
+    import os
     from types import SimpleNamespace
 
     import gnorm
     from gnorm.config import load_experiment
     from gnorm.registry import Provider, build_registry
     from gnorm.study import Progress, run_experiment
+    from gnorm.tables import cell_label
 
-    seen = {"before": [], "evaluations": 0, "after": []}
+    events = []
 
     class Observer:
         @gnorm.hookimpl
-        def gnorm_before_run(self, run_id, stage, seed, config):
-            seen["before"].append(run_id)
+        def gnorm_before_study(self, results_dir, experiment, runs):
+            events.append(("before_study", os.getpid(), results_dir, experiment, runs))
 
         @gnorm.hookimpl
-        def gnorm_after_evaluation(self, run_id, step, metrics):
+        def gnorm_before_run(self, run_id, stage, seed, config, results_dir, cell_label, critical_norm):
+            events.append(("before_run", os.getpid(), run_id, results_dir, cell_label, critical_norm))
+
+        @gnorm.hookimpl
+        def gnorm_after_evaluation(self, run_id, step, metrics, results_dir, cell_label):
             assert {"train_acc", "test_acc", "weight_norm", "norm/readout"} <= set(metrics)
-            seen["evaluations"] += 1
+            events.append(("after_evaluation", os.getpid(), run_id, step, metrics["weight_norm"]))
 
         @gnorm.hookimpl
-        def gnorm_after_run(self, record):
-            seen["after"].append(record.run_id)
+        def gnorm_after_run(self, record, results_dir, cell_label, critical_norm):
+            events.append(("after_run", os.getpid(), record.run_id, critical_norm))
+
+        @gnorm.hookimpl
+        def gnorm_after_study(self, results_dir, experiment, done, failed):
+            events.append(("after_study", os.getpid(), done, failed))
 
     registry = build_registry(extra_plugins=[(Observer(), Provider("observer", "0"))], autoload=False)
     experiment = load_experiment(tiny_study(tmp_path, rhos="[0.9]", max_steps=200, critical_norm="40.0"), registry,
-                                 {"executor.name": "serial"})  # observers registered in-process see in-process runs
-    run_experiment(experiment, registry, Store(tmp_path / "out", create=True), Progress(SimpleNamespace(
+                                 {"executor.name": "local", "executor.workers": 1})  # a worker process trains
+    out = tmp_path / "out"
+    run_experiment(experiment, registry, Store(out, create=True), Progress(SimpleNamespace(
         isatty=lambda: False, write=lambda text: None, flush=lambda: None)))
-    planned = [run.run_id for run in experiment.runs]
-    assert sorted(seen["before"]) == sorted(planned) and sorted(seen["after"]) == sorted(planned)
-    assert seen["evaluations"] == sum(len(t["step"]) for _, t in _stored(tmp_path / "out").values())
+    assert {event[1] for event in events} == {os.getpid()}
+    stored, runs = _stored(out), {run.run_id: run for run in experiment.runs}
+    assert events[0] == ("before_study", os.getpid(), str(out), experiment.meta.name, len(runs))
+    assert events[-1] == ("after_study", os.getpid(), len(runs), 0)
+    body = events[1:-1]
+    starts = [i for i, event in enumerate(body) if event[0] == "before_run"]
+    assert sorted(body[i][2] for i in starts) == sorted(runs)
+    for i, end in zip(starts, starts[1:] + [len(body)]):
+        run_id = body[i][2]
+        record, trajectory = stored[run_id]
+        wc = record.facts.get("critical_norm")
+        assert body[i][3:] == (str(out), cell_label(runs[run_id].cell), wc)
+        assert body[i + 1:end - 1] == [("after_evaluation", os.getpid(), run_id, step, norm)
+                                       for step, norm in zip(trajectory["step"], trajectory["weight_norm"])]
+        assert body[end - 1] == ("after_run", os.getpid(), run_id, wc)
 
 
 def test_analyze_reports_cells_too_thin_to_fit_instead_of_fitting_them(finished_study, tmp_path):

@@ -1,0 +1,117 @@
+"""The build step: where the training core meets the plugin registry. A job's task, modules,
+controller, criterion and observers are looked up in the registry it is given and built, then handed
+to the loop (gnorm.training.loop), which knows nothing of where they came from."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+
+from gnorm.components import ControllerContext, ObservableContext, RunRecord
+from gnorm.forks import TrunkState
+from gnorm.training import loop
+from gnorm.training.compiling import should_compile
+from gnorm.training.ensemble import Ensemble
+from gnorm.training.jobs import CellJob, TrunkJob
+from gnorm.training.numerics import numerics, resolve_device
+from gnorm.training.optimizer import BatchedAdamW
+from gnorm.training.runlog import RunLog
+
+if TYPE_CHECKING:
+    from gnorm.registry import Registry
+
+#: What a run records at T_grok when no registered observable declares ``at_grok`` (descriptors from
+#: before the field existed): the logit scale, as gnorm always has.
+UNDECLARED_AT_GROK = ("logit_scale",)
+
+
+def train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunRecord, RunLog], None],
+               on_progress: Callable[[int, int], None] = lambda step, active: None) -> None:
+    """Build the cell's components from ``registry`` and train it (see gnorm.training.loop.train_cell),
+    under the numerics its runs ask for."""
+    with numerics(job.runs[0].training):
+        loop.train_cell(job, build_cell(job, registry), on_finished, on_progress)
+
+
+def train_trunk(job: TrunkJob | CellJob, registry: Registry) -> list[TrunkState]:
+    """Build a fork's trunk from ``registry`` and train it (see gnorm.training.loop.train_trunk): each
+    run's state at ``fork.at_step``, in order. (A CellJob stands for the trunk of its runs.)"""
+    job = job if isinstance(job, TrunkJob) else TrunkJob(job.runs)
+    with numerics(job.runs[0].training):
+        return loop.train_trunk(job, build_trunk(job, registry))
+
+
+def build_cell(job: CellJob, registry: Registry) -> loop.CellParts:
+    """A cell's components: ensemble, AdamW, the grok criterion, the observers switched on, and the
+    run's controller told the step training resumes after (a fork's ``at_step``, else 0)."""
+    first = job.runs[0]
+    ensemble, task = build_ensemble(job, registry)
+    optimizer = build_optimizer(ensemble, first.optimizer)
+    criterion = registry.get("grok_criterion", first.criterion.name).factory(first.criterion.config)
+    context = ObservableContext(dict(ensemble.groups), task.input_spec, task.num_classes)
+    observables = [registry.get("observable", name) for name in first.evaluation.observables]
+    observers = [observable.factory(observable.config_class(), context) for observable in observables]
+    start = first.fork.at_step if first.fork is not None else 0
+    controller = registry.get("norm_controller", first.controller.name).factory(
+        first.controller.config, controller_context(job, ensemble, start))
+    return loop.CellParts(ensemble, optimizer, controller, criterion, observers,
+                          at_grok_keys(registry, first.evaluation.observables))
+
+
+def build_trunk(job: TrunkJob, registry: Registry) -> loop.CellParts:
+    """A trunk's components: the ensemble built as for its budget of ``fork.at_step``, AdamW, and the
+    fork's controller (no Wc; no criterion or observers, a trunk is never evaluated)."""
+    cell = job.as_cell()
+    first = cell.runs[0]
+    ensemble, _ = build_ensemble(cell, registry)
+    optimizer = build_optimizer(ensemble, first.optimizer)
+    controller = registry.get("norm_controller", first.fork.controller.name).factory(
+        first.fork.controller.config, controller_context(cell, ensemble))
+    return loop.CellParts(ensemble, optimizer, controller, None)
+
+
+def build_ensemble(job: CellJob, registry: Registry) -> tuple[Ensemble, Any]:
+    """The cell's ensemble and task. Each seed's split and initial weights depend only on its base
+    configuration and seed."""
+    first = job.runs[0]
+    task = registry.get("task", first.task.name).factory(first.task.config)
+    architecture = registry.get("architecture", first.architecture.name)
+    modules = []
+    for run in job.runs:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(run.init_seed)
+            modules.append(architecture.factory(first.architecture.config, task))
+    splits = [task.split(run.split_seed) for run in job.runs]
+    dtype = {"float32": torch.float32, "float64": torch.float64}[first.training.precision]
+    device = resolve_device(first.training.device)
+    parameters = sum(p.numel() for p in modules[0].parameters())
+    compile = should_compile(first.training.compile, device, first.training.max_steps, parameters)
+    return Ensemble(modules, splits, device, dtype, compile, first.training.members_per_chunk,
+                    loss=first.loss.name, temperature=first.loss.temperature), task
+
+
+def build_optimizer(ensemble: Ensemble, config: Any) -> BatchedAdamW:
+    """AdamW over the ensemble's parameters, decaying the weight-norm tensors only."""
+    return BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params], config)
+
+
+def controller_context(job: CellJob, ensemble: Ensemble, start_step: int = 0) -> ControllerContext:
+    """What the cell's controller is told: Wc (total and per group), the member count, where each
+    weight-norm group's tensors sit in ``ensemble.norm_tensors``, and the step training resumes from
+    (a fork's ``at_step``, else 0)."""
+    positions = {name: i for i, name in enumerate(ensemble.norm_names)}
+    groups = {group: [positions[name] for name in names] for group, names in ensemble.groups.items()}
+    return ControllerContext(job.critical_norm, len(job.runs), groups=groups,
+                             group_critical_norms=dict(job.group_critical_norms),
+                             tensor_names=list(ensemble.norm_names), start_step=start_step)
+
+
+def at_grok_keys(registry: Registry, observables: Sequence[str]) -> tuple[str, ...]:
+    """The metric keys whose value at T_grok a run records as ``<key>_at_grok``: those its switched-on
+    observables declare (``Observable.at_grok``); ``UNDECLARED_AT_GROK`` where no registered observable
+    declares any (descriptors without the field)."""
+    declared = any(getattr(registry.get("observable", name), "at_grok", ()) for name in registry.names("observable"))
+    if not declared:
+        return UNDECLARED_AT_GROK
+    return tuple(key for name in observables for key in getattr(registry.get("observable", name), "at_grok", ()))

@@ -1,0 +1,55 @@
+"""What a task is handed to train (plain, picklable data): a cell's job, or a fork's trunk job."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+import numpy as np
+
+from gnorm.forks import TrunkState
+from gnorm.science import every_schedule, geometric_schedule
+
+if TYPE_CHECKING:
+    from gnorm.config import RunSpec
+
+
+@attrs.frozen
+class CellJob:
+    """One cell's runs (same settings, different seeds) and the critical norm its controller uses, in
+    total and per weight-norm group (empty when not known); for a forked cell, the trunk state each run
+    starts from (see gnorm.forks); and the file its checkpoints go to (None: no checkpoints; see
+    gnorm.checkpoints)."""
+
+    runs: list[RunSpec]
+    critical_norm: float | None
+    group_critical_norms: dict[str, float] = attrs.field(factory=dict)
+    start_states: list[TrunkState] | None = None
+    checkpoint: str | None = None
+
+
+@attrs.frozen
+class TrunkJob:
+    """The trunks of forked runs (see gnorm.forks): each run's seed trained from its usual
+    initialization and split for ``fork.at_step`` steps under the fork's controller, with no
+    evaluations; the task returns every member's state then (one per run, in order)."""
+
+    runs: list[RunSpec]
+
+    def as_cell(self) -> CellJob:
+        """The trunk as the cell the training loop trains: the runs with ``max_steps = fork.at_step``
+        (compiling is decided on that budget, so the trunk is computed the same way whichever arm asks
+        for it), no Wc, no checkpoints."""
+        at_step = self.runs[0].fork.at_step
+        return CellJob([attrs.evolve(run, training=attrs.evolve(run.training, max_steps=at_step))
+                        for run in self.runs], None)
+
+
+def evaluation_steps(run: RunSpec) -> np.ndarray:
+    """The scheduled evaluation steps; a forked run's are those after its fork step."""
+    evaluation, budget = run.evaluation, run.training.max_steps
+    if evaluation.schedule == "geometric":
+        steps = geometric_schedule(budget, evaluation.points)
+    else:
+        steps = every_schedule(budget, evaluation.every)
+    return steps[steps > run.fork.at_step] if run.fork is not None else steps
