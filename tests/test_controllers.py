@@ -119,8 +119,9 @@ def test_a_group_the_architecture_lacks_is_an_error_naming_the_key_and_the_group
         train('name = "group_clamp"\ngroup = "unembed"\nt_start = 20', critical_norm=10.0,
               group_critical_norms={"readout": 6.0})
     message = str(raised.value)
-    assert message.startswith("controller.group: unknown weight-norm group 'unembed'")
-    assert "'embedding', 'hidden', 'readout'" in message
+    assert message.startswith("cell.toml: controller.group: controller 'group_clamp' needs the weight-norm "
+                              "group 'unembed'")  # found when the file loads, before anything trains
+    assert "(its groups: embedding, hidden, readout)" in message
 
 
 def test_relative_clamp_holds_each_seed_at_factor_times_its_own_norm_at_t_start(free_logs):
@@ -253,7 +254,7 @@ def test_clip_rows_in_training_keeps_rows_under_the_bound():
 
 
 def test_clip_rows_refuses_an_unknown_matrix_naming_the_choices():
-    with pytest.raises(UserError, match=r"^controller.matrices: unknown 'w_hidden'; expected group names"):
+    with pytest.raises(UserError, match=r"^cell.toml: controller.matrices: unknown 'w_hidden'; expected group names"):
         train('name = "clip_rows"\nmax_row_norm = 1.0\nmatrices = ["w_hidden"]', steps=2)
 
 
