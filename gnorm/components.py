@@ -64,9 +64,17 @@ class GrokCriterion(Component):
 
 @attrs.frozen
 class Analyzer(Component):
-    """Turns stored runs into findings. ``factory(config) -> callable(records) -> Analysis``."""
+    """Turns stored runs into findings. ``factory(config) -> callable(records) -> Analysis``.
+
+    ``report(config, analysis, context) -> ReportSection | None`` builds the analyzer's section of
+    ``gnorm report`` (tables, text, figures) from its own analysis; see :mod:`gnorm.reporting`.
+    ``report_config(records) -> config | None`` chooses its settings for a report whose experiment
+    file has no ``[[analysis]]`` table for it (None: it does not apply; without it, the defaults).
+    """
 
     kind: ClassVar[str] = "analyzer"
+    report: Callable[..., Any] | None = None
+    report_config: Callable[..., Any] | None = None
 
 
 @attrs.frozen
