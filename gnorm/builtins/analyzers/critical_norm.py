@@ -153,10 +153,10 @@ def critical_norm_power_law(points: Sequence[CriticalNormPoint]) -> LineFit:
 
 @styled
 def critical_norm_figure(points: Sequence[CriticalNormPoint], fit: LineFit | None,
-                         unfitted: Sequence[CriticalNormPoint] = (), x_key: str = P) -> Figure:
+                         single_p: Sequence[CriticalNormPoint] = (), x_key: str = P) -> Figure:
     """Wc against p (or ``x_key``) on log-log axes, error bars = the CI of each cell's Wc, one colour
-    per series (in the order given), the fitted power law as a line; ``unfitted`` points (grey) are
-    shown but were not fitted."""
+    per series (in the order given), the fitted power law as a line; ``single_p`` points (grey) are
+    cells whose other settings ran at one p only, so they form no series of their own."""
     series = list(dict.fromkeys(pt.series for pt in points))
     several = len(series) > 2
     figure = new_figure(7.5, 6.4 if several else 4.8)
@@ -165,17 +165,17 @@ def critical_norm_figure(points: Sequence[CriticalNormPoint], fit: LineFit | Non
     for name, colour in zip(series, palette(len(series), numeric_series) if len(series) > 1 else ["tab:blue"]):
         chosen = [pt for pt in points if pt.series == name]
         _wc_errorbar(axes, chosen, colour, name if len(series) > 1 else r"$W_c$ (bars: CI of the median)")
-    if unfitted:
-        _wc_errorbar(axes, unfitted, "0.65", "settings run at one p only (not fitted)")
+    if single_p:
+        _wc_errorbar(axes, single_p, "0.65", f"settings run at one {x_key.split('.')[-1]} only")
     symbol = x_key.split(".")[-1]
     if fit is not None:
-        ps = np.array([pt.p for pt in points], float)
+        ps = np.array([pt.p for pt in [*points, *single_p]], float)
         grid = np.geomspace(ps.min() * 0.95, ps.max() * 1.05, 50)
         axes.plot(grid, np.exp(fit.intercept + fit.slope * np.log(grid)), color="0.2", lw=1.4,
                   label=rf"fit: $W_c \propto {symbol}^{{{fit.slope:.2f}}}$, $R^2$ = {fit.r_squared:.3f}")
     axes.set_xscale("log")
     axes.set_yscale("log")
-    every_p = sorted({pt.p for pt in [*points, *unfitted]})
+    every_p = sorted({pt.p for pt in [*points, *single_p]})
     axes.xaxis.set_major_locator(ticker.FixedLocator(every_p))
     axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     axes.xaxis.set_minor_locator(ticker.NullLocator())
@@ -219,13 +219,23 @@ def critical_norm_section(config: CriticalNormConfig, analysis: Analysis, contex
         section.leave_out(f"Wc against {symbol}", f"needs free runs at two or more {symbol} "
                           f"(found {len(xs)}: {', '.join(f'{x:g}' for x in xs) or 'none'})")
         return section
-    others = [{"stage": c["stage"], **{k: v for k, v in c["cell"].items() if k != config.power_law_in}} for c in cells]
-    points = [CriticalNormPoint(float(c["power_law_x"]), c["critical_norm"], *c["ci"], series=label)
-              for c, label in zip(cells, series_labels(others))]
-    points.sort(key=lambda pt: value_order([pt.series]))
+    others = [json.dumps({"stage": c["stage"], **{k: v for k, v in c["cell"].items() if k != config.power_law_in}},
+                         sort_keys=True, default=str) for c in cells]
+    spans = defaultdict(set)
+    for c, setting in zip(cells, others):
+        spans[setting].add(c["power_law_x"])
+    in_series = [len(spans[setting]) > 1 for setting in others]
+    if not any(in_series):  # every setting ran at one value only: one series of them all
+        in_series = [True] * len(cells)
+    labels = iter(series_labels([json.loads(o) for o, chosen in zip(others, in_series) if chosen]))
+    points = [CriticalNormPoint(float(c["power_law_x"]), c["critical_norm"], *c["ci"],
+                                series=next(labels) if chosen else "") for c, chosen in zip(cells, in_series)]
+    series = sorted([pt for pt in points if pt.series], key=lambda pt: value_order([pt.series]))
+    single = [pt for pt in points if not pt.series]
     fit = LineFit(power_law["exponent"], math.log(power_law["prefactor"]), power_law["r_squared"], power_law["cells"])
-    section.add(f"Power law over {power_law['cells']} cells: Wc ~ {symbol}^{fit.slope:.3f} (R^2 {fit.r_squared:.3f}).")
-    section.figure("critical_norm_vs_p", critical_norm_figure(points, fit, x_key=config.power_law_in),
+    section.add(f"Power law over {power_law['cells']} cells: Wc ~ {symbol}^{fit.slope:.3f} (R^2 {fit.r_squared:.3f})"
+                + (f"; {len(single)} cells whose settings ran at a single {symbol} are drawn grey." if single else "."))
+    section.figure("critical_norm_vs_p", critical_norm_figure(series, fit, single, x_key=config.power_law_in),
                    f"Critical norm Wc against {symbol} (log-log) with the fitted power law")
     return section
 
