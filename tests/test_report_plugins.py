@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,9 @@ def grokgap_site(tmp_path_factory) -> Path:
     if importlib.util.find_spec("pip") is None:
         pytest.skip("installing the example plugin needs pip in this environment")
     site = tmp_path_factory.mktemp("site")
-    install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(GROKGAP_DIR)]
+    source = tmp_path_factory.mktemp("source") / GROKGAP_DIR.name  # a copy: the build leaves the checkout clean
+    shutil.copytree(GROKGAP_DIR, source, ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
+    install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(source)]
     if _setuptools_version() >= (77,):  # the plugin's build-system.requires: build offline with it
         install += ["--no-index", "--no-build-isolation"]
     installed = subprocess.run(install, capture_output=True, text=True, timeout=300, cwd=site)
