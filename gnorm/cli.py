@@ -309,13 +309,13 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
         click.echo(f"gnorm {__version__}: {experiment.source} -> {directory}", err=True)
         try:
             skipped = run_experiment(experiment, registry, store, Progress(), executor)
-            _print_summary(store, experiment, registry)
+            ran = _print_summary(store, experiment, registry)
             for line in skipped:
                 click.echo(f"error: {line}", err=True)
-            if experiment.analyses and store.records():
+            if ran is not None:
                 from gnorm.report import write_report
 
-                written = write_report(store, directory / "report", registry, experiment.analyses)
+                written = write_report(store, directory / "report", registry, experiment.analyses, ran)
                 click.echo(f"report: {written.path}", err=True)
         except KeyboardInterrupt:
             click.echo("\n" + _interrupted_run(store, experiment, directory), err=True)
@@ -338,15 +338,23 @@ def _interrupted_run(store: Store, experiment: Experiment, directory: Path) -> s
             "finish the rest")
 
 
-def _print_summary(store: Store, experiment: Experiment, registry: Registry) -> None:
+def _print_summary(store: Store, experiment: Experiment, registry: Registry) -> list | None:
+    """Print the stage tables and the file's ``[[analysis]]`` tables; return every analysis the report
+    shows (run once, for the summary and the report alike), or None when no report is due."""
+    from gnorm.report import run_report_analyses
     from gnorm.study import planned_cells
     from gnorm.tables import format_table, stage_summaries
 
     records = store.records()
     for table in stage_summaries(records, planned_cells(store.plan())):
         click.echo("\n" + format_table(table))
-    for choice in experiment.analyses:
-        _echo_analysis(registry.get("analyzer", choice.name).factory(choice.config)(records))
+    if not experiment.analyses:
+        return None
+    ran = run_report_analyses(records, registry, experiment.analyses, sections=bool(records))
+    for reported in ran:
+        if reported.from_file:
+            _echo_analysis(reported.analysis)
+    return ran if records else None
 
 
 def _echo_analysis(analysis: Analysis) -> None:
@@ -441,8 +449,9 @@ def _stored_analyses(store: Store, registry: Registry) -> list:
 @reports_user_errors
 def show(directory: str) -> None:
     """Print a summary table per stage of the results in DIRECTORY."""
+    from gnorm.analysis.records import cell_label
     from gnorm.study import planned_cells
-    from gnorm.tables import cell_label, format_table, stage_summaries
+    from gnorm.tables import format_table, stage_summaries
 
     store = _open(directory)
     records, plan, failed = store.records(), store.plan(), store.failed_runs()
@@ -542,8 +551,8 @@ def export(directory: str, fmt: str, out_dir: str | None) -> None:
               help="Where to write report.md and figures/ (default DIRECTORY/report).")
 @reports_user_errors
 def report(directory: str, out_dir: str | None) -> None:
-    """Write a Markdown report of DIRECTORY: the analyzers' tables and figures (PNG and PDF) of the
-    trajectories, Wc against p, the delay law and the rho x lr matrix, where the data has them."""
+    """Write a Markdown report of DIRECTORY: each analyzer's section (tables and figures, PNG and PDF)
+    and the trajectories, where the data has them."""
     from gnorm.report import write_report
 
     registry = _registry()

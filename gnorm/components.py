@@ -97,10 +97,14 @@ class Analyzer(Component):
     ``gnorm report`` (title, paragraphs, tables, named figures) built from its own ``Analysis``; the
     context (:class:`gnorm.reporting.ReportContext`) gives the records, the store's trajectories and
     where figures go. None (the default): the report shows the analysis's tables and notes.
+    ``report_config``: ``report_config(records) -> config | None`` chooses its settings for a report
+    whose experiment file has no ``[[analysis]]`` table for it (None: it does not apply; without the
+    field, the config class's defaults).
     """
 
     kind: ClassVar[str] = "analyzer"
     report: Callable[[Any, Any, Any], Any] | None = None
+    report_config: Callable[[Any], Any] | None = None
 
 
 @attrs.frozen

@@ -98,8 +98,9 @@ def critical_norm(norms_at_grok: Sequence[float | None]) -> float | None:
 
     Returns None when no seed grokked.
     """
-    grokked = [value for value in norms_at_grok if value is not None]
-    return float(np.median(grokked)) if grokked else None
+    from gnorm.analysis.statistics import median_or_none  # the analysis layer imports science, not the reverse
+
+    return median_or_none(norms_at_grok)
 
 
 @attrs.frozen

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any, Sequence
 
 import numpy as np
 
+from gnorm.analysis.records import cell_label, records_by_cell
+from gnorm.analysis.statistics import median_or_none
 from gnorm.components import RunRecord, Table
+
+__all__ = ["cell_label", "format_table", "format_value", "median_or_none", "stage_summaries"]
 
 
 def format_value(value: Any) -> str:
@@ -35,36 +38,20 @@ def format_table(table: Table) -> str:
                       *(line(row) for row in cells)])
 
 
-def cell_label(cell: dict[str, Any]) -> str:
-    """``rho=1.1, p=97`` from ``{"controller.rho": 1.1, "task.p": 97}``; ``(all)`` for an unswept stage."""
-    if not cell:
-        return "(all)"
-    short = [key.split(".")[-1] for key in cell]
-    names = short if len(set(short)) == len(short) else list(cell)
-    return ", ".join(f"{name}={value}" for name, value in zip(names, cell.values()))
-
-
-def median_or_none(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.median(present)) if present else None
-
-
 def stage_summaries(records: Sequence[RunRecord], planned: dict[str, dict[str, int]]) -> list[Table]:
     """One table per stage: per cell, seeds grokked / planned, median T_mem, median T_grok over grokked
     seeds, and the median norm at grok (for a free stage, the critical norm Wc)."""
-    by_stage: dict[str, dict[str, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
-    for record in records:
-        by_stage[record.stage][cell_label(record.cell)].append(record)
+    by_cell = records_by_cell(records)
     tables = []
     for stage, cells in planned.items():
         rows = []
         for label, count in cells.items():
-            done = by_stage[stage].get(label, [])
+            done = by_cell.get((stage, label), [])
             grokked = [r for r in done if not r.censored]
             rows.append([label, f"{len(grokked)}/{len(done)}" + ("" if len(done) == count else f" ({count} planned)"),
                          median_or_none([r.t_mem for r in done]), median_or_none([r.t_grok for r in grokked]),
                          median_or_none([r.norm_at_grok for r in grokked])])
-        controller = next((r.config["controller"]["name"] for cell in by_stage[stage].values() for r in cell), "")
+        controller = next((r.config["controller"]["name"] for r in records if r.stage == stage), "")
         title = f"stage {stage}" + (f" (controller {controller})" if controller else "")
         tables.append(Table(title, ["cell", "grokked", "median T_mem", "median T_grok", "median ||W|| at grok"], rows))
     return tables

@@ -10,27 +10,26 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import types
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import gnorm
+from gnorm.builtins.analyzers.delay_law import DelayLawGroup, delay_law_band, delay_law_figure, delay_law_fits
+from gnorm.builtins.analyzers.levers import lever_heatmap_figure
 from gnorm.cli import main
-from gnorm.components import RunRecord, Table
+from gnorm.components import Analysis, RunRecord, Table
+from gnorm.config import ComponentChoice
 from gnorm.importers import import_reference
-from gnorm.registry import default_registry
-from gnorm.report import (
-    DelayLawGroup,
-    align_trajectories,
-    delay_law_band,
-    delay_law_figure,
-    delay_law_fits,
-    lever_heatmap_figure,
-    markdown_table,
-    write_report,
-)
+from gnorm.registry import Provider, build_registry, default_registry
+from gnorm.report import markdown_table, run_report_analyses, write_report
+from gnorm.reporting import ReportSection
 from gnorm.store import Store
+from gnorm.trajectories import align_trajectories
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 ALPHA = 7.5
@@ -277,7 +276,6 @@ def test_dense_rho_sweep_report_shows_alpha_7_64(tmp_path, registry):
 
 def test_a_delay_law_analysis_table_sets_the_fit_and_figure_of_the_report(tmp_path, registry):
     from gnorm.builtins.analyzers import DelayLawConfig
-    from gnorm.config import ComponentChoice
 
     store = build_store(tmp_path / "store")
     within = DelayLawConfig(group_by=["task.p", "optimizer.lr"], within={"controller.rho": [0.9, 1.1]})
@@ -291,7 +289,6 @@ def test_a_delay_law_analysis_table_sets_the_fit_and_figure_of_the_report(tmp_pa
 
 def test_other_analysis_tables_get_their_own_section_with_their_settings(tmp_path, registry):
     from gnorm.builtins.analyzers import LeversConfig
-    from gnorm.config import ComponentChoice
 
     store = build_store(tmp_path / "store")
     levers = ComponentChoice("levers", LeversConfig(within={"task.p": [59, 59]}))
@@ -308,3 +305,45 @@ def test_paper_b_collapse_report_draws_t_grok_against_the_logit_scale(tmp_path, 
     text = written.path.read_text()
     assert "## Logit-scale mediation" in text and "figures/logit_scale_collapse.png" in text
     assert (tmp_path / "report" / "figures" / "logit_scale_collapse.pdf").stat().st_size > 1000
+
+
+# -- sections come from the analyzers -----------------------------------------------------------------
+
+
+@attrs.frozen
+class CountedConfig:
+    label: str = "counted"
+
+
+def test_each_analysis_runs_once_and_its_own_section_shows_it(tmp_path):
+    calls = []
+
+    def factory(config):
+        def analyze(records):
+            calls.append(config)
+            return Analysis("counted", [Table("runs counted", ["runs"], [[len(records)]])])
+        return analyze
+
+    def section(config, analysis, context):
+        shown = ReportSection(f"Section of {config.label}")
+        shown.analysis(analysis)
+        return shown
+
+    plugin = types.ModuleType("counted_plugin")
+    plugin.gnorm_analyzers = gnorm.hookimpl(lambda: [gnorm.Analyzer(
+        name="counted", summary="counts runs", config_class=CountedConfig, factory=factory, report=section)])
+    registry = build_registry([(plugin, Provider("counted-plugin", "1.0"))])
+    store = build_store(tmp_path / "store", clamp=False)
+    choices = [ComponentChoice("counted", CountedConfig("the file"))]
+    ran = run_report_analyses(store.records(), registry, choices)  # what gnorm run's summary prints
+    text = write_report(store, tmp_path / "report", registry, choices, ran).path.read_text()
+    assert calls == [CountedConfig("the file")]
+    assert "## Section of the file" in text and "| 12 |" in text.split("## Section of the file")[1]
+
+
+def test_the_wc_figure_draws_the_analyzers_one_power_law(synthetic, registry):
+    store, written = synthetic
+    analyzer = registry.get("analyzer", "critical_norm")
+    power_law = analyzer.factory(analyzer.config_class())(store.records()).numbers["power_law"]
+    text = written.path.read_text()
+    assert f"Wc ~ p^{power_law['exponent']:.3f} (R^2 {power_law['r_squared']:.3f})" in text

@@ -1,0 +1,27 @@
+"""Helpers every analyzer and report section shares: record queries, labels and grouping
+(:mod:`gnorm.analysis.records`) and the statistics of cells of seeds (:mod:`gnorm.analysis.statistics`).
+
+Each helper stands here once; analyzers, report sections, ``gnorm show`` and the study coordinator
+import it from here.
+"""
+
+from gnorm.analysis.records import (  # noqa: F401
+    cell_label,
+    group_label,
+    group_records,
+    numeric,
+    pooling_notes,
+    record_value,
+    records_by_cell,
+    select,
+    series_labels,
+    t_grok_by_x,
+    value_order,
+    varying_keys,
+)
+from gnorm.analysis.statistics import (  # noqa: F401
+    bootstrap_cell_medians,
+    bootstrap_median_interval,
+    median_or_none,
+    nanmedian_over_seeds,
+)

@@ -1,0 +1,78 @@
+"""Built-in analyzers, one module per family, each with its config classes, analyzers and report section:
+
+* :mod:`.critical_norm`: ``critical_norm``, Wc per cell, its spread and power law in p (figure
+  ``critical_norm_vs_p``);
+* :mod:`.delay_law`: ``delay_law`` (ln T_grok = a + alpha * x per group) and ``shared_exponent`` (one
+  alpha for all groups) (figures ``delay_law``);
+* :mod:`.levers`: ``levers``, how many times slower or faster grokking gets between the ends of a
+  sweep (figures ``rho_lr_heatmap``, in the delay-law section);
+* :mod:`.laws`: ``law_comparison`` (which delay law, by AIC) and ``free_contraction`` (kappa);
+* :mod:`.mediation`: ``logit_mediation``, the delay recovered at matched logit scale (figure
+  ``logit_scale_collapse``).
+
+Conventions shared by all of them (those of papers A and B):
+
+* A cell's delay is the median T_grok over its grokked seeds; censored seeds (no grok within the
+  budget) are counted and reported, never imputed.
+* Cells with fewer than ``min_grokked`` grokked seeds are dropped from fits and named in the notes.
+* ``stages`` keeps only those stages; ``within = {"controller.rho" = [0.85, 1.15]}`` keeps only runs
+  whose value of each dotted key lies in the closed interval (the papers' fits use rho 0.85-1.15).
+* Keys are dotted config keys (``controller.rho``, ``task.p``, ``optimizer.lr``), ``facts.<name>``
+  for what a controller recorded, or ``held_norm``: the norm a clamp holds, rho * Wc (the recorded
+  ``facts.held_norm``, else ``controller.rho * critical_norm``).
+* Bootstrap CIs resample seeds with replacement within each cell, censored seeds included (a
+  resample's cell delay is the median over the grokked seeds it drew; a replicate in which some cell
+  drew no grokked seed is discarded and counted). The interval is the percentile interval (the
+  papers' shared-exponent CIs are asymmetric, which a normal interval cannot be).
+"""
+
+from __future__ import annotations
+
+import gnorm
+from gnorm.analysis.records import cell_label, record_value, select  # noqa: F401
+from gnorm.analysis.statistics import (  # noqa: F401
+    bootstrap_cell_medians,
+    bootstrap_median_interval,
+)
+from gnorm.analysis.statistics import median_or_none as median_t_grok  # noqa: F401
+from gnorm.builtins.analyzers import critical_norm, delay_law, laws, levers, mediation
+from gnorm.builtins.analyzers.critical_norm import (  # noqa: F401
+    CriticalNormConfig,
+    critical_norm_analyzer,
+    norm_at_grok,
+    power_law_fit,
+    spread_across,
+)
+from gnorm.builtins.analyzers.delay_law import (  # noqa: F401
+    DelayLawConfig,
+    SharedExponentConfig,
+    delay_law_analyzer,
+    fit_delay_law,
+    fit_shared_exponent,
+    shared_exponent_analyzer,
+)
+from gnorm.builtins.analyzers.laws import (  # noqa: F401
+    LAWS,
+    V_MEM_FACT,
+    FreeContractionConfig,
+    LawComparisonConfig,
+    free_contraction_analyzer,
+    law_comparison_analyzer,
+)
+from gnorm.builtins.analyzers.levers import LeversConfig, delay_ratio, levers_analyzer  # noqa: F401
+from gnorm.builtins.analyzers.mediation import (  # noqa: F401
+    LOGIT_SCALE_FACTS,
+    LogitMediationConfig,
+    cell_logit_scale_and_delay,
+    logit_mediation_analyzer,
+    logit_scale_fact,
+)
+from gnorm.builtins.analyzers.options import KEYS, MAX_RESAMPLES, STAGES  # noqa: F401
+
+#: The family modules, in the order their analyzers are listed.
+FAMILIES = (critical_norm, delay_law, levers, laws, mediation)
+
+
+@gnorm.hookimpl
+def gnorm_analyzers() -> list[gnorm.Analyzer]:
+    return [analyzer for family in FAMILIES for analyzer in family.ANALYZERS]
