@@ -60,5 +60,6 @@ def gnorm_norm_controllers() -> list[gnorm.NormController]:
     return [
         gnorm.NormController(name="soft_clamp",
                              summary="move ||W|| a fraction strength of the way to rho * Wc after every step",
-                             config_class=SoftClampConfig, factory=SoftClamp, uses_critical_norm=True),
+                             config_class=SoftClampConfig, factory=SoftClamp, uses_critical_norm=True,
+                             starts_at="t_start"),
     ]
