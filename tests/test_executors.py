@@ -20,10 +20,11 @@ import gnorm
 from conftest import tiny_study
 from gnorm.builtins.controllers import Clamp, ClampConfig
 from gnorm.cli import main
-from gnorm.config import load_experiment
+from gnorm.loader import load_experiment
+from gnorm.progress import Progress, time_left
 from gnorm.registry import Provider, build_registry
+from gnorm.scheduler import run_experiment
 from gnorm.store import Store
-from gnorm.study import Progress, run_experiment, time_left
 
 TEST_PLUGIN = Provider("test-plugin", "0")
 
@@ -361,7 +362,7 @@ def test_time_left_extrapolates_this_invocations_pace_in_step_budgets():
 
 
 def test_a_cell_is_split_only_when_workers_would_otherwise_idle():
-    from gnorm.study import seed_groups
+    from gnorm.planner import seed_groups
 
     assert seed_groups(seeds=16, idle_workers=2, other_ready_cells=0) == 2   # a lone free cell: both cores
     assert seed_groups(seeds=16, idle_workers=2, other_ready_cells=1) == 1   # another cell takes the other core
@@ -386,7 +387,7 @@ def test_ready_cells_go_to_workers_biggest_budget_first(tmp_path):
     """Paper A's dense sweep gives its slow high-rho cells the longest budgets: they start first, so the
     study does not end with one long cell on one worker while the others idle. The other parts of a
     split cell and retries keep their place at the front, and a cell others take Wc from goes first."""
-    from gnorm.study import _Cell, submission_order
+    from gnorm.planner import _Cell, submission_order
 
     path = tiny_study(tmp_path, p=31, max_steps=300, critical_norm="30.0")
     text = path.read_text().replace('sweep = { "controller.rho" = [0.9, 1.1] }',
@@ -407,7 +408,7 @@ def test_ready_cells_go_to_workers_biggest_budget_first(tmp_path):
 
 
 def test_a_cell_others_take_wc_from_goes_first(tmp_path):
-    from gnorm.study import _Cell, budget, submission_order
+    from gnorm.planner import _Cell, budget, submission_order
 
     experiment = load_experiment(tiny_study(tmp_path, p=31, max_steps=300), build_registry())  # Wc from "free"
     free, clamp = experiment.stages
@@ -437,7 +438,7 @@ def test_split_parts_are_submitted_before_the_next_cell_is_split(tmp_path):
 FAULTS_PER_STEP = """
 import resource, sys, torch
 from gnorm_bench.bench import workload_job
-from gnorm.engine import build_ensemble
+from gnorm.training.build import build_ensemble
 from gnorm.registry import default_registry
 from gnorm.worker import train_cell_task
 torch.set_num_threads(1)

@@ -12,9 +12,11 @@ from click.testing import CliRunner
 import gnorm.training.numerics
 from conftest import tiny_study
 from gnorm.cli import main
-from gnorm.config import load_experiment
-from gnorm.engine import CellJob, cpu_computes_bfloat16, train_cell
+from gnorm.loader import load_experiment
 from gnorm.registry import build_registry
+from gnorm.training.build import train_cell
+from gnorm.training.jobs import CellJob
+from gnorm.training.numerics import cpu_computes_bfloat16
 
 BUILTINS = build_registry(autoload=False)
 ON_THE_CPU = {"training.device": "cpu"}
