@@ -21,8 +21,10 @@ import torch
 
 from gnorm_bench.bench import workload_job
 from gnorm.components import EvaluationChunk, ObservableContext
-from gnorm.engine import BatchedAdamW, build_ensemble, numerics
 from gnorm.registry import build_registry
+from gnorm.training.build import build_ensemble
+from gnorm.training.numerics import numerics
+from gnorm.training.optimizer import BatchedAdamW
 
 OBSERVABLES = ["logit_scale", "softmax_collapse", "fourier", "spectral", "spectral_all"]
 

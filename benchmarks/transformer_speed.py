@@ -18,8 +18,10 @@ import torch
 
 from gnorm.builtins.architectures import MLP, MLPConfig, Transformer, TransformerConfig
 from gnorm.builtins.tasks import ModularConfig, ModularTask
-from gnorm.config import OptimizerConfig
-from gnorm.engine import BatchedAdamW, Ensemble, deterministic_algorithms
+from gnorm.runmodel import OptimizerConfig
+from gnorm.training.ensemble import Ensemble
+from gnorm.training.numerics import deterministic_algorithms
+from gnorm.training.optimizer import BatchedAdamW
 
 SEEDS, P = 16, 59
 

@@ -9,9 +9,9 @@ resumed cell stores exactly what an uninterrupted one would have stored (``wall_
 counts the seconds trained up to the checkpoint plus those after the resume).
 
 Where: ``<results>/checkpoints/<checkpoint_name(run ids)>.pt``, one file per job (a cell, or the part of
-a split cell that one task trains). The coordinator names the file in the :class:`gnorm.engine.CellJob`
-(an absolute path, so workers on a shared filesystem write there too) and removes it once the job's
-runs are stored.
+a split cell that one task trains). The coordinator names the file in the
+:class:`gnorm.training.jobs.CellJob` (an absolute path, so workers on a shared filesystem write there
+too) and removes it once the job's runs are stored.
 
 What a file holds (:class:`CellState`): the step reached, the runs still training (in ensemble
 order), their stacked parameters, buffers and AdamW moments and step count, every run's evaluations
@@ -173,7 +173,7 @@ class Checkpoints:
 
     @classmethod
     def for_job(cls, job: Any, device: torch.device) -> "Checkpoints":
-        """The checkpoints of ``job`` (a :class:`gnorm.engine.CellJob`) trained on ``device``: its file,
+        """The checkpoints of ``job`` (a :class:`gnorm.training.jobs.CellJob`) trained on ``device``: its file,
         its runs' ``checkpoint_seconds``, and its ``job_identity`` (computed only when checkpoints are on)."""
         seconds = job.runs[0].training.checkpoint_seconds
         if job.checkpoint is None or seconds <= 0:

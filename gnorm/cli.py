@@ -30,8 +30,8 @@ from gnorm.errors import Problem, UserError, write_failure
 
 if TYPE_CHECKING:
     from gnorm.components import Analysis
-    from gnorm.config import Experiment
     from gnorm.registry import Registry
+    from gnorm.runmodel import Experiment
     from gnorm.store import Store
 
 #: Exit status after a Ctrl-C (128 + SIGINT), as shells report it.
@@ -145,7 +145,8 @@ def _registry() -> Registry:
 
 
 def _load(path: str, overrides: tuple[str, ...]) -> tuple[Experiment, Registry]:
-    from gnorm.config import load_experiment, parse_override
+    from gnorm.loader import load_experiment
+    from gnorm.overrides import parse_override
 
     parsed, problems = {}, []
     for text in overrides:
@@ -259,7 +260,8 @@ def executor_options(registry: Registry, taken: set[str]) -> list[click.Option]:
 def _with_executor_options(experiment: Experiment, name: str | None, options: dict[str, Any]) -> Experiment:
     """The experiment with ``--executor NAME`` and the executor options given on the command line, each
     setting ``executor.<key>`` (read as a TOML value, as ``--set`` reads one)."""
-    from gnorm.config import parse_override, with_executor
+    from gnorm.executor_table import with_executor
+    from gnorm.overrides import parse_override
 
     experiment = with_executor(experiment, name, scheduler=None)
     given = dict(parse_override(f"{key}={value}") for key, value in options.items() if value is not None)
@@ -282,9 +284,9 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
         executor_name: str | None, **executor_options: Any) -> None:
     """Run every stage of EXPERIMENT_FILE; finished runs already in the store are skipped, runs stored
     as failed are tried again."""
-    from gnorm.config import executor_choice
+    from gnorm.analysis.records import cell_label
+    from gnorm.executor_table import executor_choice
     from gnorm.store import Store
-    from gnorm.tables import cell_label
 
     experiment, registry = _load(experiment_file, overrides)
     experiment = _with_executor_options(experiment, executor_name,
@@ -292,7 +294,7 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
                                          for key, value in executor_options.items()})
     executor = executor_choice(experiment, registry)
     if dry_run:
-        from gnorm.study import plan_experiment
+        from gnorm.planner import plan_experiment
 
         plan_experiment(experiment)  # a dry run refuses what the real run would refuse
         for stage in experiment.stages:
@@ -301,7 +303,8 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
                            f"controller={spec.controller.name}  max_steps={spec.training.max_steps}")
         click.echo(f"{len(experiment.runs)} runs in {len(experiment.stages)} stages")
         return
-    from gnorm.study import Progress, run_experiment
+    from gnorm.progress import Progress
+    from gnorm.scheduler import run_experiment
 
     directory = Path(out_dir or experiment.meta.output_dir or Path("runs") / experiment.meta.name)
     store = Store(directory, create=True)
@@ -341,8 +344,8 @@ def _interrupted_run(store: Store, experiment: Experiment, directory: Path) -> s
 def _print_summary(store: Store, experiment: Experiment, registry: Registry) -> list | None:
     """Print the stage tables and the file's ``[[analysis]]`` tables; return every analysis the report
     shows (run once, for the summary and the report alike), or None when no report is due."""
+    from gnorm.planner import planned_cells
     from gnorm.report import run_report_analyses
-    from gnorm.study import planned_cells
     from gnorm.tables import format_table, stage_summaries
 
     records = store.records()
@@ -373,9 +376,9 @@ def _echo_analysis(analysis: Analysis) -> None:
 def validate(experiment_file: str, overrides: tuple[str, ...]) -> None:
     """Check EXPERIMENT_FILE without running it."""
     experiment, _ = _load(experiment_file, overrides)
-    from gnorm.study import plan_experiment
+    from gnorm.planner import plan_experiment
 
-    from gnorm.config import executor_choice
+    from gnorm.executor_table import executor_choice
 
     plan = plan_experiment(experiment)
     executor_choice(experiment, _registry())  # the [executor] table is checked too
@@ -431,7 +434,7 @@ def _open(directory: str) -> Store:
 def _stored_analyses(store: Store, registry: Registry) -> list:
     """The ``[[analysis]]`` choices of the experiment file as it was run (not as it may read now); none,
     with a warning, where that file no longer loads here (a plugin it used is not installed)."""
-    from gnorm.config import load_experiment
+    from gnorm.loader import load_experiment
 
     text, source = store.meta("experiment_toml"), store.meta("source")
     if not (text and source):
@@ -450,7 +453,7 @@ def _stored_analyses(store: Store, registry: Registry) -> list:
 def show(directory: str) -> None:
     """Print a summary table per stage of the results in DIRECTORY."""
     from gnorm.analysis.records import cell_label
-    from gnorm.study import planned_cells
+    from gnorm.planner import planned_cells
     from gnorm.tables import format_table, stage_summaries
 
     store = _open(directory)

@@ -133,7 +133,7 @@ class Executor(Component):
     """Where cells train. ``factory(config, context: ExecutorContext)`` returns an object that behaves
     like ``concurrent.futures.Executor`` (``submit(fn, *args) -> concurrent.futures.Future`` and
     ``shutdown(wait=True, cancel_futures=False)``, both keywords used). gnorm's coordinator submits one task per cell (a picklable function and a
-    :class:`gnorm.engine.CellJob`) and keeps planning, retries and the store to itself.
+    :class:`gnorm.training.jobs.CellJob`) and keeps planning, retries and the store to itself.
 
     Set ``in_process`` when tasks run in the coordinator's own process: they then receive the
     coordinator's plugin registry (so plugins registered in-process work); other executors' workers

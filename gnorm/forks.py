@@ -3,7 +3,7 @@
 A stage with ``fork = { at_step = N }`` starts every run from the full training state (weights,
 buffers, AdamW moments and step count) that the run's seed reaches at step N under the trunk's
 controller. The trunk is trained once per seed and stored under the results directory as
-``trunks/<trunk_id>.pt``, content-addressed by :meth:`gnorm.config.RunSpec.trunk_identity`, so every
+``trunks/<trunk_id>.pt``, content-addressed by :meth:`gnorm.runmodel.RunSpec.trunk_identity`, so every
 arm, every stage and every later ``gnorm run`` reuses it. A file is written whole or not at all.
 """
 

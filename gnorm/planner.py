@@ -8,11 +8,11 @@ from typing import Any, Callable, Iterable
 
 import attrs
 
+from gnorm.analysis.records import cell_label
 from gnorm.components import RunRecord
-from gnorm.config import Experiment, RunSpec, Stage, cells_of
 from gnorm.errors import UserError
+from gnorm.runmodel import Experiment, RunSpec, Stage, cells_of
 from gnorm.science import critical_norm
-from gnorm.tables import cell_label
 from gnorm.training.numerics import resolve_device, torch_matmul_precision
 
 

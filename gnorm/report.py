@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from gnorm.components import Analysis, RunRecord, Table
 from gnorm.errors import UserError, write_failure
 from gnorm.registry import Registry
-from gnorm.reporting import LeftOut, ReportContext, ReportFigure, ReportSection, settings_text, slug
+from gnorm.reporting import LeftOut, ReportContext, ReportFigure, ReportSection, settings_text
 from gnorm.store import Store
 from gnorm.tables import format_value, stage_summaries
 from gnorm.trajectories import trajectory_section
@@ -206,7 +206,7 @@ def describe_schedule(evaluation: dict[str, Any]) -> str:
 
 
 def _header(report: ReportWriter, store: Store, records: Sequence[RunRecord]) -> None:
-    from gnorm.study import planned_cells
+    from gnorm.planner import planned_cells
 
     source = store.meta("source")
     imported = store.meta_json("reference_sources", [])
@@ -227,42 +227,5 @@ def _header(report: ReportWriter, store: Store, records: Sequence[RunRecord]) ->
         report.add(markdown_table(table))
 
 
-# Compatibility: names importable from gnorm.report before sections moved to the analyzers (removed
-# once every branch is merged).
-from gnorm.analysis.records import series_labels, varying_keys  # noqa: E402, F401
-from gnorm.analysis.statistics import bootstrap_cell_medians, median_or_none as median_t_grok  # noqa: E402, F401
-from gnorm.builtins.analyzers.critical_norm import (  # noqa: E402, F401
-    CriticalNormPoint,
-    critical_norm_figure,
-    critical_norm_power_law,
-)
-from gnorm.builtins.analyzers.delay_law import (  # noqa: E402, F401
-    DELAY_MARKERS,
-    DelayLawGroup,
-    DelayLawResult,
-    delay_law_band,
-    delay_law_figure,
-    delay_law_fits,
-)
-from gnorm.builtins.analyzers.levers import lever_heatmap_figure, rho_lr_matrix  # noqa: E402, F401
-from gnorm.builtins.analyzers.mediation import CollapsePoint, logit_collapse_figure  # noqa: E402, F401
-from gnorm.figures import (  # noqa: E402, F401
-    AXIS_LABELS,
-    LR,
-    NORM_LABEL,
-    P,
-    RHO,
-    STEP_LABEL,
-    STYLE,
-    T_GROK_LABEL,
-    axis_label,
-)
-from gnorm.trajectories import (  # noqa: E402, F401
-    MAX_TRAJECTORY_FIGURES,
-    CellCurves,
-    align_trajectories,
-    trajectory_figure,
-)
-
 __all__ = ["ReportWriter", "ReportedAnalysis", "WrittenReport", "describe_schedule", "markdown_table",
-           "run_report_analyses", "settings_text", "slug", "write_report"]
+           "run_report_analyses", "write_report"]

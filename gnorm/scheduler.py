@@ -10,16 +10,17 @@ from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
 from pathlib import Path
 from typing import Any
 
+from gnorm.analysis.records import cell_label
 from gnorm.checkpoints import CHECKPOINT_FOLDER, checkpoint_path, remove_checkpoint
 from gnorm.components import ExecutorContext
-from gnorm.config import Experiment, ExecutorChoice, RunSpec, executor_choice
+from gnorm.executor_table import ExecutorChoice, executor_choice
 from gnorm.forks import TRUNK_FOLDER, TrunkFiles, TrunkState
 from gnorm.planner import (PendingCell, checkpointed_parts, pending_cells, plan_experiment, resolve_critical_norms,
                            seed_groups, split_cell, submission_order)
 from gnorm.progress import Progress, StudyCounts
 from gnorm.registry import Registry
+from gnorm.runmodel import Experiment, RunSpec
 from gnorm.store import Store
-from gnorm.tables import cell_label
 from gnorm.training.jobs import CellJob, TrunkJob
 from gnorm.worker import RunResult, train_cell_task, train_trunk_task
 

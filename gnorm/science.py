@@ -1,4 +1,4 @@
-"""The science as small pure functions: norms, schedules, crossing times, seeds, fits.
+"""The science as small pure functions: norms, schedules, crossing times, fits.
 
 Each docstring states the formula it computes.
 """
@@ -12,8 +12,6 @@ import attrs
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from gnorm.runmodel import derive_seed  # noqa: F401 - the run model owns content addresses and seeds
 
 
 def weight_norm(norm_tensors: Sequence[torch.Tensor]) -> torch.Tensor:

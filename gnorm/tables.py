@@ -6,11 +6,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gnorm.analysis.records import cell_label, records_by_cell
+from gnorm.analysis.records import records_by_cell
 from gnorm.analysis.statistics import median_or_none
 from gnorm.components import RunRecord, Table
 
-__all__ = ["cell_label", "format_table", "format_value", "median_or_none", "stage_summaries"]
+__all__ = ["format_table", "format_value", "stage_summaries"]
 
 
 def format_value(value: Any) -> str:

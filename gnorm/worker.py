@@ -4,7 +4,7 @@ chose.
 A cell task gets a :class:`~gnorm.training.jobs.CellJob` (plain, picklable data) and returns each run's
 record and trajectory; a trunk task gets a :class:`~gnorm.training.jobs.TrunkJob` and returns each run's
 state at the fork step. Tasks build their components from the plugin registry and train them; they
-never touch the store and fire no hooks: the coordinator (gnorm.study) writes what tasks return and
+never touch the store and fire no hooks: the coordinator (gnorm.scheduler) writes what tasks return and
 tells observers about it.
 """
 

@@ -14,9 +14,9 @@ from conftest import REFERENCE, tiny_study
 from gnorm.builtins.architectures import MLP, MLPConfig, Transformer, TransformerConfig
 from gnorm.builtins.tasks import ModularConfig, ModularTask, SparseParityConfig, SparseParityTask
 from gnorm.cli import main
-from gnorm.config import load_experiment
 from gnorm.errors import UserError
 from gnorm.importers import read_cell
+from gnorm.loader import load_experiment
 from gnorm.registry import build_registry
 from gnorm.store import Store
 

@@ -23,11 +23,16 @@ import gnorm.training.loop
 from conftest import GNORM
 from gnorm.builtins.controllers import Clamp, ClampConfig
 from gnorm.checkpoints import CHECKPOINT_FOLDER, checkpoint_path
-from gnorm.config import cells_of, load_experiment, with_executor
-from gnorm.engine import CellJob, train_cell
+from gnorm.executor_table import with_executor
+from gnorm.loader import load_experiment
+from gnorm.planner import _Cell, checkpointed_parts
+from gnorm.progress import Progress
 from gnorm.registry import Provider, build_registry
+from gnorm.runmodel import cells_of
+from gnorm.scheduler import run_experiment
 from gnorm.store import DATABASE, Store
-from gnorm.study import Progress, _Cell, checkpointed_parts, run_experiment
+from gnorm.training.build import train_cell
+from gnorm.training.jobs import CellJob
 from gnorm.worker import torch_threads, train_cell_task
 
 REGISTRY = build_registry(autoload=False)

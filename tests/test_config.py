@@ -23,8 +23,8 @@ from gnorm.cli import main
 from gnorm.errors import Problem, UserError
 from gnorm.executor_table import with_executor
 from gnorm.loader import load_experiment
+from gnorm.planner import plan_experiment
 from gnorm.registry import DISABLE_AUTOLOAD_ENV, Provider, build_registry
-from gnorm.study import plan_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "examples" / "quickstart.toml"

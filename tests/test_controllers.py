@@ -11,13 +11,16 @@ import gnorm.cli
 import gnorm.registry
 from gnorm.cli import main
 from gnorm.components import ControllerContext, RunRecord
-from gnorm.config import Stage, load_experiment
-from gnorm.engine import CellJob, RunLog, train_cell
 from gnorm.errors import UserError
+from gnorm.loader import load_experiment
+from gnorm.planner import resolve_critical_norms
 from gnorm.registry import DISABLE_AUTOLOAD_ENV, build_registry
+from gnorm.runmodel import Stage
 from gnorm.science import allocated_shares, weight_norm
 from gnorm.store import Store
-from gnorm.study import resolve_critical_norms
+from gnorm.training.build import train_cell
+from gnorm.training.jobs import CellJob
+from gnorm.training.runlog import RunLog
 
 BUILTINS = build_registry(autoload=False)
 

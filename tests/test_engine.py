@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from gnorm.builtins.architectures import MLP, MLPConfig, Transformer, TransformerConfig
 from gnorm.builtins.tasks import ModularConfig, ModularTask
-from gnorm.config import OptimizerConfig
-from gnorm.engine import BatchedAdamW, Ensemble
+from gnorm.runmodel import OptimizerConfig
 from gnorm.science import rescale_to_norm, weight_norm
+from gnorm.training.ensemble import Ensemble
+from gnorm.training.optimizer import BatchedAdamW
 
 OPTIMIZER = OptimizerConfig(lr=3e-3, weight_decay=1.0)
 
@@ -185,6 +186,6 @@ def test_the_training_core_imports_neither_the_file_loader_nor_the_registry():
     import sys
 
     code = ("import sys, gnorm.training.loop, gnorm.training.build; "
-            "print(sorted(m for m in ('gnorm.config', 'gnorm.registry') if m in sys.modules))")
+            "print(sorted(m for m in ('gnorm.loader', 'gnorm.converter', 'gnorm.registry') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from gnorm.cli import main
-from gnorm.config import load_experiment, parse_override
+from gnorm.loader import load_experiment
+from gnorm.overrides import parse_override
 from gnorm.registry import default_registry
 from gnorm.store import Store
 

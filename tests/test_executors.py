@@ -17,13 +17,15 @@ import pytest
 from click.testing import CliRunner
 
 import gnorm
+from builders import FREE, clamp_stage, write_study
 from conftest import tiny_study
 from gnorm.builtins.controllers import Clamp, ClampConfig
 from gnorm.cli import main
-from gnorm.config import load_experiment
+from gnorm.loader import load_experiment
+from gnorm.progress import Progress, time_left
 from gnorm.registry import Provider, build_registry
+from gnorm.scheduler import run_experiment
 from gnorm.store import Store
-from gnorm.study import Progress, run_experiment, time_left
 
 TEST_PLUGIN = Provider("test-plugin", "0")
 
@@ -38,11 +40,11 @@ def _stored(out: Path) -> dict:
                        store.trajectory(r.run_id)) for r in store.records()}
 
 
-def _small_study(tmp_path: Path, executor: str = "") -> Path:
+def _small_study(tmp_path: Path, executor: dict | None = None, seeds: int = 2, stages: list | None = None,
+                 **sections) -> Path:
     """Two cells of two seeds, about a second each: p = 31, 300 steps, Wc given as a number."""
-    path = tiny_study(tmp_path, p=31, max_steps=300, critical_norm="30.0", rhos="[0.9, 1.1]")
-    path.write_text(path.read_text() + executor)
-    return path
+    return write_study(tmp_path, experiment={"seeds": seeds}, task={"p": 31}, training={"max_steps": 300},
+                       executor=executor, stages=[FREE, clamp_stage(30.0)] if stages is None else stages, **sections)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -50,7 +52,7 @@ def _small_study(tmp_path: Path, executor: str = "") -> Path:
 
 
 def test_local_process_pool_stores_exactly_what_serial_stores(tmp_path):
-    path = _small_study(tmp_path, '\n[executor]\nname = "local"\nworkers = 2\n')
+    path = _small_study(tmp_path, {"name": "local", "workers": 2})
     serial = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "serial"), "--executor", "serial"])
     local = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "local")])
     assert serial.exit_code == 0 and local.exit_code == 0, serial.output + local.output
@@ -95,8 +97,7 @@ def flaky_plugin(failures_left: dict) -> object:
 
 def _flaky_study(tmp_path: Path, failures_left: dict):
     registry = build_registry(extra_plugins=[(flaky_plugin(failures_left), TEST_PLUGIN)], autoload=False)
-    path = _small_study(tmp_path, '\n[executor]\nname = "serial"\n')
-    path.write_text(path.read_text().replace('name = "clamp", t_start = 100', 'name = "flaky", t_start = 100'))
+    path = _small_study(tmp_path, {"name": "serial"}, stages=[FREE, clamp_stage(30.0, controller="flaky")])
     return load_experiment(path, registry), registry
 
 
@@ -173,8 +174,8 @@ def _worker_pids() -> list[int]:
 def test_a_killed_local_worker_costs_only_a_retry(tmp_path):
     """SIGKILL one worker while both train: the pool breaks, gnorm builds a new one and trains the cells
     that were in flight again; every run is stored once and equals a serial run's."""
-    path = tiny_study(tmp_path, p=31, max_steps=800, critical_norm="30.0", rhos="[0.9, 1.1]")
-    path.write_text(path.read_text().replace('schedule = "every"', 'schedule = "every"\nstop_when_grokked = false'))
+    path = write_study(tmp_path, task={"p": 31}, training={"max_steps": 800}, evaluation={"stop_when_grokked": False},
+                       stages=[FREE, clamp_stage(30.0)])
     registry = build_registry(autoload=False)
     experiment = load_experiment(path, registry, {"executor.name": "local", "executor.workers": 2})
     stream = io.StringIO()
@@ -257,14 +258,14 @@ def test_a_clamp_cell_starts_once_its_own_source_cell_is_stored(tmp_path):
 
 
 @pytest.mark.parametrize("table, key, message", [
-    ('name = "locl"', "executor.name", "unknown executor 'locl' (did you mean 'local'?)"),
-    ('worker = 2', "executor.worker", "unknown key (did you mean 'workers'?)"),
-    ('workers = -1', "executor.workers", "must be >= 0: -1"),
-    ('retries = 1.5', "executor.retries", "expected an integer >= 0, found a float (1.5)"),
-    ('threads = 0', "executor.threads", "expected an integer >= 1, found an integer (0)"),
+    ({"name": "locl"}, "executor.name", "unknown executor 'locl' (did you mean 'local'?)"),
+    ({"worker": 2}, "executor.worker", "unknown key (did you mean 'workers'?)"),
+    ({"workers": -1}, "executor.workers", "must be >= 0: -1"),
+    ({"retries": 1.5}, "executor.retries", "expected an integer >= 0, found a float (1.5)"),
+    ({"threads": 0}, "executor.threads", "expected an integer >= 1, found an integer (0)"),
 ])
 def test_a_bad_executor_table_is_one_line_naming_file_and_key(tmp_path, table, key, message):
-    path = _small_study(tmp_path, f"\n[executor]\n{table}\n")
+    path = _small_study(tmp_path, table)
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 2
     (line,) = result.output.strip().splitlines()
@@ -272,7 +273,7 @@ def test_a_bad_executor_table_is_one_line_naming_file_and_key(tmp_path, table, k
 
 
 def test_executor_on_the_command_line_replaces_the_files_choice(tmp_path):
-    path = _small_study(tmp_path, '\n[executor]\nname = "local"\nworkers = 3\nretries = 4\n')
+    path = _small_study(tmp_path, {"name": "local", "workers": 3, "retries": 4})
     result = CliRunner().invoke(main, ["run", str(path), "--executor", "serial", "--dry-run"])
     assert result.exit_code == 0, result.output  # local's workers do not apply to serial
 
@@ -361,7 +362,7 @@ def test_time_left_extrapolates_this_invocations_pace_in_step_budgets():
 
 
 def test_a_cell_is_split_only_when_workers_would_otherwise_idle():
-    from gnorm.study import seed_groups
+    from gnorm.planner import seed_groups
 
     assert seed_groups(seeds=16, idle_workers=2, other_ready_cells=0) == 2   # a lone free cell: both cores
     assert seed_groups(seeds=16, idle_workers=2, other_ready_cells=1) == 1   # another cell takes the other core
@@ -371,9 +372,8 @@ def test_a_cell_is_split_only_when_workers_would_otherwise_idle():
 
 
 def test_a_split_cell_trains_each_seed_exactly_as_the_whole_cell_does(tmp_path):
-    path = _small_study(tmp_path)  # keep the free stage only: one cell of four seeds for two workers
-    free_only = path.read_text().split('[[stage]]\nname = "clamp"')[0].replace("seeds = 2", "seeds = 4")
-    path.write_text(free_only + '\n[executor]\nname = "local"\nworkers = 2\n')
+    # the free stage only: one cell of four seeds for two workers
+    path = _small_study(tmp_path, {"name": "local", "workers": 2}, seeds=4, stages=[FREE])
     local = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "local")])
     serial = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "serial"), "--executor", "serial"])
     assert local.exit_code == 0 and serial.exit_code == 0, local.output + serial.output
@@ -386,12 +386,11 @@ def test_ready_cells_go_to_workers_biggest_budget_first(tmp_path):
     """Paper A's dense sweep gives its slow high-rho cells the longest budgets: they start first, so the
     study does not end with one long cell on one worker while the others idle. The other parts of a
     split cell and retries keep their place at the front, and a cell others take Wc from goes first."""
-    from gnorm.study import _Cell, submission_order
+    from gnorm.planner import _Cell, submission_order
 
-    path = tiny_study(tmp_path, p=31, max_steps=300, critical_norm="30.0")
-    text = path.read_text().replace('sweep = { "controller.rho" = [0.9, 1.1] }',
-                                    '[stage.zip]\n"controller.rho" = [0.9, 1.1, 1.2]\n"training.max_steps" = [100, 400, 200]')
-    path.write_text(text)
+    clamp = {"name": "clamp", "critical_norm": 30.0, "controller": {"name": "clamp", "t_start": 100},
+             "zip": {"controller.rho": [0.9, 1.1, 1.2], "training.max_steps": [100, 400, 200]}}
+    path = _small_study(tmp_path, stages=[FREE, clamp])
     clamp = load_experiment(path, build_registry()).stages[-1]
     cells = {}
     for run in clamp.runs:
@@ -407,7 +406,7 @@ def test_ready_cells_go_to_workers_biggest_budget_first(tmp_path):
 
 
 def test_a_cell_others_take_wc_from_goes_first(tmp_path):
-    from gnorm.study import _Cell, budget, submission_order
+    from gnorm.planner import _Cell, budget, submission_order
 
     experiment = load_experiment(tiny_study(tmp_path, p=31, max_steps=300), build_registry())  # Wc from "free"
     free, clamp = experiment.stages
@@ -420,9 +419,7 @@ def test_a_cell_others_take_wc_from_goes_first(tmp_path):
 
 def test_split_parts_are_submitted_before_the_next_cell_is_split(tmp_path):
     """Four workers, two ready cells of four seeds: each is split in two, so all four workers train."""
-    path = tiny_study(tmp_path, seeds=4, p=31, max_steps=300, critical_norm="30.0")
-    clamp_only = path.read_text().replace('[[stage]]\nname = "free"\n\n', "")
-    path.write_text(clamp_only + '\n[executor]\nname = "local"\nworkers = 4\n')
+    path = _small_study(tmp_path, {"name": "local", "workers": 4}, seeds=4, stages=[clamp_stage(30.0)])
     result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     started = [line.split(":")[0] for line in result.output.splitlines() if line.endswith("Wc 30)")]
@@ -437,7 +434,7 @@ def test_split_parts_are_submitted_before_the_next_cell_is_split(tmp_path):
 FAULTS_PER_STEP = """
 import resource, sys, torch
 from gnorm_bench.bench import workload_job
-from gnorm.engine import build_ensemble
+from gnorm.training.build import build_ensemble
 from gnorm.registry import default_registry
 from gnorm.worker import train_cell_task
 torch.set_num_threads(1)

@@ -11,13 +11,16 @@ import torch
 
 import gnorm.worker
 from gnorm.builtins.executors import SerialExecutor
-from gnorm.config import load_experiment
-from gnorm.engine import BatchedAdamW, CellJob, build_ensemble
 from gnorm.errors import UserError
 from gnorm.forks import TRUNK_FOLDER, TrunkFiles, state_sha256
+from gnorm.loader import load_experiment
+from gnorm.progress import Progress
 from gnorm.registry import build_registry
+from gnorm.scheduler import run_experiment
 from gnorm.store import Store
-from gnorm.study import Progress, run_experiment
+from gnorm.training.build import build_ensemble
+from gnorm.training.jobs import CellJob
+from gnorm.training.optimizer import BatchedAdamW
 
 REGISTRY = build_registry(autoload=False)
 

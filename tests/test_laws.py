@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from gnorm.builtins.analyzers import (
+from gnorm.builtins.analyzers.laws import (
     FreeContractionConfig,
     LawComparisonConfig,
     free_contraction_analyzer,

@@ -23,7 +23,7 @@ from gnorm.runmodel import plain_data
 REPO = Path(__file__).resolve().parent.parent
 BUILTINS = build_registry(autoload=False)
 #: What the run model must never pull in, however it is imported.
-ABOVE_THE_RUN_MODEL = ("gnorm.registry", "gnorm.loader", "gnorm.converter", "gnorm.config", "cattrs", "torch")
+ABOVE_THE_RUN_MODEL = ("gnorm.registry", "gnorm.loader", "gnorm.converter", "cattrs", "torch")
 
 
 def modules_after_importing(module: str) -> set[str]:
@@ -39,11 +39,6 @@ def test_the_run_model_imports_neither_the_registry_the_loader_the_converter_nor
     loaded = modules_after_importing("gnorm.runmodel")
     assert "gnorm.runmodel" in loaded
     assert sorted(loaded & set(ABOVE_THE_RUN_MODEL)) == []
-
-
-def test_the_facade_still_brings_the_loader_so_old_imports_keep_working():
-    loaded = modules_after_importing("gnorm.config")
-    assert {"gnorm.runmodel", "gnorm.loader", "gnorm.converter"} <= loaded
 
 
 class Colour(enum.Enum):

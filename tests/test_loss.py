@@ -10,11 +10,14 @@ import torch.nn.functional as F
 
 from gnorm.builtins.architectures import MLP, MLPConfig
 from gnorm.builtins.tasks import ModularConfig, ModularTask
-from gnorm.config import LossConfig, load_experiment
-from gnorm.engine import CellJob, Ensemble, build_ensemble, train_cell
 from gnorm.errors import UserError
+from gnorm.loader import load_experiment
 from gnorm.registry import build_registry
+from gnorm.runmodel import LossConfig
 from gnorm.science import example_losses
+from gnorm.training.build import build_ensemble, train_cell
+from gnorm.training.ensemble import Ensemble
+from gnorm.training.jobs import CellJob
 
 BUILTINS = build_registry(autoload=False)
 

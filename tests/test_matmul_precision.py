@@ -10,11 +10,14 @@ import torch
 from click.testing import CliRunner
 
 import gnorm.training.numerics
+from builders import write_study
 from conftest import tiny_study
 from gnorm.cli import main
-from gnorm.config import load_experiment
-from gnorm.engine import CellJob, cpu_computes_bfloat16, train_cell
+from gnorm.loader import load_experiment
 from gnorm.registry import build_registry
+from gnorm.training.build import train_cell
+from gnorm.training.jobs import CellJob
+from gnorm.training.numerics import cpu_computes_bfloat16
 
 BUILTINS = build_registry(autoload=False)
 ON_THE_CPU = {"training.device": "cpu"}
@@ -43,9 +46,7 @@ def test_matmul_precision_is_part_of_a_runs_identity_but_not_of_its_start(tmp_pa
 
 
 def test_a_sweep_over_matmul_precision_takes_each_clamp_cells_wc_from_its_own_precision(tmp_path):
-    path = tiny_study(tmp_path, max_steps=100)
-    path.write_text(path.read_text().replace("[[stage]]", '[sweep]\n"training.matmul_precision" = ["full", "bfloat16"]'
-                                             "\n\n[[stage]]", 1))
+    path = write_study(tmp_path, training={"max_steps": 100}, sweep={"training.matmul_precision": ["full", "bfloat16"]})
     experiment = load_experiment(path, BUILTINS, ON_THE_CPU)
     by_id = {run.run_id: run for run in experiment.runs}
     clamp = [run for run in experiment.runs if run.stage == "clamp"]

@@ -21,12 +21,14 @@ from gnorm.builtins.observables import (
     softmax_collapse_fraction,
 )
 from gnorm.components import ObservableContext
-from gnorm.config import load_experiment
-from gnorm.engine import CellJob, build_ensemble
 from gnorm.errors import UserError
+from gnorm.loader import load_experiment
+from gnorm.progress import Progress
 from gnorm.registry import Provider, build_registry
+from gnorm.scheduler import run_experiment
 from gnorm.store import Store
-from gnorm.study import Progress, run_experiment
+from gnorm.training.build import build_ensemble
+from gnorm.training.jobs import CellJob
 
 REGISTRY = build_registry(autoload=False)
 ALL_BUILTINS = ["logit_scale", "softmax_collapse", "fourier", "spectral_all"]

@@ -15,16 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gnorm.builtins.analyzers import (
-    CriticalNormConfig,
+from gnorm.builtins.analyzers.critical_norm import CriticalNormConfig, critical_norm_analyzer
+from gnorm.builtins.analyzers.delay_law import (
     DelayLawConfig,
-    LeversConfig,
     SharedExponentConfig,
-    critical_norm_analyzer,
     delay_law_analyzer,
-    levers_analyzer,
     shared_exponent_analyzer,
 )
+from gnorm.builtins.analyzers.levers import LeversConfig, levers_analyzer
 from gnorm.importers import import_reference, read_experiment
 from gnorm.science import first_crossing
 from gnorm.store import Store
@@ -247,7 +245,7 @@ def test_temperature_undoes_the_norm_induced_delay(records):
 
 
 def test_matching_the_logit_scale_recovers_most_of_the_delay(records):
-    from gnorm.builtins.analyzers import LogitMediationConfig, logit_mediation_analyzer
+    from gnorm.builtins.analyzers.mediation import LogitMediationConfig, logit_mediation_analyzer
 
     analysis = logit_mediation_analyzer(LogitMediationConfig(stages=["mediation/clamp"]))(records)
     assert analysis.numbers["logit_scale_fact"] == "seed_mean_logit_scale_at_grok"
@@ -264,7 +262,7 @@ def test_matching_the_logit_scale_recovers_most_of_the_delay(records):
 
 
 def test_ln_t_grok_collapses_on_the_logit_scale(records):
-    from gnorm.builtins.analyzers import LogitMediationConfig, logit_mediation_analyzer
+    from gnorm.builtins.analyzers.mediation import LogitMediationConfig, logit_mediation_analyzer
 
     analysis = logit_mediation_analyzer(LogitMediationConfig(stages=["collapse/clamp"]))(records)
     for p in (59, 97):
@@ -286,7 +284,7 @@ def test_same_state_fork(records):
 
 
 def test_the_exponential_law_beats_power_and_saddle_node_forms(records):
-    from gnorm.builtins.analyzers import LawComparisonConfig, law_comparison_analyzer
+    from gnorm.builtins.analyzers.laws import LawComparisonConfig, law_comparison_analyzer
 
     dose = law_comparison_analyzer(LawComparisonConfig(stages=["dose/clamp"]))(records)
     for p in (59, 67, 97, 113):  # p = 43 (one cell dropped, 7 left) prefers the power law with offset
@@ -313,7 +311,7 @@ def free_runs_with_contraction_norms(store, records):
 
 
 def test_free_contraction_kappa_from_the_peak_norm(free_runs_with_contraction_norms):
-    from gnorm.builtins.analyzers import FreeContractionConfig, free_contraction_analyzer
+    from gnorm.builtins.analyzers.laws import FreeContractionConfig, free_contraction_analyzer
 
     runs = free_runs_with_contraction_norms
     analysis = free_contraction_analyzer(FreeContractionConfig(v_mem="peak"))(runs)
@@ -327,7 +325,7 @@ def test_free_contraction_kappa_from_the_peak_norm(free_runs_with_contraction_no
 
 
 def test_the_norm_at_memorization_is_mostly_below_the_norm_at_grok(free_runs_with_contraction_norms):
-    from gnorm.builtins.analyzers import FreeContractionConfig, free_contraction_analyzer
+    from gnorm.builtins.analyzers.laws import FreeContractionConfig, free_contraction_analyzer
 
     analysis = free_contraction_analyzer(FreeContractionConfig())(free_runs_with_contraction_norms)
     group = only(analysis, **{"task.p": 59, "optimizer.lr": 0.001, "optimizer.weight_decay": 1.0})

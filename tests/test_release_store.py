@@ -62,7 +62,7 @@ def _same_machine_kind() -> str | None:
 
 
 def test_the_released_file_plans_the_run_ids_its_store_holds():
-    from gnorm.config import load_experiment
+    from gnorm.loader import load_experiment
     from gnorm.registry import build_registry
 
     planned = [run.run_id for run in load_experiment(STUDY, build_registry(autoload=False)).runs]

@@ -23,11 +23,11 @@ from gnorm.builtins.analyzers.delay_law import DelayLawGroup, delay_law_band, de
 from gnorm.builtins.analyzers.levers import lever_heatmap_figure
 from gnorm.cli import main
 from gnorm.components import Analysis, RunRecord, Table
-from gnorm.config import ComponentChoice
 from gnorm.importers import import_reference
 from gnorm.registry import Provider, build_registry, default_registry
 from gnorm.report import markdown_table, run_report_analyses, write_report
 from gnorm.reporting import ReportSection
+from gnorm.runmodel import ComponentChoice
 from gnorm.store import Store
 from gnorm.trajectories import align_trajectories
 
@@ -275,7 +275,7 @@ def test_dense_rho_sweep_report_shows_alpha_7_64(tmp_path, registry):
 
 
 def test_a_delay_law_analysis_table_sets_the_fit_and_figure_of_the_report(tmp_path, registry):
-    from gnorm.builtins.analyzers import DelayLawConfig
+    from gnorm.builtins.analyzers.delay_law import DelayLawConfig
 
     store = build_store(tmp_path / "store")
     within = DelayLawConfig(group_by=["task.p", "optimizer.lr"], within={"controller.rho": [0.9, 1.1]})
@@ -288,7 +288,7 @@ def test_a_delay_law_analysis_table_sets_the_fit_and_figure_of_the_report(tmp_pa
 
 
 def test_other_analysis_tables_get_their_own_section_with_their_settings(tmp_path, registry):
-    from gnorm.builtins.analyzers import LeversConfig
+    from gnorm.builtins.analyzers.levers import LeversConfig
 
     store = build_store(tmp_path / "store")
     levers = ComponentChoice("levers", LeversConfig(within={"task.p": [59, 59]}))

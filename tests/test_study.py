@@ -200,10 +200,11 @@ def test_lifecycle_hooks_fire_in_the_coordinator_in_order_with_results_dir_cell_
     from types import SimpleNamespace
 
     import gnorm
-    from gnorm.config import load_experiment
+    from gnorm.analysis.records import cell_label
+    from gnorm.loader import load_experiment
+    from gnorm.progress import Progress
     from gnorm.registry import Provider, build_registry
-    from gnorm.study import Progress, run_experiment
-    from gnorm.tables import cell_label
+    from gnorm.scheduler import run_experiment
 
     events = []
 

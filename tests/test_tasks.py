@@ -9,10 +9,12 @@ from conftest import tiny_study
 from gnorm.builtins.architectures import MLP, MLPConfig
 from gnorm.builtins.tasks import (ModularConfig, PrimeModularConfig, SparseParityConfig, SparseParityTask,
                                   is_prime, modular_inverses, parity_labels)
-from gnorm.config import OptimizerConfig, load_experiment
-from gnorm.engine import BatchedAdamW, Ensemble
 from gnorm.errors import UserError
+from gnorm.loader import load_experiment
 from gnorm.registry import build_registry
+from gnorm.runmodel import OptimizerConfig
+from gnorm.training.ensemble import Ensemble
+from gnorm.training.optimizer import BatchedAdamW
 
 REGISTRY = build_registry(autoload=False)
 

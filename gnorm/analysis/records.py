@@ -13,7 +13,7 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 from gnorm.components import RunRecord
-from gnorm.config import dotted_value
+from gnorm.runmodel import dotted_value
 from gnorm.science import held_norm
 
 

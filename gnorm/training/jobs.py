@@ -11,7 +11,7 @@ from gnorm.forks import TrunkState
 from gnorm.science import every_schedule, geometric_schedule
 
 if TYPE_CHECKING:
-    from gnorm.config import RunSpec
+    from gnorm.runmodel import RunSpec
 
 
 @attrs.frozen

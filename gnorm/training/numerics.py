@@ -12,7 +12,7 @@ import torch
 from gnorm.errors import Problem, UserError
 
 if TYPE_CHECKING:
-    from gnorm.config import TrainingConfig
+    from gnorm.runmodel import TrainingConfig
 
 
 def resolve_device(name: str) -> torch.device:

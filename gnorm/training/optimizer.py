@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 if TYPE_CHECKING:
-    from gnorm.config import OptimizerConfig
+    from gnorm.runmodel import OptimizerConfig
 
 
 @functools.cache

@@ -11,7 +11,7 @@ from gnorm.components import GrokTimes, RunRecord
 from gnorm.science import contraction_norms
 
 if TYPE_CHECKING:
-    from gnorm.config import RunSpec
+    from gnorm.runmodel import RunSpec
 
 #: The metrics every evaluation records (besides one ``norm/<group>`` per group and the observables').
 METRICS = ("train_loss", "test_loss", "train_acc", "test_acc", "weight_norm")

@@ -29,45 +29,7 @@ Conventions shared by all of them (those of papers A and B):
 from __future__ import annotations
 
 import gnorm
-from gnorm.analysis.records import cell_label, record_value, select  # noqa: F401
-from gnorm.analysis.statistics import (  # noqa: F401
-    bootstrap_cell_medians,
-    bootstrap_median_interval,
-)
-from gnorm.analysis.statistics import median_or_none as median_t_grok  # noqa: F401
 from gnorm.builtins.analyzers import critical_norm, delay_law, laws, levers, mediation
-from gnorm.builtins.analyzers.critical_norm import (  # noqa: F401
-    CriticalNormConfig,
-    critical_norm_analyzer,
-    norm_at_grok,
-    power_law_fit,
-    spread_across,
-)
-from gnorm.builtins.analyzers.delay_law import (  # noqa: F401
-    DelayLawConfig,
-    SharedExponentConfig,
-    delay_law_analyzer,
-    fit_delay_law,
-    fit_shared_exponent,
-    shared_exponent_analyzer,
-)
-from gnorm.builtins.analyzers.laws import (  # noqa: F401
-    LAWS,
-    V_MEM_FACT,
-    FreeContractionConfig,
-    LawComparisonConfig,
-    free_contraction_analyzer,
-    law_comparison_analyzer,
-)
-from gnorm.builtins.analyzers.levers import LeversConfig, delay_ratio, levers_analyzer  # noqa: F401
-from gnorm.builtins.analyzers.mediation import (  # noqa: F401
-    LOGIT_SCALE_FACTS,
-    LogitMediationConfig,
-    cell_logit_scale_and_delay,
-    logit_mediation_analyzer,
-    logit_scale_fact,
-)
-from gnorm.builtins.analyzers.options import KEYS, MAX_RESAMPLES, STAGES  # noqa: F401
 
 #: The family modules, in the order their analyzers are listed.
 FAMILIES = (critical_norm, delay_law, levers, laws, mediation)

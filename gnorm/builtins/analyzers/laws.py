@@ -15,7 +15,7 @@ from gnorm.analysis.records import group_label, group_records, pooling_notes, se
 from gnorm.analysis.statistics import median_or_none
 from gnorm.builtins.analyzers.options import KEYS, STAGES, at_least, intervals, not_empty
 from gnorm.components import Analysis, RunRecord, Table
-from gnorm.config import dotted_value
+from gnorm.runmodel import dotted_value
 from gnorm.science import compare_laws, contraction_time, origin_fit
 
 

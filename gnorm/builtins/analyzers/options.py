@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gnorm.config import naming
+from gnorm.converter import naming
 
 
 def intervals(instance, attribute, value: dict[str, list[float]]) -> None:

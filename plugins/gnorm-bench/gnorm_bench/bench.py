@@ -28,10 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from gnorm.components import Table
-from gnorm.config import load_experiment
-from gnorm.engine import CellJob, build_ensemble, deterministic_algorithms, evaluation_steps, train_cell
+from gnorm.loader import load_experiment
 from gnorm.registry import Registry, default_registry
 from gnorm.science import first_crossing
+from gnorm.training.build import build_ensemble, train_cell
+from gnorm.training.jobs import CellJob, evaluation_steps
+from gnorm.training.numerics import deterministic_algorithms
 from gnorm.worker import keep_freed_memory
 
 CRITICAL_NORM = 54.8  # paper A's Wc at p = 59, training fraction 0.4
@@ -299,9 +301,10 @@ def gnorm_run_local(registry: Registry, seeds: int, steps: int, workers: int, co
     import io
 
     from gnorm.builtins.executors import LocalConfig
-    from gnorm.config import ExecutorChoice
+    from gnorm.executor_table import ExecutorChoice
+    from gnorm.progress import Progress
+    from gnorm.scheduler import run_experiment
     from gnorm.store import Store
-    from gnorm.study import Progress, run_experiment
 
     with tempfile.TemporaryDirectory() as directory:
         path = workload_file(directory, seeds, steps, rho=1.0, stop=False, compile=compile,

@@ -42,9 +42,9 @@ def bench(steps: int, seeds: int, reference_a_seeds: int, w2: bool, memory: bool
 
     from gnorm.builtins.executors import machine_cores
     from gnorm.components import Table
-    from gnorm.engine import cpu_computes_bfloat16
     from gnorm.registry import default_registry
     from gnorm.tables import format_table
+    from gnorm.training.numerics import cpu_computes_bfloat16
     from gnorm_bench import bench as benchmark
 
     registry = default_registry()  # W1 uses built-in pieces only

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from gnorm_bench import bench
 from gnorm.cli import main
-from gnorm.engine import cpu_computes_bfloat16, deterministic_algorithms
 from gnorm.registry import default_registry
+from gnorm.training.numerics import cpu_computes_bfloat16, deterministic_algorithms
 
 
 def test_bench_prints_rates_ratios_and_targets():
@@ -114,7 +114,7 @@ def test_flop_counts_are_what_torch_counts_for_one_training_step():
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from gnorm.engine import build_ensemble
+    from gnorm.training.build import build_ensemble
 
     registry = default_registry()
     job = bench.workload_job(registry, seeds=1, steps=20, rho=1.0, stop=False, compile="off")
