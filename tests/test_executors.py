@@ -261,8 +261,8 @@ def test_a_clamp_cell_starts_once_its_own_source_cell_is_stored(tmp_path):
     ({"name": "locl"}, "executor.name", "unknown executor 'locl' (did you mean 'local'?)"),
     ({"worker": 2}, "executor.worker", "unknown key (did you mean 'workers'?)"),
     ({"workers": -1}, "executor.workers", "must be >= 0: -1"),
-    ({"retries": 1.5}, "executor.retries", "expected an integer >= 0, found a float (1.5)"),
-    ({"threads": 0}, "executor.threads", "expected an integer >= 1, found an integer (0)"),
+    ({"retries": 1.5}, "executor.retries", "expected an integer from 0 to 100, found a float (1.5)"),
+    ({"threads": 0}, "executor.threads", "expected an integer from 1 to 4096, found an integer (0)"),
 ])
 def test_a_bad_executor_table_is_one_line_naming_file_and_key(tmp_path, table, key, message):
     path = _small_study(tmp_path, table)
