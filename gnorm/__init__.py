@@ -18,6 +18,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 #: that ``import gnorm`` (and the command line's start) does not wait for torch.
 _COMPONENTS = ("Analyzer", "Architecture", "Executor", "ExecutorOption", "GrokCriterion", "NormController",
                "Observable", "Task")
+_COMPONENTS += ("GradientTransform",)
 
 
 def __getattr__(name: str):
@@ -33,6 +34,7 @@ __all__ = [
     "Architecture",
     "Executor",
     "ExecutorOption",
+    "GradientTransform",
     "GrokCriterion",
     "NormController",
     "Observable",

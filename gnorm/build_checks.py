@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import attrs
 
-from gnorm.components import ControllerContext, ObservableContext
+from gnorm.components import ControllerContext, ObservableContext, TransformContext
 from gnorm.converter import converter
 from gnorm.errors import UserError
 from gnorm.registry import Registry, UnknownComponent
@@ -123,6 +123,11 @@ class Builds:
                 self._refusals(lambda: self.registry.get("norm_controller", choice.name).factory(choice.config,
                                                                                                  context),
                                "controller", where_is)
+        names = [name for group in groups.values() for name in group]
+        transform_context = TransformContext(names, dict(groups), [name for name, _ in module.named_parameters()])
+        for choice in resolved.get("gradient_transforms") or ():
+            self._refusals(lambda: self.registry.get("gradient_transform", choice.name).factory(
+                choice.config, transform_context), f"gradient_transforms.{choice.name}", origin)
         if resolved.get("criterion") is not None:
             criterion = resolved["criterion"]
             self._refusals(lambda: self.registry.get("grok_criterion", criterion.name).factory(criterion.config),

@@ -14,7 +14,8 @@ a split cell that one task trains). The coordinator names the file in the
 too) and removes it once the job's runs are stored.
 
 What a file holds (:class:`CellState`): the step reached, the runs still training (in ensemble
-order), their stacked parameters, buffers and AdamW moments and step count, every run's evaluations
+order), their stacked parameters, buffers and AdamW moments and step count, the state of each gradient
+transform of the cell (stacked per member, e.g. Grokfast's moving averages), every run's evaluations
 and facts so far, the records and evaluations of the runs that already finished inside the job (so a
 resumed task still returns them), and the controller and observers pickled (there is no state-dict
 protocol for plugins: a controller is restored as the object it was, so it must hold no references to
@@ -88,7 +89,9 @@ class CellState:
     "exp_avg", "exp_avg_sq", each name -> the members' stacked tensor (on the CPU). ``optimizer_steps``:
     AdamW's step count. ``logs``: one plain dict per member (see ``RunLog.plain``). ``finished``: the
     runs that finished inside this job, as (record fields, steps, metrics) dicts, in finishing order.
-    ``components``: the pickled (controller, observers)."""
+    ``components``: the pickled (controller, observers). ``transform_states``: each gradient transform's
+    state (name -> the members' stacked tensor), in chain order; empty without transforms (and in files
+    written before transforms existed, which hold no such key)."""
 
     identity: str
     step: int
@@ -98,6 +101,7 @@ class CellState:
     logs: list[dict[str, Any]]
     finished: list[dict[str, Any]]
     components: bytes
+    transform_states: list[dict[str, torch.Tensor]] = attrs.field(factory=list)
 
     def plain(self) -> dict[str, Any]:
         return {"format": FORMAT_VERSION, **attrs.asdict(self, recurse=False)}

@@ -169,6 +169,44 @@ COMPONENT_KINDS: tuple[type[Component], ...] = (Task, Architecture, NormControll
 
 
 # ---------------------------------------------------------------------------------------------------
+# Gradient transforms (issue 14): what happens to each member's gradients before the optimizer step.
+
+
+@attrs.frozen
+class GradientTransform(Component):
+    """A step of the gradient chain, written for ONE model in the style of optax.
+
+    ``factory(config, context: TransformContext)`` returns an object with two pure functions of
+    ``dict[str, Tensor]`` (parameter name -> tensor):
+
+    - ``init(params) -> state``: the transform's state for one model (a dict of tensors, possibly empty);
+    - ``update(grads, state, params) -> (new_grads, new_state)``: the gradients the next transform (or
+      the optimizer) sees, and the state after this step. No Python branching on tensor values: gnorm
+      batches both functions over the ensemble with ``torch.func.vmap`` over the member axis.
+
+    An experiment chains transforms with ``[gradient_transforms.<name>]`` tables (applied in the file's
+    order, each holding that transform's options). gnorm keeps each member's state stacked, drops it
+    when the member leaves the ensemble and checkpoints it with the cell.
+    """
+
+    kind: ClassVar[str] = "gradient_transform"
+
+
+@attrs.frozen
+class TransformContext:
+    """What a gradient transform may know when it is built: the weight-norm tensor names (the
+    parameters in some ``weight_norm_groups()`` group, in group order), the groups themselves
+    (group -> parameter names) and every parameter name."""
+
+    norm_names: list[str]
+    groups: dict[str, list[str]] = attrs.field(factory=dict)
+    param_names: list[str] = attrs.field(factory=list)
+
+
+COMPONENT_KINDS = COMPONENT_KINDS + (GradientTransform,)
+
+
+# ---------------------------------------------------------------------------------------------------
 # What the factories return.
 
 

@@ -23,6 +23,7 @@ import pluggy
 from gnorm import PROJECT_NAME
 from gnorm.components import (Analyzer, Architecture, Executor, GrokCriterion, NormController, Observable,
                               RunRecord, Task)
+from gnorm.components import GradientTransform
 
 if TYPE_CHECKING:
     import click
@@ -208,6 +209,38 @@ def gnorm_executors() -> list[Executor]:
 
     (Not a thread pool: a cell sets process-wide torch state, such as its thread count and
     deterministic kernels, so cells must not share a process at the same time.)
+    """
+
+
+@hookspec
+def gnorm_gradient_transforms() -> list[GradientTransform]:
+    """Register gradient transforms. Called once at start-up; return a list of
+    :class:`gnorm.GradientTransform`.
+
+    A transform is written for one model: ``factory(config, context)`` (context:
+    :class:`gnorm.components.TransformContext`, with the weight-norm tensor names) returns an object with
+    pure functions ``init(params) -> state`` and ``update(grads, state, params) -> (grads, state)``
+    over dicts of tensors by parameter name; gnorm batches them over the ensemble with
+    ``torch.func.vmap`` and keeps, drops and checkpoints each member's state. An experiment applies it
+    with a ``[gradient_transforms.<name>]`` table of its options (tables in the file's order form the
+    chain, run after backward and before the optimizer step)::
+
+        @attrs.frozen
+        class ScaleConfig:
+            factor: float = 0.5
+
+        class Scale:
+            def __init__(self, config, context):
+                self.factor = config.factor
+            def init(self, params):
+                return {}
+            def update(self, grads, state, params):
+                return {name: g * self.factor for name, g in grads.items()}, state
+
+        @gnorm.hookimpl
+        def gnorm_gradient_transforms():
+            return [gnorm.GradientTransform(name="scale", summary="multiply every gradient by a factor",
+                                            config_class=ScaleConfig, factory=Scale)]
     """
 
 

@@ -27,6 +27,7 @@ from gnorm.overrides import deep_merge, flatten_sweep, merge_options, name_the_c
 from gnorm.registry import Registry, UnknownComponent
 from gnorm.runmodel import (COMPONENT_SECTIONS, MAX_NORM, MAX_RUNS, MAX_STEPS, RUN_SECTIONS, SECTION_CLASSES,
                             ComponentChoice, Experiment, ExperimentMeta, ForkSpec, RunSpec, Stage, cells_of)
+from gnorm.runmodel import TRANSFORMS_SECTION
 
 TOP_LEVEL_KEYS = ("experiment", *RUN_SECTIONS, "sweep", "zip", "stage", "analysis", "executor")
 STAGE_KEYS = ("name", "critical_norm", "seeds", "fork", "sweep", "zip", *RUN_SECTIONS)
@@ -195,6 +196,7 @@ def _runs_at(loader: Loader, stage: _StageTable, point: Point) -> list[RunSpec]:
     origin = _Where(point, stage)
     resolved = {s: loader.component(s, config.get(s), origin) for s in COMPONENT_SECTIONS}
     resolved.update({s: loader.section(s, config.get(s), origin) for s in SECTION_CLASSES})
+    resolved[TRANSFORMS_SECTION] = loader.transforms(config.get(TRANSFORMS_SECTION), origin)
     _check_run(loader, stage, resolved, origin)
     if refused or any(value is None for value in resolved.values()):
         return []
@@ -218,6 +220,9 @@ def _check_run(loader: Loader, stage: _StageTable, resolved: dict[str, Any], ori
     if all(resolved[s] is not None for s in ("task", "architecture", "controller")):
         loader.builds.buildable(resolved, stage.critical_norm, stage.fork, origin, stage.where)
     fork = stage.fork
+    if fork is not None and resolved.get(TRANSFORMS_SECTION):
+        loader.problem(origin((TRANSFORMS_SECTION,)), "a forked stage cannot chain gradient transforms yet: "
+                       "a trunk hands its arms no transform state; drop the fork or the transforms")
     if fork is not None and resolved["training"] is not None and fork.at_step >= resolved["training"].max_steps:
         loader.problem(f"{stage.where}fork.at_step", f"must be below training.max_steps "
                        f"({resolved['training'].max_steps}), found {fork.at_step}")
@@ -396,6 +401,33 @@ class Loader:
         config, problems = structure(options, component.config_class)
         self.report(section, problems, origin)
         return ComponentChoice(name, config) if config is not None else None
+
+    def transforms(self, raw: Any, origin: Origin) -> tuple[ComponentChoice, ...] | None:
+        """``[gradient_transforms]``: transform name -> its options table, in the file's order, each
+        structured with that plugin's config class (None where any has a problem)."""
+        section = TRANSFORMS_SECTION
+        if raw is None:
+            return ()
+        if not isinstance(raw, dict):
+            self.problem(origin((section,)), f"expected a table of transform name -> options table "
+                         f"(like [gradient_transforms.grokfast_ema]), found {describe(raw)}")
+            return None
+        chain: list[ComponentChoice] = []
+        for name, options in raw.items():
+            try:
+                component = self.registry.get("gradient_transform", name)
+            except UnknownComponent as unknown:
+                self.problem(origin((section, name)), str(unknown))
+                continue
+            if not isinstance(options, dict):
+                self.problem(origin((section, name)), f"expected a table of {name}'s options (empty for its "
+                             f"defaults: {name} = {{}}), found {describe(options)}")
+                continue
+            config, problems = structure(options, component.config_class)
+            self.report(section, [((name,) + path, message, valid) for path, message, valid in problems], origin)
+            if config is not None:
+                chain.append(ComponentChoice(name, config))
+        return tuple(chain) if len(chain) == len(raw) else None
 
     def fork(self, raw: Any, where: str) -> ForkSpec | None:
         """``fork = { at_step = N, controller = {...} }`` (the trunk's controller, default free)."""

@@ -43,6 +43,7 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "analyzer": "gnorm_analyzers",
     "observable": "gnorm_observables",
     "executor": "gnorm_executors",
+    "gradient_transform": "gnorm_gradient_transforms",
 }
 _CLASS_OF_KIND = {cls.kind: cls for cls in COMPONENT_KINDS}
 #: Every hook a plugin may implement (registration and lifecycle), as specified in gnorm.hookspecs.

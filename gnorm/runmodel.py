@@ -186,6 +186,9 @@ COMPONENT_SECTIONS: dict[str, tuple[str, str | None]] = {
     "criterion": ("grok_criterion", "test_accuracy"),
 }
 RUN_SECTIONS = tuple(COMPONENT_SECTIONS) + tuple(SECTION_CLASSES)
+#: The chain of gradient transforms: ``[gradient_transforms.<name>]`` tables of options, in file order.
+TRANSFORMS_SECTION = "gradient_transforms"
+RUN_SECTIONS += (TRANSFORMS_SECTION,)
 #: Training settings that choose how a run is computed, not what it computes.
 EXECUTION_SETTINGS = ("device", "compile", "members_per_chunk", "checkpoint_seconds")
 
@@ -228,10 +231,13 @@ class RunSpec:
     critical_norm_source: tuple[str, ...] = ()
     loss: LossConfig = LossConfig()
     fork: ForkSpec | None = None
+    #: The gradient transforms applied before each optimizer step, in order (empty: none).
+    gradient_transforms: tuple[ComponentChoice, ...] = ()
 
     def plain(self) -> dict[str, Any]:
-        """The run's configuration as plain JSON data. ``fork`` and ``evaluation.observables`` appear
-        only when used, so runs that use neither keep the ids they always had."""
+        """The run's configuration as plain JSON data. ``fork``, ``evaluation.observables`` and
+        ``gradient_transforms`` (name -> options, in chain order) appear only when used, so runs that use
+        none of them keep the ids they always had."""
         data: dict[str, Any] = {"stage": self.stage, "seed": self.seed, "critical_norm": self.critical_norm,
                                 "critical_norm_source": list(self.critical_norm_source)}
         for section in COMPONENT_SECTIONS:
@@ -244,6 +250,8 @@ class RunSpec:
         if self.fork is not None:
             data["fork"] = {"at_step": self.fork.at_step, "controller": {
                 "name": self.fork.controller.name, **plain_data(self.fork.controller.config)}}
+        if self.gradient_transforms:
+            data[TRANSFORMS_SECTION] = {choice.name: plain_data(choice.config) for choice in self.gradient_transforms}
         return data
 
     def identity(self) -> dict[str, Any]:
@@ -255,6 +263,9 @@ class RunSpec:
             del data["loss"]
         if self.training.matmul_precision == "full":  # and runs from before matmul_precision existed
             del data["training"]["matmul_precision"]
+        if self.gradient_transforms:  # a list, so the chain's order counts (ids hash JSON with sorted keys)
+            data[TRANSFORMS_SECTION] = [{"name": choice.name, **plain_data(choice.config)}
+                                        for choice in self.gradient_transforms]
         return data
 
     @property

@@ -16,3 +16,5 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gnorm.builtins.observables",
     "gnorm.builtins.executors",
 )
+#: Issue 14's gradient transforms (grokfast_ema, grokfast_ma, orthogonal_gradient).
+BUILTIN_PLUGINS += ("gnorm.builtins.transforms",)

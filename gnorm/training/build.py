@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from gnorm.components import ControllerContext, ObservableContext, RunRecord
+from gnorm.components import ControllerContext, ObservableContext, RunRecord, TransformContext
 from gnorm.forks import TrunkState
 from gnorm.training import loop
 from gnorm.training.compiling import should_compile
@@ -17,6 +17,7 @@ from gnorm.training.jobs import CellJob, TrunkJob
 from gnorm.training.numerics import numerics, resolve_device
 from gnorm.training.optimizer import BatchedAdamW
 from gnorm.training.runlog import RunLog
+from gnorm.training.transforms import GradientTransformChain
 
 if TYPE_CHECKING:
     from gnorm.registry import Registry
@@ -56,7 +57,8 @@ def build_cell(job: CellJob, registry: Registry) -> loop.CellParts:
     controller = registry.get("norm_controller", first.controller.name).factory(
         first.controller.config, controller_context(job, ensemble, start))
     return loop.CellParts(ensemble, optimizer, controller, criterion, observers,
-                          at_grok_keys(registry, first.evaluation.observables))
+                          at_grok_keys(registry, first.evaluation.observables),
+                          transforms=build_transforms(job, ensemble, registry))
 
 
 def build_trunk(job: TrunkJob, registry: Registry) -> loop.CellParts:
@@ -94,6 +96,19 @@ def build_ensemble(job: CellJob, registry: Registry) -> tuple[Ensemble, Any]:
 def build_optimizer(ensemble: Ensemble, config: Any) -> BatchedAdamW:
     """AdamW over the ensemble's parameters, decaying the weight-norm tensors only."""
     return BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params], config)
+
+
+def build_transforms(job: CellJob, ensemble: Ensemble, registry: Registry) -> GradientTransformChain:
+    """The cell's gradient transforms, in the order its file wrote them, batched over the ensemble."""
+    context = transform_context(ensemble)
+    transforms = [(choice.name, registry.get("gradient_transform", choice.name).factory(choice.config, context))
+                  for choice in job.runs[0].gradient_transforms]
+    return GradientTransformChain(transforms, ensemble.params)
+
+
+def transform_context(ensemble: Ensemble) -> TransformContext:
+    """What a gradient transform is told: the weight-norm tensor names, the groups, every parameter name."""
+    return TransformContext(list(ensemble.norm_names), dict(ensemble.groups), list(ensemble.params))
 
 
 def controller_context(job: CellJob, ensemble: Ensemble, start_step: int = 0) -> ControllerContext:

@@ -23,6 +23,7 @@ from gnorm.training.ensemble import Ensemble
 from gnorm.training.jobs import CellJob, TrunkJob, evaluation_steps
 from gnorm.training.optimizer import BatchedAdamW
 from gnorm.training.runlog import RunLog
+from gnorm.training.transforms import GradientTransformChain
 
 OnFinished = Callable[[RunRecord, RunLog], None]
 
@@ -39,6 +40,8 @@ class CellParts:
     criterion: Any
     observers: list[Any] = attrs.field(factory=list)
     at_grok: tuple[str, ...] = ()
+    #: The gradient transforms applied to every member's gradients before the optimizer step.
+    transforms: GradientTransformChain = attrs.field(factory=GradientTransformChain)
 
 
 def train_cell(job: CellJob, parts: CellParts, on_finished: OnFinished,
@@ -82,7 +85,8 @@ def train(job: CellJob, parts: CellParts, logs: list[RunLog], start: int, finish
     first = job.runs[0]
     schedule = set(evaluation_steps(first).tolist())
     for step in range(start + 1, first.training.max_steps + 1):
-        optimizer.step(ensemble.parameters, ensemble.gradients())
+        grads = parts.transforms.update(ensemble.gradients(), ensemble.params)
+        optimizer.step(ensemble.parameters, grads)
         with torch.no_grad():
             record_facts(logs, controller.after_step(step, ensemble.norm_tensors))
         if step not in schedule:
@@ -151,6 +155,7 @@ def resume(job: CellJob, saved: CellState, parts: CellParts, finish: OnFinished)
         ensemble.keep(index)
         optimizer.keep(index)
     ensemble.load_stacked_state(optimizer, saved.tensors, saved.optimizer_steps)
+    parts.transforms.load_state(saved.transform_states)
     parts.controller, parts.observers = unpickled_components(saved)
     return saved.step, [RunLog.from_plain(runs[run_id], data) for run_id, data in zip(saved.members, saved.logs)]
 
@@ -184,6 +189,7 @@ def drop_members(done: list[int], logs: list[RunLog], parts: CellParts) -> list[
         index = torch.tensor(keep, device=parts.ensemble.labels.device)
         parts.ensemble.keep(index)
         parts.optimizer.keep(index)
+        parts.transforms.keep(index)
         getattr(parts.controller, "keep", lambda index: None)(index)
     return [logs[i] for i in keep]
 
@@ -197,4 +203,5 @@ def cell_state(identity: str, step: int, parts: CellParts, logs: list[RunLog],
         return None
     ensemble, optimizer = parts.ensemble, parts.optimizer
     return CellState(identity, step, [log.run.run_id for log in logs], ensemble.stacked_state(optimizer),
-                     optimizer.step_count, [log.plain() for log in logs], list(finished), components)
+                     optimizer.step_count, [log.plain() for log in logs], list(finished), components,
+                     transform_states=parts.transforms.state())
