@@ -18,6 +18,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 #: that ``import gnorm`` (and the command line's start) does not wait for torch.
 _COMPONENTS = ("Analyzer", "Architecture", "Executor", "ExecutorOption", "GrokCriterion", "NormController",
                "Observable", "Task")
+_COMPONENTS += ("Loss", "Optimizer")  # issue 14: how members learn
 
 
 def __getattr__(name: str):
@@ -34,8 +35,10 @@ __all__ = [
     "Executor",
     "ExecutorOption",
     "GrokCriterion",
+    "Loss",
     "NormController",
     "Observable",
+    "Optimizer",
     "Task",
     "__version__",
     "hookimpl",

@@ -49,11 +49,10 @@ from gnorm.runmodel import (  # noqa: F401
     Experiment,
     ExperimentMeta,
     ForkSpec,
-    LossConfig,
-    OptimizerConfig,
     RunSpec,
     Stage,
     TrainingConfig,
     cells_of,
     dotted_value,
 )
+from gnorm.builtins.optimizers import AdamWConfig as OptimizerConfig  # noqa: F401,E402 - moved (issue 14)

@@ -16,3 +16,5 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gnorm.builtins.observables",
     "gnorm.builtins.executors",
 )
+#: issue 14: how members learn.
+BUILTIN_PLUGINS += ("gnorm.builtins.optimizers", "gnorm.builtins.losses")
