@@ -19,6 +19,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 _COMPONENTS = ("Analyzer", "Architecture", "Executor", "ExecutorOption", "GrokCriterion", "NormController",
                "Observable", "Task")
 _COMPONENTS += ("GradientTransform",)
+_COMPONENTS += ("Loss", "Optimizer")  # issue 14: how members learn
 
 
 def __getattr__(name: str):
@@ -36,8 +37,10 @@ __all__ = [
     "ExecutorOption",
     "GradientTransform",
     "GrokCriterion",
+    "Loss",
     "NormController",
     "Observable",
+    "Optimizer",
     "Task",
     "__version__",
     "hookimpl",

@@ -164,8 +164,47 @@ class ExecutorOption:
     metavar: str = "VALUE"
 
 
+# How members learn: the optimizer and the training loss (issue 14).
+
+
+@attrs.frozen
+class Optimizer(Component):
+    """How each member's parameters move given its gradients, chosen by ``[optimizer] name`` (default
+    ``adamw``). ``factory(config, context: OptimizerContext) -> BatchedOptimizer``.
+
+    The optimizer works on the ensemble's stacked tensors (leading axis: member); its update must treat
+    each member's slice on its own (elementwise, or slice by slice), so that a member trains as it would
+    alone. Decoupled weight decay, where an optimizer has it, applies to ``context.decayed`` tensors only
+    (the weight-norm tensors). A seed's initialization reads the config's ``weight_decay`` (0 without
+    one), never the optimizer's name.
+    """
+
+    kind: ClassVar[str] = "optimizer"
+
+
+@attrs.frozen
+class Loss(Component):
+    """The training loss, chosen by ``[loss] name`` (default ``cross_entropy``). ``factory(config) ->
+    losses``, where ``losses(logits, labels) -> per-example losses`` is written for ONE model: logits
+    ``[N, C]``, integer labels ``[N]``, losses ``[N]``, each example's loss depending on its own row only
+    (gnorm batches it over members by stacking their rows). A run's training loss is the mean over its
+    training examples; evaluation reports the same per-example losses on train and test.
+
+    The contract, declared here:
+
+    - ``temperature``: the name of the config field holding the output temperature tau > 0 (the
+      built-ins' ``"temperature"``), or None. gnorm divides the logits by tau before the loss and in
+      evaluation (outside the weight norm), so observables and accuracy see the same logits / tau.
+    """
+
+    kind: ClassVar[str] = "loss"
+    temperature: str | None = None
+
+
 COMPONENT_KINDS: tuple[type[Component], ...] = (Task, Architecture, NormController, GrokCriterion, Analyzer,
                                                 Observable, Executor)
+#: The kinds issue 14 added for how members learn.
+COMPONENT_KINDS += (Optimizer, Loss)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -283,6 +322,33 @@ class Controller(Protocol):
         ``after_step``. ``keep(index)`` is called when finished members leave the ensemble, with the
         positions of those that stay, for controllers that hold per-member state.
         """
+
+
+@attrs.frozen(eq=False)
+class OptimizerContext:
+    """What an optimizer may know when it is built: the ensemble's stacked parameters (leading axis:
+    member) in the order ``step`` receives them, their names, and which are weight-norm tensors
+    (``decayed``: those decoupled weight decay applies to)."""
+
+    params: list[torch.Tensor]
+    names: list[str]
+    decayed: list[bool]
+
+
+class BatchedOptimizer(Protocol):
+    step_count: int
+
+    def step(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """One update of every member, in place, under ``torch.no_grad()``; ``step_count`` counts them
+        (gnorm sets it when it restores a checkpoint or a fork's trunk)."""
+
+    def state_tensors(self) -> dict[str, list[torch.Tensor]]:
+        """The optimizer's per-parameter state by name (AdamW: ``exp_avg``, ``exp_avg_sq``), each a list
+        in ``params`` order of stacked tensors shaped like the parameters: gnorm copies them into
+        checkpoints and fork trunks and writes them back in place."""
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Drop every member not in ``index`` (positions of those that stay)."""
 
 
 @attrs.frozen

@@ -28,25 +28,44 @@ FORMAT_VERSION = 1
 class TrunkState:
     """One member's full training state after ``step`` optimizer steps (tensors on the CPU, in the
     working precision): parameters and buffers by name, AdamW's first and second moments by
-    parameter name."""
+    parameter name, and another optimizer's state parts in ``optimizer_state`` (part -> name -> tensor)."""
 
     params: dict[str, torch.Tensor]
     buffers: dict[str, torch.Tensor]
     exp_avg: dict[str, torch.Tensor]
     exp_avg_sq: dict[str, torch.Tensor]
     step: int
+    optimizer_state: dict[str, dict[str, torch.Tensor]] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, dict[str, torch.Tensor]], step: int) -> "TrunkState":
+        """A state from its parts by name (``params``, ``buffers``, the optimizer's state parts)."""
+        rest = {part: tensors for part, tensors in parts.items() if part not in _FIXED_PARTS}
+        return cls(*(parts.get(part, {}) for part in _FIXED_PARTS), step=step, optimizer_state=rest)
+
+    def parts(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Every part by name, the optimizer's own among them (AdamW's ``exp_avg`` and ``exp_avg_sq`` only
+        where it has them)."""
+        fixed = {part: getattr(self, part) for part in _FIXED_PARTS}
+        return {part: tensors for part, tensors in fixed.items() if tensors or part in ("params", "buffers")} \
+            | self.optimizer_state
 
     def plain(self) -> dict[str, Any]:
-        return {"params": self.params, "buffers": self.buffers, "exp_avg": self.exp_avg,
-                "exp_avg_sq": self.exp_avg_sq, "step": self.step}
+        plain = {"params": self.params, "buffers": self.buffers, "exp_avg": self.exp_avg,
+                 "exp_avg_sq": self.exp_avg_sq, "step": self.step}
+        return plain | ({"optimizer_state": self.optimizer_state} if self.optimizer_state else {})
+
+
+#: The parts every state has a field for (AdamW's moments among them, from before optimizers were plugins).
+_FIXED_PARTS = ("params", "buffers", "exp_avg", "exp_avg_sq")
 
 
 def state_sha256(state: TrunkState) -> str:
     """SHA-256 over the step count and, part by part and name by name in sorted order, each tensor's
     name, dtype, shape and bytes: equal hashes mean bit-identical states."""
     digest = hashlib.sha256(f"step={state.step}".encode())
-    for part in ("params", "buffers", "exp_avg", "exp_avg_sq"):
-        tensors = getattr(state, part)
+    parts = {part: getattr(state, part) for part in _FIXED_PARTS} | dict(sorted(state.optimizer_state.items()))
+    for part, tensors in parts.items():
         for name in sorted(tensors):
             tensor = tensors[name].detach().cpu().contiguous()
             digest.update(f"|{part}/{name}:{tensor.dtype}:{tuple(tensor.shape)}|".encode())

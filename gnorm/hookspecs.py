@@ -24,6 +24,7 @@ from gnorm import PROJECT_NAME
 from gnorm.components import (Analyzer, Architecture, Executor, GrokCriterion, NormController, Observable,
                               RunRecord, Task)
 from gnorm.components import GradientTransform
+from gnorm.components import Loss, Optimizer
 
 if TYPE_CHECKING:
     import click
@@ -241,6 +242,71 @@ def gnorm_gradient_transforms() -> list[GradientTransform]:
         def gnorm_gradient_transforms():
             return [gnorm.GradientTransform(name="scale", summary="multiply every gradient by a factor",
                                             config_class=ScaleConfig, factory=Scale)]
+    """
+
+
+# How members learn (issue 14): optimizers and losses.
+
+
+@hookspec
+def gnorm_optimizers() -> list[Optimizer]:
+    """Register optimizers. Called once at start-up; return a list of :class:`gnorm.Optimizer`.
+
+    An experiment picks one with ``[optimizer] name = "..."`` (default ``adamw``); the table's other
+    keys are structured into ``config_class``. ``factory(config, context)`` (context:
+    :class:`gnorm.components.OptimizerContext`: the stacked parameters, their names, which are
+    weight-norm tensors) returns a :class:`gnorm.components.BatchedOptimizer`: ``step(params, grads)``
+    updates every member in place, ``state_tensors()`` names its per-parameter state (checkpointed and
+    forked with the weights), ``keep(index)`` drops finished members, ``step_count`` counts steps.
+    Tensors carry a leading member axis; an elementwise update is per member by construction::
+
+        @attrs.frozen
+        class SignConfig:
+            lr: float = 1e-3
+
+        class SignDescent:
+            def __init__(self, config, context):
+                self.lr, self.step_count = config.lr, 0
+            def step(self, params, grads):
+                self.step_count += 1
+                for p, g in zip(params, grads):
+                    p.sub_(self.lr * g.sign())
+            def state_tensors(self):
+                return {}
+            def keep(self, index):
+                pass
+
+        @gnorm.hookimpl
+        def gnorm_optimizers():
+            return [gnorm.Optimizer(name="sign_descent", summary="p <- p - lr sign(g)",
+                                    config_class=SignConfig, factory=SignDescent)]
+    """
+
+
+@hookspec
+def gnorm_losses() -> list[Loss]:
+    """Register training losses. Called once at start-up; return a list of :class:`gnorm.Loss`.
+
+    An experiment picks one with ``[loss] name = "..."`` (default ``cross_entropy``).
+    ``factory(config)`` returns ``losses(logits, labels)``, written for one model: logits ``[N, C]``
+    and labels ``[N]`` give per-example losses ``[N]`` (gnorm batches it over members). Declare
+    ``temperature`` (the config field holding tau) to have gnorm divide the logits by it::
+
+        @attrs.frozen
+        class HingeConfig:
+            margin: float = 1.0
+            temperature: float = 1.0
+
+        def hinge(config):
+            def losses(logits, labels):
+                correct = logits.gather(1, labels[:, None])
+                return (config.margin - correct + logits).clamp(min=0).sum(1) - config.margin
+            return losses
+
+        @gnorm.hookimpl
+        def gnorm_losses():
+            return [gnorm.Loss(name="hinge", summary="multi-class hinge loss", config_class=HingeConfig,
+                               factory=hinge, temperature="temperature")]
     """
 
 

@@ -1,7 +1,7 @@
 """The run model: what an experiment file resolves to, and what makes a run that run.
 
-The fixed sections (``[optimizer]``, ``[training]``, ``[evaluation]``, ``[loss]``, ``[experiment]``),
-a component choice (a plugin's name and its structured config), a fork, and :class:`RunSpec`: one
+The fixed sections (``[training]``, ``[evaluation]``, ``[experiment]``), a component choice (a
+plugin's name and its structured config: task, architecture, controller, criterion, loss, optimizer), a fork, and :class:`RunSpec`: one
 stage, cell and seed with every setting resolved, its content-addressed ids and the seeds its
 initialization and split derive from. Stages, the experiment and :func:`cells_of` complete it.
 
@@ -67,11 +67,6 @@ def _plain_name(instance: Any, attribute: Any, value: str) -> None:
                          f"found {value!r}")
 
 
-def _unit_interval(instance: Any, attribute: Any, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"'{attribute.name}' must be in [0, 1), found {value}")
-
-
 #: The longest training budget a file may ask for, and the largest critical norm it may give.
 MAX_STEPS = 10**9
 MAX_NORM = 1e12
@@ -116,17 +111,6 @@ class ExperimentMeta:
 
 
 @attrs.frozen
-class OptimizerConfig:
-    """Full-batch AdamW with decoupled weight decay on the weight-norm tensors only."""
-
-    lr: float = attrs.field(default=1e-3, validator=attrs.validators.gt(0))
-    weight_decay: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
-    beta1: float = attrs.field(default=0.9, validator=_unit_interval)
-    beta2: float = attrs.field(default=0.999, validator=_unit_interval)
-    eps: float = attrs.field(default=1e-8, validator=attrs.validators.gt(0))
-
-
-@attrs.frozen
 class TrainingConfig:
     max_steps: int = attrs.field(default=10_000, validator=[attrs.validators.gt(0), _at_most_max_steps])
     precision: str = attrs.field(default="float32", validator=attrs.validators.in_(["float32", "float64"]))
@@ -162,19 +146,7 @@ class EvaluationConfig:
     observables: list[str] = attrs.field(factory=list)
 
 
-@attrs.frozen
-class LossConfig:
-    """The training loss on logits divided by the output temperature: ``cross_entropy`` or ``mse``
-    (paper B). ``temperature`` tau > 0 divides the logits before the loss and is outside the weight norm;
-    evaluation loss and accuracy see the same logits / tau."""
-
-    name: str = attrs.field(default="cross_entropy", validator=attrs.validators.in_(["cross_entropy", "mse"]))
-    temperature: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
-
-
 SECTION_CLASSES: dict[str, type] = {
-    "loss": LossConfig,
-    "optimizer": OptimizerConfig,
     "training": TrainingConfig,
     "evaluation": EvaluationConfig,
 }
@@ -185,6 +157,12 @@ COMPONENT_SECTIONS: dict[str, tuple[str, str | None]] = {
     "controller": ("norm_controller", "free"),
     "criterion": ("grok_criterion", "test_accuracy"),
 }
+#: How members learn (issue 14): the optimizer and the training loss, each a plugin chosen by name.
+COMPONENT_SECTIONS.update({"loss": ("loss", "cross_entropy"), "optimizer": ("optimizer", "adamw")})
+#: What every run stored before optimizers and losses were plugins trained with: AdamW (its
+#: ``[optimizer]`` stored without a name) and cross-entropy at tau = 1 (no ``[loss]`` in its identity).
+LEGACY_OPTIMIZER = "adamw"
+LEGACY_LOSS = {"name": "cross_entropy", "temperature": 1.0}
 RUN_SECTIONS = tuple(COMPONENT_SECTIONS) + tuple(SECTION_CLASSES)
 #: The chain of gradient transforms: ``[gradient_transforms.<name>]`` tables of options, in file order.
 TRANSFORMS_SECTION = "gradient_transforms"
@@ -223,13 +201,13 @@ class RunSpec:
     architecture: ComponentChoice
     controller: ComponentChoice
     criterion: ComponentChoice
-    optimizer: OptimizerConfig
+    optimizer: ComponentChoice
+    loss: ComponentChoice
     training: TrainingConfig
     evaluation: EvaluationConfig
     critical_norm: float | str | None
     #: The runs whose median norm at grok is this run's Wc (when ``critical_norm`` names a stage).
     critical_norm_source: tuple[str, ...] = ()
-    loss: LossConfig = LossConfig()
     fork: ForkSpec | None = None
     #: The gradient transforms applied before each optimizer step, in order (empty: none).
     gradient_transforms: tuple[ComponentChoice, ...] = ()
@@ -259,8 +237,9 @@ class RunSpec:
         is computed (device, compile, members per chunk), so changing those never retrains."""
         data = self.plain()
         data["training"] = {k: v for k, v in data["training"].items() if k not in EXECUTION_SETTINGS}
-        if self.loss == LossConfig():  # runs from before [loss] existed keep their ids
+        if data["loss"] == LEGACY_LOSS:  # runs from before [loss] existed keep their ids
             del data["loss"]
+        data["optimizer"] = legacy_optimizer(data["optimizer"])  # and runs from before optimizers had names
         if self.training.matmul_precision == "full":  # and runs from before matmul_precision existed
             del data["training"]["matmul_precision"]
         if self.gradient_transforms:  # a list, so the chain's order counts (ids hash JSON with sorted keys)
@@ -281,11 +260,12 @@ class RunSpec:
         return f"{derive_seed('cell', data):016x}"[:16]
 
     def base_configuration(self) -> dict[str, Any]:
-        """What a seed's initialization and split may depend on: task, architecture, weight decay.
-        Never the controller, its rho, the learning rate or the budget."""
+        """What a seed's initialization and split may depend on: task, architecture, weight decay (the
+        optimizer's ``weight_decay`` option, 0 for one without). Never the controller, its rho, the
+        optimizer's name, the learning rate, the loss, the gradient transforms or the budget."""
         plain = self.plain()
         return {"task": plain["task"], "architecture": plain["architecture"],
-                "weight_decay": self.optimizer.weight_decay}
+                "weight_decay": getattr(self.optimizer.config, "weight_decay", 0.0)}
 
     def matches_source(self, source: "RunSpec") -> bool:
         """Is ``source`` (a run of the stage that gives Wc) this run's matched free run? Same base
@@ -305,7 +285,8 @@ class RunSpec:
         if self.fork is None:
             return None
         plain = self.plain()
-        identity = {"base": self.base_configuration(), "seed": self.seed, "optimizer": plain["optimizer"],
+        identity = {"base": self.base_configuration(), "seed": self.seed,
+                    "optimizer": legacy_optimizer(plain["optimizer"]),
                     "loss": plain["loss"], "precision": self.training.precision, "fork": plain["fork"]}
         if self.training.matmul_precision != "full":  # trunks stored before it existed keep their ids
             identity["matmul_precision"] = self.training.matmul_precision
@@ -324,6 +305,14 @@ class RunSpec:
     @property
     def split_seed(self) -> int:
         return derive_seed("split", self.base_configuration()["task"], self.seed)
+
+
+def legacy_optimizer(plain_optimizer: dict[str, Any]) -> dict[str, Any]:
+    """An ``[optimizer]`` table as identities hold it: AdamW's without its name (as every run stored
+    before optimizers were plugins has it), any other optimizer's with its name."""
+    if plain_optimizer.get("name") == LEGACY_OPTIMIZER:
+        return {key: value for key, value in plain_optimizer.items() if key != "name"}
+    return plain_optimizer
 
 
 @attrs.frozen

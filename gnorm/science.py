@@ -35,19 +35,36 @@ def rescale_to_norm(norm_tensors: Sequence[torch.Tensor], target: torch.Tensor |
     return before
 
 
-def example_losses(loss: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-example loss of logits z (already divided by the output temperature: z = f(x) / tau) against
-    integer labels y, over C classes; logits (..., C), labels (...) -> losses (...).
+def cross_entropy_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy of logits z (N, C) against integer labels y (N): -log softmax(z)_y
+    = log sum_c exp(z_c) - z_y."""
+    return F.cross_entropy(logits, labels, reduction="none")
 
-    cross_entropy: -log softmax(z)_y
-    mse (paper B): (1/C) sum_c (z_c - [c = y])^2, the squared error to the one-hot label, mean over classes.
-    """
-    if loss == "cross_entropy":
-        return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="none").view(labels.shape)
-    if loss == "mse":
-        one_hot = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
-        return (logits - one_hot).pow(2).mean(-1)
-    raise ValueError(f"unknown loss {loss!r}: expected cross_entropy or mse")
+
+def mse_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-example squared error to the one-hot label (paper B), mean over the C classes:
+    (1/C) sum_c (z_c - [c = y])^2."""
+    one_hot = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+    return (logits - one_hot).pow(2).mean(-1)
+
+
+def stablemax_scores(logits: torch.Tensor) -> torch.Tensor:
+    """StableMax's positive scores (Prieto et al. 2025), elementwise: s(x) = x + 1 for x >= 0 and
+    1 / (1 - x) for x < 0 (continuous with slope 1 at 0, linear rather than exponential growth)."""
+    negative = logits.clamp(max=0.0)  # the 1/(1-x) branch never sees x > 0, so its gradient stays finite
+    return torch.where(logits >= 0, logits + 1, 1 / (1 - negative))
+
+
+def stablemax(logits: torch.Tensor) -> torch.Tensor:
+    """StableMax probabilities over the last axis: p_i = s(x_i) / sum_j s(x_j)."""
+    scores = stablemax_scores(logits)
+    return scores / scores.sum(-1, keepdim=True)
+
+
+def stablemax_cross_entropy_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-example StableMax cross-entropy: -log p_y = log sum_j s(z_j) - log s(z_y)."""
+    scores = stablemax_scores(logits)
+    return scores.sum(-1).log() - scores.gather(-1, labels.unsqueeze(-1)).squeeze(-1).log()
 
 
 def clip_rows(tensor: torch.Tensor, max_row_norm: float) -> None:

@@ -229,7 +229,7 @@ def test_an_integer_in_a_float_field_is_accepted_as_a_float(tmp_path):
                                                        '[criterion]\nname = "test_accuracy"\nthreshold = 1'),
                                   ("[0.9, 1.1]", "[1, 2]")))
     experiment = load(path)
-    assert {(type(run.optimizer.lr), run.optimizer.lr) for run in experiment.runs} == {(float, 1.0)}
+    assert {(type(run.optimizer.config.lr), run.optimizer.config.lr) for run in experiment.runs} == {(float, 1.0)}
     assert {(type(run.criterion.config.threshold), run.criterion.config.threshold) for run in experiment.runs} == \
         {(float, 1.0)}
     clamp = [run for run in experiment.runs if run.stage == "clamp"]
@@ -367,9 +367,9 @@ def test_a_grid_sweep_runs_the_product_of_its_lists(tmp_path):
     clamp = [run for run in load(path).runs if run.stage == "clamp"]
     assert len(clamp) == 2 * 3 * 2
     expected = set(itertools.product([0.9, 1.1], [1e-3, 3e-3, 1e-2], [0, 1]))
-    assert {(run.controller.config.rho, run.optimizer.lr, run.seed) for run in clamp} == expected
+    assert {(run.controller.config.rho, run.optimizer.config.lr, run.seed) for run in clamp} == expected
     assert {(run.cell["controller.rho"], run.cell["optimizer.lr"]) for run in clamp} == \
-        {(run.controller.config.rho, run.optimizer.lr) for run in clamp}
+        {(run.controller.config.rho, run.optimizer.config.lr) for run in clamp}
 
 
 def test_a_zip_pairs_its_lists_in_step(tmp_path):
@@ -377,7 +377,7 @@ def test_a_zip_pairs_its_lists_in_step(tmp_path):
                                                            '"optimizer.lr" = [1e-3, 2e-3, 3e-3] }'),
                                   ('critical_norm = "free"', "critical_norm = 50.0")))
     free = [run for run in load(path).runs if run.stage == "free"]
-    assert sorted({(run.task.config.p, run.optimizer.lr) for run in free}) == [(59, 1e-3), (97, 2e-3), (113, 3e-3)]
+    assert sorted({(run.task.config.p, run.optimizer.config.lr) for run in free}) == [(59, 1e-3), (97, 2e-3), (113, 3e-3)]
     assert len(free) == 3 * 2
 
 
@@ -385,7 +385,7 @@ def test_a_zip_crossed_with_a_grid_sweep(tmp_path):
     path = write(tmp_path, edited(STUDY, ('sweep = {', 'zip = { "task.p" = [59, 97], "optimizer.lr" = [1e-3, 3e-3] }\n'
                                                      'sweep = {'), ('critical_norm = "free"', "critical_norm = 50.0")))
     clamp = [run for run in load(path).runs if run.stage == "clamp"]
-    assert {(run.task.config.p, run.optimizer.lr, run.controller.config.rho) for run in clamp} == {
+    assert {(run.task.config.p, run.optimizer.config.lr, run.controller.config.rho) for run in clamp} == {
         (59, 1e-3, 0.9), (59, 1e-3, 1.1), (97, 3e-3, 0.9), (97, 3e-3, 1.1)}
     assert len(clamp) == 4 * 2
 

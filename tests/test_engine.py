@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from gnorm.builtins.architectures import MLP, MLPConfig, Transformer, TransformerConfig
 from gnorm.builtins.tasks import ModularConfig, ModularTask
-from gnorm.runmodel import OptimizerConfig
+from gnorm.builtins.optimizers import AdamWConfig as OptimizerConfig
 from gnorm.science import rescale_to_norm, weight_norm
 from gnorm.training.ensemble import Ensemble
 from gnorm.training.optimizer import BatchedAdamW

@@ -218,10 +218,10 @@ class GatedPool:
     def gated(self, task, job, *rest):
         """``task`` run once the gate allows the cell of ``job`` to start."""
         run = job.runs[0]
-        self.order.append(f"start {run.stage} wd={run.optimizer.weight_decay}")
+        self.order.append(f"start {run.stage} wd={run.optimizer.config.weight_decay}")
         if run.stage == "clamp":
             self.clamp_started.set()
-        elif run.optimizer.weight_decay == 0.5:
+        elif run.optimizer.config.weight_decay == 0.5:
             self.clamp_started.wait(timeout=60)
         return task(job, *rest)
 

@@ -1,4 +1,4 @@
-"""The [loss] section: cross-entropy or MSE on logits divided by the output temperature tau."""
+"""The [loss] section: cross-entropy or MSE (loss plugins) on logits divided by the output temperature tau."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import torch.nn.functional as F
 
 from gnorm.builtins.architectures import MLP, MLPConfig
 from gnorm.builtins.tasks import ModularConfig, ModularTask
+from gnorm.builtins.losses import TemperatureConfig
 from gnorm.errors import UserError
 from gnorm.loader import load_experiment
 from gnorm.registry import build_registry
-from gnorm.runmodel import LossConfig
-from gnorm.science import example_losses
+from gnorm.runmodel import ComponentChoice
+from gnorm.science import cross_entropy_losses, mse_losses
 from gnorm.training.build import build_ensemble, train_cell
 from gnorm.training.ensemble import Ensemble
 from gnorm.training.jobs import CellJob
@@ -22,7 +23,7 @@ from gnorm.training.jobs import CellJob
 BUILTINS = build_registry(autoload=False)
 
 
-def ensemble(loss: str = "cross_entropy", temperature: float = 1.0) -> tuple[Ensemble, list, list]:
+def ensemble(loss=cross_entropy_losses, temperature: float = 1.0) -> tuple[Ensemble, list, list]:
     task = ModularTask(ModularConfig(p=11, train_fraction=0.5), torch.add)
     modules, splits = [], []
     for seed in (0, 1):
@@ -41,8 +42,8 @@ def hand_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 def test_example_losses_match_their_formulas_on_numbers_worked_by_hand():
     logits, labels = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, -1.0]]), torch.tensor([0, 2])
     expected_ce = [math.log(1 + 2 * math.exp(-2)), math.log(1 + math.e + math.exp(-1)) + 1]
-    torch.testing.assert_close(example_losses("cross_entropy", logits, labels), torch.tensor(expected_ce))
-    torch.testing.assert_close(example_losses("mse", logits, labels), torch.tensor([1 / 3, (0 + 1 + 4) / 3]))
+    torch.testing.assert_close(cross_entropy_losses(logits, labels), torch.tensor(expected_ce))
+    torch.testing.assert_close(mse_losses(logits, labels), torch.tensor([1 / 3, (0 + 1 + 4) / 3]))
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
@@ -72,7 +73,7 @@ def test_training_gradients_are_those_of_the_tempered_loss():
 
 
 def test_mse_loss_is_the_mean_squared_error_to_the_one_hot_label_of_the_tempered_logits():
-    members, modules, splits = ensemble(loss="mse", temperature=1.5)
+    members, modules, splits = ensemble(loss=mse_losses, temperature=1.5)
     measured = members.evaluate()
     for m, (module, split) in enumerate(zip(modules, splits)):
         with torch.no_grad():
@@ -132,7 +133,7 @@ def train(experiment) -> list:
 
 def test_a_run_trained_under_mse_lowers_its_mse(tmp_path):
     experiment = load(tmp_path, loss='name = "mse"\ntemperature = 2.0')
-    assert {run.loss for run in experiment.runs} == {LossConfig("mse", 2.0)}
+    assert {run.loss for run in experiment.runs} == {ComponentChoice("mse", TemperatureConfig(2.0))}
     for _, log in train(experiment):
         assert log.metrics["train_loss"][-1] < 0.5 * log.metrics["train_loss"][0]
 
@@ -149,7 +150,7 @@ def test_temperature_is_part_of_a_runs_identity_but_not_of_its_start(tmp_path):
     experiment = load(tmp_path, stage='sweep = { "loss.temperature" = [1.0, 1.5] }')
     by_tau = {}
     for run in experiment.runs:
-        by_tau.setdefault(run.loss.temperature, []).append(run)
+        by_tau.setdefault(run.loss.config.temperature, []).append(run)
     assert set(by_tau) == {1.0, 1.5}
     assert by_tau[1.5][0].plain()["loss"] == {"name": "cross_entropy", "temperature": 1.5}
     for cold, hot in zip(by_tau[1.0], by_tau[1.5]):
@@ -159,11 +160,11 @@ def test_temperature_is_part_of_a_runs_identity_but_not_of_its_start(tmp_path):
 
 def test_a_stage_can_set_its_own_loss(tmp_path):
     experiment = load(tmp_path, stage='loss = { name = "mse" }')
-    assert {run.loss for run in experiment.runs} == {LossConfig("mse", 1.0)}
+    assert {run.loss for run in experiment.runs} == {ComponentChoice("mse", TemperatureConfig(1.0))}
 
 
 @pytest.mark.parametrize("loss, stage, line", [
-    ('name = "hinge"', "", "loss.name: expected one of 'cross_entropy', 'mse', found 'hinge'"),
+    ('name = "hinge"', "", "loss.name: unknown loss 'hinge'; known: cross_entropy, mse, stablemax_cross_entropy"),
     ("temperature = 0", "", "loss.temperature: 'temperature' must be > 0: 0.0"),
     ("temprature = 2.0", "", "loss.temprature: unknown key (did you mean 'temperature'?)"),
     ("", 'sweep = { "loss.temperature" = [1.0, -2.0] }',

@@ -12,7 +12,7 @@ from gnorm.builtins.tasks import (ModularConfig, PrimeModularConfig, SparseParit
 from gnorm.errors import UserError
 from gnorm.loader import load_experiment
 from gnorm.registry import build_registry
-from gnorm.runmodel import OptimizerConfig
+from gnorm.builtins.optimizers import AdamWConfig as OptimizerConfig
 from gnorm.training.ensemble import Ensemble
 from gnorm.training.optimizer import BatchedAdamW
 

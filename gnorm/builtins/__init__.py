@@ -18,3 +18,5 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
 )
 #: Issue 14's gradient transforms (grokfast_ema, grokfast_ma, orthogonal_gradient).
 BUILTIN_PLUGINS += ("gnorm.builtins.transforms",)
+#: issue 14: how members learn.
+BUILTIN_PLUGINS += ("gnorm.builtins.optimizers", "gnorm.builtins.losses")

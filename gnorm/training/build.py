@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from gnorm.components import ControllerContext, ObservableContext, RunRecord, TransformContext
+from gnorm.components import (BatchedOptimizer, ControllerContext, ObservableContext, OptimizerContext, RunRecord,
+                              TransformContext)
 from gnorm.forks import TrunkState
 from gnorm.training import loop
 from gnorm.training.compiling import should_compile
 from gnorm.training.ensemble import Ensemble
 from gnorm.training.jobs import CellJob, TrunkJob
 from gnorm.training.numerics import numerics, resolve_device
-from gnorm.training.optimizer import BatchedAdamW
 from gnorm.training.runlog import RunLog
 from gnorm.training.transforms import GradientTransformChain
 
@@ -44,11 +44,11 @@ def train_trunk(job: TrunkJob | CellJob, registry: Registry) -> list[TrunkState]
 
 
 def build_cell(job: CellJob, registry: Registry) -> loop.CellParts:
-    """A cell's components: ensemble, AdamW, the grok criterion, the observers switched on, and the
+    """A cell's components: ensemble, optimizer, the grok criterion, the observers switched on, and the
     run's controller told the step training resumes after (a fork's ``at_step``, else 0)."""
     first = job.runs[0]
     ensemble, task = build_ensemble(job, registry)
-    optimizer = build_optimizer(ensemble, first.optimizer)
+    optimizer = build_optimizer(ensemble, first.optimizer, registry)
     criterion = registry.get("grok_criterion", first.criterion.name).factory(first.criterion.config)
     context = ObservableContext(dict(ensemble.groups), task.input_spec, task.num_classes)
     observables = [registry.get("observable", name) for name in first.evaluation.observables]
@@ -62,19 +62,20 @@ def build_cell(job: CellJob, registry: Registry) -> loop.CellParts:
 
 
 def build_trunk(job: TrunkJob, registry: Registry) -> loop.CellParts:
-    """A trunk's components: the ensemble built as for its budget of ``fork.at_step``, AdamW, and the
+    """A trunk's components: the ensemble built as for its budget of ``fork.at_step``, the optimizer, and the
     fork's controller (no Wc; no criterion or observers, a trunk is never evaluated)."""
     cell = job.as_cell()
     first = cell.runs[0]
     ensemble, _ = build_ensemble(cell, registry)
-    optimizer = build_optimizer(ensemble, first.optimizer)
+    optimizer = build_optimizer(ensemble, first.optimizer, registry)
     controller = registry.get("norm_controller", first.fork.controller.name).factory(
         first.fork.controller.config, controller_context(cell, ensemble))
     return loop.CellParts(ensemble, optimizer, controller, None)
 
 
 def build_ensemble(job: CellJob, registry: Registry) -> tuple[Ensemble, Any]:
-    """The cell's ensemble and task. Each seed's split and initial weights depend only on its base
+    """The cell's ensemble and task, training on the run's loss (the logits divided by its temperature,
+    where the loss declares one). Each seed's split and initial weights depend only on its base
     configuration and seed."""
     first = job.runs[0]
     task = registry.get("task", first.task.name).factory(first.task.config)
@@ -89,13 +90,24 @@ def build_ensemble(job: CellJob, registry: Registry) -> tuple[Ensemble, Any]:
     device = resolve_device(first.training.device)
     parameters = sum(p.numel() for p in modules[0].parameters())
     compile = should_compile(first.training.compile, device, first.training.max_steps, parameters)
+    loss = registry.get("loss", first.loss.name)
     return Ensemble(modules, splits, device, dtype, compile, first.training.members_per_chunk,
-                    loss=first.loss.name, temperature=first.loss.temperature), task
+                    loss=loss.factory(first.loss.config), temperature=loss_temperature(loss, first.loss.config)), task
 
 
-def build_optimizer(ensemble: Ensemble, config: Any) -> BatchedAdamW:
-    """AdamW over the ensemble's parameters, decaying the weight-norm tensors only."""
-    return BatchedAdamW(ensemble.parameters, [n in ensemble.norm_names for n in ensemble.params], config)
+def loss_temperature(loss: Any, config: Any) -> float:
+    """The output temperature tau of a configured loss: its config's field that the descriptor declares
+    (``Loss.temperature``), 1 where it declares none."""
+    field = getattr(loss, "temperature", None)
+    return float(getattr(config, field)) if field else 1.0
+
+
+def build_optimizer(ensemble: Ensemble, choice: Any, registry: Registry) -> BatchedOptimizer:
+    """The run's optimizer over the ensemble's parameters, told which are weight-norm tensors (the
+    only ones decoupled weight decay applies to)."""
+    names = list(ensemble.params)
+    context = OptimizerContext(ensemble.parameters, names, [n in ensemble.norm_names for n in names])
+    return registry.get("optimizer", choice.name).factory(choice.config, context)
 
 
 def build_transforms(job: CellJob, ensemble: Ensemble, registry: Registry) -> GradientTransformChain:

@@ -13,34 +13,40 @@ import functools
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from gnorm.components import EvaluationChunk
 from gnorm.forks import TrunkState
-from gnorm.science import example_losses, weight_norm
+from gnorm.science import cross_entropy_losses, weight_norm
 from gnorm.training.compiling import CompiledOrEager
 
 if TYPE_CHECKING:
-    from gnorm.training.optimizer import BatchedAdamW
+    from gnorm.components import BatchedOptimizer
+
+#: A loss plugin's per-example losses of one model: logits [N, C], labels [N] -> losses [N].
+Losses = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _train_loss(forward: Callable, loss: str, params: dict, buffers: dict, inputs: torch.Tensor,
+def member_losses(losses: Losses, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A one-model loss batched over members: logits [M, N, C], labels [M, N] -> losses [M, N]. Each
+    example's loss depends on its own row only, so the members' rows are stacked into one [M N, C]."""
+    return losses(logits.flatten(0, -2), labels.flatten()).view(labels.shape)
+
+
+def _train_loss(forward: Callable, losses: Losses, params: dict, buffers: dict, inputs: torch.Tensor,
                 labels: torch.Tensor) -> torch.Tensor:
     """sum_m mean_i loss(f(W_m, x_mi) / tau, y_mi): each member's loss depends on its own weights only,
     so the gradient of the sum is every member's own gradient (``forward`` already divides by tau)."""
     logits = forward(params, buffers, inputs)
-    if loss == "cross_entropy":  # one fused reduction, as before losses were pluggable
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / labels.shape[1]
-    return example_losses(loss, logits, labels).sum() / labels.shape[1]
+    return member_losses(losses, logits, labels).sum() / labels.shape[1]
 
 
-def _example_losses_and_hits(forward: Callable, loss: str, params: dict, buffers: dict, inputs: torch.Tensor,
+def _example_losses_and_hits(forward: Callable, losses: Losses, params: dict, buffers: dict, inputs: torch.Tensor,
                              labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per member and example: the training loss, 1.0 where the arg-max class is the label, and the
     logits themselves (already divided by tau; for observables)."""
     logits = forward(params, buffers, inputs)
-    losses = example_losses(loss, logits, labels)
+    losses = member_losses(losses, logits, labels)
     return losses, (logits.argmax(-1) == labels).to(losses.dtype), logits
 
 
@@ -63,8 +69,10 @@ class Ensemble:
     """M copies of one module, parameters stacked on a leading member axis, each with its own split."""
 
     def __init__(self, modules: Sequence[torch.nn.Module], splits: Sequence[Any], device: torch.device,
-                 dtype: torch.dtype, compile: bool = False, chunk: int = 0, loss: str = "cross_entropy",
+                 dtype: torch.dtype, compile: bool = False, chunk: int = 0, loss: Losses = cross_entropy_losses,
                  temperature: float = 1.0):
+        """``loss``: a loss plugin's per-example losses of one model (default cross-entropy), computed on
+        the logits divided by ``temperature``."""
         template = modules[0]
         self._base = copy.deepcopy(template).to("meta")
         self.groups = template.weight_norm_groups()
@@ -172,26 +180,26 @@ class Ensemble:
             out[f"norm/{group}"] = weight_norm([self.params[n] for n in names])
         return out
 
-    def training_tensors(self, optimizer: "BatchedAdamW") -> dict[str, dict[str, torch.Tensor]]:
-        """The stacked tensors that make up the training state, by part ("params", "buffers",
-        "exp_avg", "exp_avg_sq") and name (the ensemble's and ``optimizer``'s own, not copies)."""
+    def training_tensors(self, optimizer: "BatchedOptimizer") -> dict[str, dict[str, torch.Tensor]]:
+        """The stacked tensors that make up the training state, by part ("params", "buffers" and the
+        optimizer's state parts: AdamW's "exp_avg", "exp_avg_sq") and name (the ensemble's and ``optimizer``'s own, not copies)."""
         names = list(self.params)
-        return {"params": self.params, "buffers": self.buffers, "exp_avg": dict(zip(names, optimizer.exp_avg)),
-                "exp_avg_sq": dict(zip(names, optimizer.exp_avg_sq))}
+        return {"params": self.params, "buffers": self.buffers,
+                **{part: dict(zip(names, tensors)) for part, tensors in optimizer.state_tensors().items()}}
 
-    def member_state(self, optimizer: "BatchedAdamW", position: int) -> TrunkState:
+    def member_state(self, optimizer: "BatchedOptimizer", position: int) -> TrunkState:
         """Member ``position``'s full training state, copied to the CPU."""
         parts = {part: {n: t[position].detach().cpu().clone() for n, t in tensors.items()}
                  for part, tensors in self.training_tensors(optimizer).items()}
-        return TrunkState(**parts, step=optimizer.step_count)
+        return TrunkState.from_parts(parts, optimizer.step_count)
 
-    def stacked_state(self, optimizer: "BatchedAdamW") -> dict[str, dict[str, torch.Tensor]]:
+    def stacked_state(self, optimizer: "BatchedOptimizer") -> dict[str, dict[str, torch.Tensor]]:
         """Every member's training state, stacked as in ``training_tensors``, copied to the CPU."""
         return {part: {n: t.detach().cpu().clone() for n, t in tensors.items()}
                 for part, tensors in self.training_tensors(optimizer).items()}
 
     @torch.no_grad()
-    def load_stacked_state(self, optimizer: "BatchedAdamW", state: dict[str, dict[str, torch.Tensor]],
+    def load_stacked_state(self, optimizer: "BatchedOptimizer", state: dict[str, dict[str, torch.Tensor]],
                            step: int) -> None:
         """Overwrite every member's training state with ``state`` (as ``stacked_state`` gives it) and set
         the optimizer's step count to ``step``."""
@@ -203,16 +211,16 @@ class Ensemble:
         optimizer.step_count = step
 
     @torch.no_grad()
-    def start_from(self, optimizer: "BatchedAdamW", states: Sequence[TrunkState]) -> None:
-        """Overwrite every member's weights, buffers and AdamW state with ``states`` (one per member,
+    def start_from(self, optimizer: "BatchedOptimizer", states: Sequence[TrunkState]) -> None:
+        """Overwrite every member's weights, buffers and optimizer state with ``states`` (one per member,
         all after the same step)."""
         if len(states) != self.size or len({s.step for s in states}) != 1:
             raise ValueError("start_from needs one state per member, all after the same step")
         for part, tensors in self.training_tensors(optimizer).items():
-            if any(set(getattr(s, part)) != set(tensors) for s in states):
+            if any(set(s.parts().get(part, {})) != set(tensors) for s in states):
                 raise ValueError(f"the stored trunk state's {part} do not match this architecture's")
             for name, tensor in tensors.items():
-                tensor.copy_(torch.stack([getattr(s, part)[name] for s in states]))
+                tensor.copy_(torch.stack([s.parts()[part][name] for s in states]))
         optimizer.step_count = states[0].step
 
     def keep(self, index: torch.Tensor) -> None:

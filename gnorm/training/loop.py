@@ -16,12 +16,11 @@ import numpy as np
 import torch
 
 from gnorm.checkpoints import Checkpoints, CellState, pickled_components, unpickled_components
-from gnorm.components import RunRecord
+from gnorm.components import BatchedOptimizer, RunRecord
 from gnorm.forks import TrunkState, state_sha256
 from gnorm.science import weight_norm
 from gnorm.training.ensemble import Ensemble
 from gnorm.training.jobs import CellJob, TrunkJob, evaluation_steps
-from gnorm.training.optimizer import BatchedAdamW
 from gnorm.training.runlog import RunLog
 from gnorm.training.transforms import GradientTransformChain
 
@@ -35,7 +34,7 @@ class CellParts:
     T_grok each record keeps (``Observable.at_grok``)."""
 
     ensemble: Ensemble
-    optimizer: BatchedAdamW
+    optimizer: BatchedOptimizer
     controller: Any
     criterion: Any
     observers: list[Any] = attrs.field(factory=list)

@@ -1,15 +1,13 @@
-"""AdamW on stacked ensemble tensors, computed member by member as torch's own AdamW computes it."""
+"""The built-in optimizers on stacked ensemble tensors, each computed member by member as torch's own
+(AdamW, Adam, SGD) computes it."""
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
 import torch
-
-if TYPE_CHECKING:
-    from gnorm.runmodel import OptimizerConfig
 
 
 @functools.cache
@@ -40,8 +38,11 @@ class BatchedAdamW:
     over each tensor instead of six), or op by op where that kernel is missing for the device.
     """
 
-    def __init__(self, params: Sequence[torch.Tensor], decayed: Sequence[bool], config: OptimizerConfig):
+    def __init__(self, params: Sequence[torch.Tensor], decayed: Sequence[bool], config: Any):
+        """``config`` has lr, beta1, beta2, eps and (for AdamW) weight_decay; without weight_decay (Adam)
+        nothing decays."""
         self.config = config
+        self.weight_decay = getattr(config, "weight_decay", 0.0)
         self.decayed = list(decayed)
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
@@ -58,7 +59,7 @@ class BatchedAdamW:
         bias_correction2_sqrt = math.sqrt(1 - c.beta2 ** self.step_count)
         for p, g, m, v, decayed in zip(params, grads, self.exp_avg, self.exp_avg_sq, self.decayed):
             if decayed:
-                p.mul_(1 - c.lr * c.weight_decay)
+                p.mul_(1 - c.lr * self.weight_decay)
             m.lerp_(g, 1 - c.beta1)
             v.mul_(c.beta2).addcmul_(g, g, value=1 - c.beta2)
             p.addcdiv_(m, (v.sqrt() / bias_correction2_sqrt).add_(c.eps), value=-c.lr / bias_correction1)
@@ -82,9 +83,63 @@ class BatchedAdamW:
             steps = [torch.full((), float(self.step_count), device=sliced[0].device)] * len(sliced)
             torch._fused_adamw_(sliced, members(grads, chosen), members(self.exp_avg, chosen),
                                 members(self.exp_avg_sq, chosen), [], steps, lr=c.lr, beta1=c.beta1,
-                                beta2=c.beta2, weight_decay=c.weight_decay if decayed else 0.0, eps=c.eps,
+                                beta2=c.beta2, weight_decay=self.weight_decay if decayed else 0.0, eps=c.eps,
                                 amsgrad=False, maximize=False)
+
+    def state_tensors(self) -> dict[str, list[torch.Tensor]]:
+        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
 
     def keep(self, index: torch.Tensor) -> None:
         self.exp_avg = [m[index] for m in self.exp_avg]
         self.exp_avg_sq = [v[index] for v in self.exp_avg_sq]
+
+
+def member_slices(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Every member's slice of every stacked tensor, tensor by tensor: an update on this list computes
+    each member exactly as on that member alone (a kernel's vector body and scalar tail then fall on
+    the same elements whatever the member count)."""
+    return [tensor[m] for tensor in tensors for m in range(tensor.shape[0])]
+
+
+class BatchedSGD:
+    """torch.optim.SGD's update on stacked member tensors (its single-tensor arithmetic, member slice by
+    member slice), with weight decay on the weight-norm tensors only:
+
+        g <- g + lambda W                                        (norm tensors; L2 as torch's SGD adds it)
+        b <- g at step 1, else b <- mu b + (1 - dampening) g     (momentum mu > 0)
+        g <- g + mu b (Nesterov) or g <- b
+        W <- W - lr g
+
+    Without momentum the decay step is decoupled decay exactly: W <- W (1 - lr lambda) - lr g.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], decayed: Sequence[bool], config: Any):
+        self.config = config
+        self.decayed = list(decayed)
+        self.momentum_buffer = [torch.zeros_like(p) for p in params] if config.momentum != 0 else []
+        self.step_count = 0
+
+    @torch.no_grad()
+    def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
+        self.step_count += 1
+        c = self.config
+        grads = list(grads)
+        if c.weight_decay != 0:
+            grads = [g.add(p, alpha=c.weight_decay) if decayed else g
+                     for p, g, decayed in zip(params, grads, self.decayed)]
+        slices = member_slices(grads)
+        if c.momentum != 0:
+            buffers = member_slices(self.momentum_buffer)
+            if self.step_count == 1:
+                torch._foreach_copy_(buffers, slices)
+            else:
+                torch._foreach_mul_(buffers, c.momentum)
+                torch._foreach_add_(buffers, slices, alpha=1 - c.dampening)
+            slices = torch._foreach_add(slices, buffers, alpha=c.momentum) if c.nesterov else buffers
+        torch._foreach_add_(member_slices(params), slices, alpha=-c.lr)
+
+    def state_tensors(self) -> dict[str, list[torch.Tensor]]:
+        return {"momentum_buffer": self.momentum_buffer} if self.momentum_buffer else {}
+
+    def keep(self, index: torch.Tensor) -> None:
+        self.momentum_buffer = [b[index] for b in self.momentum_buffer]
