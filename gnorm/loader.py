@@ -30,7 +30,7 @@ from gnorm.runmodel import (COMPONENT_SECTIONS, MAX_NORM, MAX_RUNS, MAX_STEPS, R
 from gnorm.runmodel import TRANSFORMS_SECTION
 
 TOP_LEVEL_KEYS = ("experiment", *RUN_SECTIONS, "sweep", "zip", "stage", "analysis", "executor")
-STAGE_KEYS = ("name", "critical_norm", "seeds", "fork", "sweep", "zip", *RUN_SECTIONS)
+STAGE_KEYS = ("name", "critical_norm", "seeds", "fork", "init_weight_decay", "sweep", "zip", *RUN_SECTIONS)
 FORK_KEYS = ("at_step", "controller")
 #: A sweep point: dotted key -> (value, where the file wrote the value).
 Point = dict[str, tuple[Any, str]]
@@ -135,6 +135,8 @@ class _StageTable:
     #: The stage's own sweep points.
     points: list[Point]
     fork: ForkSpec | None
+    #: The weight decay the stage's seeds are initialized as (None: the stage's own).
+    init_weight_decay: float | None = None
 
     @property
     def where(self) -> str:
@@ -160,7 +162,19 @@ def _read_stage(loader: Loader, raw_stage: dict, index: int, stage_names: list[s
     points = loader.sweep_points(raw_stage.get("sweep"), raw_stage.get("zip"), where)
     fork = loader.fork(raw_stage.get("fork"), where)
     owned = {s for s, value in written.items() if merged[s] == value}
-    return _StageTable(name, raw_stage, merged, written, owned, seeds, critical, points, fork)
+    init_weight_decay = _init_weight_decay(loader, raw_stage.get("init_weight_decay"), f"{where}init_weight_decay")
+    return _StageTable(name, raw_stage, merged, written, owned, seeds, critical, points, fork, init_weight_decay)
+
+
+def _init_weight_decay(loader: Loader, raw: Any, key: str) -> float | None:
+    """``init_weight_decay = 1.0``: the stage's seeds start from the weights a run with that weight decay
+    starts from (so arms without decay share the decayed arms' initial weights); absent: their own."""
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw < 0:
+        loader.problem(key, f"expected a finite weight decay >= 0, found {describe(raw)}")
+        return None
+    return float(raw)
 
 
 @attrs.frozen
@@ -202,7 +216,7 @@ def _runs_at(loader: Loader, stage: _StageTable, point: Point) -> list[RunSpec]:
         return []
     cell = {dotted: value for dotted, (value, _) in point.items()}
     return [RunSpec(stage=stage.name, cell=cell, seed=seed, critical_norm=stage.critical_norm, fork=stage.fork,
-                    **resolved) for seed in stage.seeds]
+                    init_weight_decay=stage.init_weight_decay, **resolved) for seed in stage.seeds]
 
 
 def _check_run(loader: Loader, stage: _StageTable, resolved: dict[str, Any], origin: Origin) -> None:

@@ -211,6 +211,8 @@ class RunSpec:
     fork: ForkSpec | None = None
     #: The gradient transforms applied before each optimizer step, in order (empty: none).
     gradient_transforms: tuple[ComponentChoice, ...] = ()
+    #: The weight decay this run's seed is initialized as (None: its own; a stage's ``init_weight_decay``).
+    init_weight_decay: float | None = None
 
     def plain(self) -> dict[str, Any]:
         """The run's configuration as plain JSON data. ``fork``, ``evaluation.observables`` and
@@ -230,6 +232,8 @@ class RunSpec:
                 "name": self.fork.controller.name, **plain_data(self.fork.controller.config)}}
         if self.gradient_transforms:
             data[TRANSFORMS_SECTION] = {choice.name: plain_data(choice.config) for choice in self.gradient_transforms}
+        if self.init_weight_decay is not None:
+            data["init_weight_decay"] = self.init_weight_decay
         return data
 
     def identity(self) -> dict[str, Any]:
@@ -261,11 +265,12 @@ class RunSpec:
 
     def base_configuration(self) -> dict[str, Any]:
         """What a seed's initialization and split may depend on: task, architecture, weight decay (the
-        optimizer's ``weight_decay`` option, 0 for one without). Never the controller, its rho, the
+        optimizer's ``weight_decay`` option, 0 for one without, or the stage's ``init_weight_decay``). Never the controller, its rho, the
         optimizer's name, the learning rate, the loss, the gradient transforms or the budget."""
         plain = self.plain()
+        own = getattr(self.optimizer.config, "weight_decay", 0.0)
         return {"task": plain["task"], "architecture": plain["architecture"],
-                "weight_decay": getattr(self.optimizer.config, "weight_decay", 0.0)}
+                "weight_decay": own if self.init_weight_decay is None else self.init_weight_decay}
 
     def matches_source(self, source: "RunSpec") -> bool:
         """Is ``source`` (a run of the stage that gives Wc) this run's matched free run? Same base
