@@ -35,6 +35,12 @@ def clamp_stage(critical_norm: Any = "free", rhos: Sequence[float] = (0.9, 1.1),
             "sweep": {"controller.rho": list(rhos)}}
 
 
+def fork_stage(name: str, at_step: int, **keys: Any) -> dict[str, Any]:
+    """A forked stage: its arms start from the trunk's state at ``at_step``; ``keys`` are the stage's
+    other keys (``critical_norm``, ``controller``, ``sweep``...)."""
+    return {"name": name, "fork": {"at_step": at_step}, **keys}
+
+
 def experiment_data(stages: Sequence[dict[str, Any]] | None = None, **sections: dict[str, Any] | None) -> dict:
     """The tiny study as data, each named section updated with the given keys (a key given None is
     removed; a section given None is left out; a section the tiny study lacks is added)."""
