@@ -43,7 +43,8 @@ def fork_stage(name: str, at_step: int, **keys: Any) -> dict[str, Any]:
 
 def experiment_data(stages: Sequence[dict[str, Any]] | None = None, **sections: dict[str, Any] | None) -> dict:
     """The tiny study as data, each named section updated with the given keys (a key given None is
-    removed; a section given None is left out; a section the tiny study lacks is added)."""
+    removed; a section given None is left out; a section the tiny study lacks is added); a stage's key
+    given None is left out of it."""
     data: dict[str, Any] = copy.deepcopy(TINY_SECTIONS)
     for section, changes in sections.items():
         if changes is None:
@@ -55,7 +56,8 @@ def experiment_data(stages: Sequence[dict[str, Any]] | None = None, **sections: 
                 table.pop(key, None)
             else:
                 table[key] = value
-    data["stage"] = [dict(stage) for stage in (stages if stages is not None else [FREE, clamp_stage()])]
+    data["stage"] = [{key: value for key, value in stage.items() if value is not None}
+                     for stage in (stages if stages is not None else [FREE, clamp_stage()])]
     return data
 
 
