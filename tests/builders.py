@@ -44,7 +44,7 @@ def fork_stage(name: str, at_step: int, **keys: Any) -> dict[str, Any]:
 def experiment_data(stages: Sequence[dict[str, Any]] | None = None, **sections: dict[str, Any] | None) -> dict:
     """The tiny study as data, each named section updated with the given keys (a key given None is
     removed; a section given None is left out; a section the tiny study lacks is added); a stage's key
-    given None is left out of it."""
+    given None is left out of it, and no stages (``stages=[]``) write no ``[[stage]]`` table."""
     data: dict[str, Any] = copy.deepcopy(TINY_SECTIONS)
     for section, changes in sections.items():
         if changes is None:
@@ -58,6 +58,8 @@ def experiment_data(stages: Sequence[dict[str, Any]] | None = None, **sections: 
                 table[key] = value
     data["stage"] = [{key: value for key, value in stage.items() if value is not None}
                      for stage in (stages if stages is not None else [FREE, clamp_stage()])]
+    if not data["stage"]:
+        del data["stage"]
     return data
 
 
