@@ -43,9 +43,9 @@ REGISTRY = build_registry(autoload=False)
 HELD = {"name": "held", "controller": {"name": "relative_clamp", "factor": 1.0, "t_start": 200}}
 
 
-def study(tmp_path: Path, seeds: int | tuple[int, ...] | list[int] = (0, 1), max_steps: int = 600, checkpoint_seconds: float = 1e-6,
-          executor: str = "serial", held: bool = True, free: dict | None = None, workers: int | None = None,
-          **sections) -> Path:
+def study(tmp_path: Path, seeds: int | tuple[int, ...] | list[int] = (0, 1), max_steps: int = 600,
+          checkpoint_seconds: float = 1e-6, executor: str = "serial", held: bool = True, free: dict | None = None,
+          workers: int | None = None, **sections) -> Path:
     """The study file (the tiny study, its free stage changed by ``free``, and the held stage when
     ``held``); ``checkpoint_seconds = 1e-6`` checkpoints at every evaluation."""
     return write_study(tmp_path, filename="checkpointed.toml", experiment={"name": "checkpointed", "seeds": seeds},
@@ -185,7 +185,8 @@ def test_a_controller_that_cannot_be_pickled_trains_without_checkpoints(tmp_path
                                          config_class=ClampConfig, factory=Unpicklable, uses_critical_norm=True)]
 
     registry = build_registry(extra_plugins=[(Plugin(), Provider("test-plugin", "0"))], autoload=False)
-    path = study(tmp_path, max_steps=60, held=False, free={"critical_norm": 30.0, "controller": {"name": "local_clamp"}})
+    path = study(tmp_path, max_steps=60, held=False,
+                 free={"critical_norm": 30.0, "controller": {"name": "local_clamp"}})
     job = jobs(path, tmp_path, registry)["free"]
     with pytest.warns(UserWarning, match="cannot be pickled, so it trains without checkpoints"):
         results = train_cell_task(job, 1, registry)

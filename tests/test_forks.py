@@ -242,7 +242,8 @@ def test_a_relative_clamp_from_the_fork_holds_each_seed_at_factor_times_its_fork
 
 def test_a_clamp_that_starts_at_the_fork_acts_on_the_forked_state_and_one_before_it_is_refused(tmp_path):
     def stages_starting_at(t_start):
-        return [fork_stage("hold", 300, critical_norm=25.0, controller={"name": "clamp", "rho": 1.0, "t_start": t_start})]
+        return [fork_stage("hold", 300, critical_norm=25.0,
+                           controller={"name": "clamp", "rho": 1.0, "t_start": t_start})]
     stages = stages_starting_at(300)
     store = Store(tmp_path / "out", create=True)
     run_experiment(load_experiment(write(tmp_path, stages, max_steps=400), REGISTRY), REGISTRY, store, quiet())
