@@ -35,9 +35,16 @@ def clamp_stage(critical_norm: Any = "free", rhos: Sequence[float] = (0.9, 1.1),
             "sweep": {"controller.rho": list(rhos)}}
 
 
+def fork_stage(name: str, at_step: int, **keys: Any) -> dict[str, Any]:
+    """A forked stage: its arms start from the trunk's state at ``at_step``; ``keys`` are the stage's
+    other keys (``critical_norm``, ``controller``, ``sweep``...)."""
+    return {"name": name, "fork": {"at_step": at_step}, **keys}
+
+
 def experiment_data(stages: Sequence[dict[str, Any]] | None = None, **sections: dict[str, Any] | None) -> dict:
     """The tiny study as data, each named section updated with the given keys (a key given None is
-    removed; a section given None is left out; a section the tiny study lacks is added)."""
+    removed; a section given None is left out; a section the tiny study lacks is added); a stage's key
+    given None is left out of it, and no stages (``stages=[]``) write no ``[[stage]]`` table."""
     data: dict[str, Any] = copy.deepcopy(TINY_SECTIONS)
     for section, changes in sections.items():
         if changes is None:
@@ -49,7 +56,10 @@ def experiment_data(stages: Sequence[dict[str, Any]] | None = None, **sections: 
                 table.pop(key, None)
             else:
                 table[key] = value
-    data["stage"] = [dict(stage) for stage in (stages if stages is not None else [FREE, clamp_stage()])]
+    data["stage"] = [{key: value for key, value in stage.items() if value is not None}
+                     for stage in (stages if stages is not None else [FREE, clamp_stage()])]
+    if not data["stage"]:
+        del data["stage"]
     return data
 
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from conftest import REFERENCE, tiny_study
+from builders import FREE, clamp_stage, write_study
+from conftest import REFERENCE
 from gnorm.builtins.architectures import MLP, MLPConfig, Transformer, TransformerConfig
 from gnorm.builtins.tasks import ModularConfig, ModularTask, SparseParityConfig, SparseParityTask
 from gnorm.cli import main
@@ -141,11 +142,10 @@ def test_transformer_refuses_inputs_that_are_not_two_tokens():
 
 
 def test_num_heads_must_divide_embed_dim(tmp_path):
-    path = tiny_study(tmp_path).read_text().replace(
-        'name = "mlp"\nembed_dim = 16\nhidden_dim = 32', 'name = "transformer"\nembed_dim = 16\nnum_heads = 3')
-    (tmp_path / "bad.toml").write_text(path)
+    path = write_study(tmp_path, filename="bad.toml",
+                       architecture={"name": "transformer", "hidden_dim": None, "num_heads": 3})
     with pytest.raises(UserError) as raised:
-        load_experiment(tmp_path / "bad.toml", build_registry(autoload=False))
+        load_experiment(path, build_registry(autoload=False))
     assert [str(problem) for problem in raised.value.problems] == [
         f"{tmp_path / 'bad.toml'}: architecture.num_heads: 'num_heads' must divide embed_dim (16), found 3"]
 
@@ -200,11 +200,10 @@ def test_mlp_activation_is_the_one_asked_for():
 
 
 def test_a_transformer_study_runs_through_gnorm_run_and_stores_its_runs(tmp_path):
-    text = tiny_study(tmp_path, p=11, max_steps=200, critical_norm="10.0", rhos="[1.0]").read_text().replace(
-        'name = "mlp"\nembed_dim = 16\nhidden_dim = 32',
-        'name = "transformer"\nembed_dim = 16\nnum_heads = 2\nmlp_dim = 32\nlayernorm = "pre"')
-    path = tmp_path / "transformer.toml"
-    path.write_text(text)
+    path = write_study(tmp_path, filename="transformer.toml", task={"p": 11}, training={"max_steps": 200},
+                       architecture={"name": "transformer", "hidden_dim": None, "num_heads": 2, "mlp_dim": 32,
+                                     "layernorm": "pre"},
+                       stages=[FREE, clamp_stage(10.0, rhos=[1.0])])
     result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     store = Store(tmp_path / "out")

@@ -20,6 +20,7 @@ import torch
 
 import gnorm
 import gnorm.training.loop
+from builders import FREE, write_study
 from conftest import GNORM
 from gnorm.builtins.controllers import Clamp, ClampConfig
 from gnorm.checkpoints import CHECKPOINT_FOLDER, checkpoint_path
@@ -39,44 +40,18 @@ REGISTRY = build_registry(autoload=False)
 
 #: Seeds 0, 1, 2 of the free cell grok at steps 500, 300 and 280 and stop there; the held cell holds
 #: each seed at its own norm from step 200: seed 1 groks at 340, seed 0 trains out its budget.
-STUDY = """
-[experiment]
-name = "checkpointed"
-seeds = {seeds}
-[task]
-name = "modular_addition"
-p = 97
-train_fraction = 0.5
-[architecture]
-name = "mlp"
-embed_dim = 16
-hidden_dim = 32
-[optimizer]
-lr = 5e-3
-[training]
-max_steps = {max_steps}
-checkpoint_seconds = {checkpoint_seconds}
-[evaluation]
-schedule = "every"
-every = 20
-[executor]
-name = "{executor}"
-[[stage]]
-name = "free"
-{held}"""
-HELD = """[[stage]]
-name = "held"
-controller = { name = "relative_clamp", factor = 1.0, t_start = 200 }
-"""
+HELD = {"name": "held", "controller": {"name": "relative_clamp", "factor": 1.0, "t_start": 200}}
 
 
-def study(tmp_path: Path, seeds: str = "[0, 1]", max_steps: int = 600, checkpoint_seconds: float = 1e-6,
-          executor: str = "serial", held: bool = True) -> Path:
-    """The study file; ``checkpoint_seconds = 1e-6`` checkpoints at every evaluation."""
-    path = tmp_path / "checkpointed.toml"
-    path.write_text(STUDY.format(seeds=seeds, max_steps=max_steps, checkpoint_seconds=checkpoint_seconds,
-                                 executor=executor, held=HELD if held else ""))
-    return path
+def study(tmp_path: Path, seeds: int | tuple[int, ...] | list[int] = (0, 1), max_steps: int = 600,
+          checkpoint_seconds: float = 1e-6, executor: str = "serial", held: bool = True, free: dict | None = None,
+          workers: int | None = None, **sections) -> Path:
+    """The study file (the tiny study, its free stage changed by ``free``, and the held stage when
+    ``held``); ``checkpoint_seconds = 1e-6`` checkpoints at every evaluation."""
+    return write_study(tmp_path, filename="checkpointed.toml", experiment={"name": "checkpointed", "seeds": seeds},
+                       training={"max_steps": max_steps, "checkpoint_seconds": checkpoint_seconds},
+                       executor={"name": executor, "workers": workers},
+                       stages=[{**FREE, **(free or {})}, *([HELD] if held else [])], **sections)
 
 
 def jobs(path: Path, folder: Path, registry=REGISTRY) -> dict[str, CellJob]:
@@ -210,9 +185,8 @@ def test_a_controller_that_cannot_be_pickled_trains_without_checkpoints(tmp_path
                                          config_class=ClampConfig, factory=Unpicklable, uses_critical_norm=True)]
 
     registry = build_registry(extra_plugins=[(Plugin(), Provider("test-plugin", "0"))], autoload=False)
-    path = study(tmp_path, max_steps=60, held=False)
-    path.write_text(path.read_text().replace('name = "free"',
-                                             'name = "free"\ncritical_norm = 30.0\ncontroller = { name = "local_clamp" }'))
+    path = study(tmp_path, max_steps=60, held=False,
+                 free={"critical_norm": 30.0, "controller": {"name": "local_clamp"}})
     job = jobs(path, tmp_path, registry)["free"]
     with pytest.warns(UserWarning, match="cannot be pickled, so it trains without checkpoints"):
         results = train_cell_task(job, 1, registry)
@@ -278,7 +252,7 @@ def test_a_cell_is_cut_into_the_parts_that_left_checkpoints_and_the_seeds_betwee
 
 
 def test_a_cell_checkpointed_in_other_parts_than_this_split_resumes_in_those_parts(tmp_path):
-    path = study(tmp_path, seeds="4", max_steps=100, held=False)
+    path = study(tmp_path, seeds=4, max_steps=100, held=False)
     out = tmp_path / "out"
     (cell,) = cells_of(load_experiment(path, REGISTRY).stages[0].runs)
     first_three = CellJob(cell[:3], None, checkpoint=str(checkpoint_path(out / CHECKPOINT_FOLDER,
@@ -391,9 +365,9 @@ def assert_killed_cell_resumed_and_matches(killer: Killer, out: Path, path: Path
     assert stored(out) == stored(tmp_path / "whole")
 
 
-def killed_study(tmp_path: Path, seeds: str) -> tuple[Path, Path, Killer]:
-    path = study(tmp_path, seeds=seeds, max_steps=500, checkpoint_seconds=0.05, executor="local", held=False)
-    path.write_text(path.read_text().replace("every = 20", "every = 10").replace('"local"', '"local"\nworkers = 1'))
+def killed_study(tmp_path: Path, seeds: list[int]) -> tuple[Path, Path, Killer]:
+    path = study(tmp_path, seeds=seeds, max_steps=500, checkpoint_seconds=0.05, executor="local", held=False,
+                 workers=1, evaluation={"every": 10})
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return path, out, Killer([*GNORM, "run", str(path), "--out", str(out)], out / CHECKPOINT_FOLDER,
@@ -413,7 +387,7 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="fi
 
 @needs_proc
 def test_gnorm_run_killed_three_times_completes_bit_identical(tmp_path):
-    path, out, killer = killed_study(tmp_path, "[2, 1]")  # grok at 280 and 300
+    path, out, killer = killed_study(tmp_path, [2, 1])  # grok at 280 and 300
     killer.run(kills=3, budget=280, kill_part=kill_the_worker)
     assert "lost with its worker" in killer.log.read_text()  # the middle kill took the worker only
     assert_killed_cell_resumed_and_matches(killer, out, path, tmp_path)
@@ -422,7 +396,7 @@ def test_gnorm_run_killed_three_times_completes_bit_identical(tmp_path):
 @pytest.mark.slow  # about two minutes on the shared 2-core machine
 @needs_proc
 def test_gnorm_run_killed_ten_times_at_random_moments_completes_bit_identical(tmp_path):
-    path, out, killer = killed_study(tmp_path, "[0, 1, 2]")  # seeds 2 and 1 finish at 280 and 300, 0 at 500
+    path, out, killer = killed_study(tmp_path, [0, 1, 2])  # seeds 2 and 1 finish at 280 and 300, 0 at 500
     killer.run(kills=10, budget=500, kill_part=kill_the_worker)
     assert_killed_cell_resumed_and_matches(killer, out, path, tmp_path)
 
@@ -472,7 +446,7 @@ def test_gnorm_run_on_dask_killed_at_random_moments_completes_bit_identical(tmp_
     pytest.importorskip("gnorm_dask", reason="the gnorm-dask plugin is not installed")
     if not Path(sys.executable).with_name("dask").exists():
         pytest.skip("the dask command is not installed next to this Python")
-    path, out, killer = killed_study(tmp_path, "[0, 1, 2]")
+    path, out, killer = killed_study(tmp_path, [0, 1, 2])
     cluster = DaskCluster(tmp_path, killer.env)
     try:
         killer.command += ["--executor", "dask", "--scheduler", cluster.address]

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 import gnorm.cli
 import gnorm.registry
+from builders import FREE, experiment_toml, write_study
 from gnorm.cli import main
 from gnorm.components import ControllerContext, RunRecord
 from gnorm.errors import UserError
@@ -24,47 +25,15 @@ from gnorm.training.runlog import RunLog
 
 BUILTINS = build_registry(autoload=False)
 
-CELL = """
-[experiment]
-name = "controllers"
-seeds = 3
-
-[task]
-name = "modular_addition"
-p = 13
-train_fraction = 0.5
-
-[architecture]
-name = "mlp"
-embed_dim = 8
-hidden_dim = 16
-
-[optimizer]
-lr = 3e-3
-
-[training]
-max_steps = {steps}
-precision = "{precision}"
-
-[evaluation]
-schedule = "every"
-every = 1
-stop_when_grokked = false
-
-[controller]
-{controller}
-
-[[stage]]
-name = "main"
-{critical_norm}
-"""
-
-
-def train(controller: str, critical_norm: float | None = None, group_critical_norms: dict | None = None,
+def train(controller: dict, critical_norm: float | None = None, group_critical_norms: dict | None = None,
           steps: int = 60, precision: str = "float32") -> list[RunLog]:
-    """Train one cell of three seeds (p = 13, d = 8, H = 16), evaluated every step; the logs in seed order."""
-    text = CELL.format(controller=controller, steps=steps, precision=precision,
-                       critical_norm="" if critical_norm is None else f"critical_norm = {critical_norm}")
+    """Train one cell of three seeds (p = 13, d = 8, H = 16, lr 3e-3) under ``controller`` (its table),
+    evaluated every step; the logs in seed order."""
+    text = experiment_toml(experiment={"name": "controllers", "seeds": 3}, task={"p": 13},
+                           architecture={"embed_dim": 8, "hidden_dim": 16}, optimizer={"lr": 3e-3},
+                           training={"max_steps": steps, "precision": precision},
+                           evaluation={"every": 1, "stop_when_grokked": False}, controller=controller,
+                           stages=[{"name": "main", "critical_norm": critical_norm}])
     experiment = load_experiment("cell.toml", BUILTINS, text=text)
     logs: list[RunLog] = []
     train_cell(CellJob(experiment.runs, critical_norm, group_critical_norms or {}), BUILTINS,
@@ -79,7 +48,7 @@ def trajectory(log: RunLog, key: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def free_logs() -> list[RunLog]:
     """The free run every intervention is compared with (same seeds, so the same start)."""
-    return train('name = "free"')
+    return train({"name": "free"})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -87,7 +56,7 @@ def free_logs() -> list[RunLog]:
 
 
 def test_clamp_holds_the_norm_at_rho_wc_to_1e5_relative():
-    logs = train('name = "clamp"\nrho = 0.8\nt_start = 20', critical_norm=15.0)
+    logs = train({"name": "clamp", "rho": 0.8, "t_start": 20}, critical_norm=15.0)
     for log in logs:
         norms = trajectory(log, "weight_norm")
         assert np.all(np.abs(norms[19:] / (0.8 * 15.0) - 1) < 1e-5)
@@ -95,7 +64,7 @@ def test_clamp_holds_the_norm_at_rho_wc_to_1e5_relative():
 
 
 def test_group_clamp_holds_that_group_at_rho_times_its_own_wc_and_leaves_the_others_free(free_logs):
-    logs = train('name = "group_clamp"\ngroup = "readout"\nrho = 0.5\nt_start = 20', critical_norm=99.0,
+    logs = train({"name": "group_clamp", "group": "readout", "rho": 0.5, "t_start": 20}, critical_norm=99.0,
                  group_critical_norms={"readout": 6.0, "hidden": 10.0, "embedding": 5.0})
     for log, free in zip(logs, free_logs):
         readout, hidden = trajectory(log, "norm/readout"), trajectory(log, "norm/hidden")
@@ -119,7 +88,7 @@ def test_group_clamp_rescales_only_its_group_and_never_touches_the_others():
 
 def test_a_group_the_architecture_lacks_is_an_error_naming_the_key_and_the_groups():
     with pytest.raises(UserError) as raised:
-        train('name = "group_clamp"\ngroup = "unembed"\nt_start = 20', critical_norm=10.0,
+        train({"name": "group_clamp", "group": "unembed", "t_start": 20}, critical_norm=10.0,
               group_critical_norms={"readout": 6.0})
     message = str(raised.value)
     assert message.startswith("cell.toml: controller.group: controller 'group_clamp' needs the weight-norm "
@@ -128,7 +97,7 @@ def test_a_group_the_architecture_lacks_is_an_error_naming_the_key_and_the_group
 
 
 def test_relative_clamp_holds_each_seed_at_factor_times_its_own_norm_at_t_start(free_logs):
-    logs = train('name = "relative_clamp"\nfactor = 1.15\nt_start = 20')
+    logs = train({"name": "relative_clamp", "factor": 1.15, "t_start": 20})
     held = []
     for log, free in zip(logs, free_logs):
         own_norm = trajectory(free, "weight_norm")[19]  # the free run's norm after step 20
@@ -155,7 +124,7 @@ def test_relative_clamp_keeps_each_remaining_seeds_own_norm_when_others_leave():
 
 
 def test_rescale_sets_the_norm_once_at_t_start_and_then_lets_it_evolve(free_logs):
-    logs = train('name = "rescale"\nrho = 0.7\nt_start = 20', critical_norm=15.0)
+    logs = train({"name": "rescale", "rho": 0.7, "t_start": 20}, critical_norm=15.0)
     for log, free in zip(logs, free_logs):
         norms = trajectory(log, "weight_norm")
         np.testing.assert_array_equal(norms[:19], trajectory(free, "weight_norm")[:19])
@@ -165,7 +134,7 @@ def test_rescale_sets_the_norm_once_at_t_start_and_then_lets_it_evolve(free_logs
 
 
 def test_group_rescale_multiplies_one_group_once(free_logs):
-    logs = train('name = "group_rescale"\ngroup = "embedding"\nfactor = 0.5\nt_start = 20')
+    logs = train({"name": "group_rescale", "group": "embedding", "factor": 0.5, "t_start": 20})
     for log, free in zip(logs, free_logs):
         embedding = trajectory(log, "norm/embedding")
         free_embedding = trajectory(free, "norm/embedding")
@@ -186,7 +155,7 @@ def test_group_rescale_of_all_groups_multiplies_every_norm_tensor():
 
 
 def test_initial_rescale_multiplies_the_initial_norm_by_factor():
-    logs = train('name = "initial_rescale"\nfactor = 3.0', steps=5)
+    logs = train({"name": "initial_rescale", "factor": 3.0}, steps=5)
     for log in logs:
         assert log.facts["norm_after_intervention"] == pytest.approx(3.0 * log.facts["norm_before_intervention"],
                                                                     rel=1e-6)
@@ -250,7 +219,7 @@ def test_clip_rows_leaves_every_chosen_row_at_most_the_bound_and_others_untouche
 
 
 def test_clip_rows_in_training_keeps_rows_under_the_bound():
-    logs = train('name = "clip_rows"\nmax_row_norm = 0.3\nmatrices = ["readout"]', steps=30)
+    logs = train({"name": "clip_rows", "max_row_norm": 0.3, "matrices": ["readout"]}, steps=30)
     for log in logs:  # 16 rows of at most 0.3: the readout norm can never exceed 0.3 * sqrt(16)
         readout = trajectory(log, "norm/readout")
         assert readout.max() <= 0.3 * 4 + 1e-5 and readout.max() > 1.0  # the bound binds (free: ~3.6)
@@ -258,7 +227,7 @@ def test_clip_rows_in_training_keeps_rows_under_the_bound():
 
 def test_clip_rows_refuses_an_unknown_matrix_naming_the_choices():
     with pytest.raises(UserError, match=r"^cell.toml: controller.matrices: unknown 'w_hidden'; expected group names"):
-        train('name = "clip_rows"\nmax_row_norm = 1.0\nmatrices = ["w_hidden"]', steps=2)
+        train({"name": "clip_rows", "max_row_norm": 1.0, "matrices": ["w_hidden"]}, steps=2)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -284,47 +253,15 @@ def test_per_group_critical_norms_are_medians_over_grokked_source_seeds():
     assert resolve_critical_norms(Stage("clamp", 42.0, []), cell, records) == (42.0, {})
 
 
-STUDY = """
-[experiment]
-name = "groups"
-seeds = 2
-
-[task]
-name = "modular_addition"
-p = 97
-train_fraction = 0.5
-
-[architecture]
-name = "mlp"
-embed_dim = 16
-hidden_dim = 32
-
-[optimizer]
-lr = 5e-3
-
-[training]
-max_steps = 1500
-
-[evaluation]
-schedule = "every"
-every = 20
-
-[[stage]]
-name = "free"
-
-[[stage]]
-name = "readout_clamp"
-critical_norm = "free"
-controller = { name = "group_clamp", group = "readout", rho = 1.1, t_start = 100 }
-"""
+GROUP_CLAMP = {"name": "readout_clamp", "critical_norm": "free",
+               "controller": {"name": "group_clamp", "group": "readout", "rho": 1.1, "t_start": 100}}
 
 
 def test_a_group_clamp_stage_holds_the_readout_at_rho_times_the_free_stages_readout_norm_at_grok(
         tmp_path, monkeypatch):
     monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
     monkeypatch.setattr(gnorm.registry, "default_registry", lambda: BUILTINS)
-    path = tmp_path / "groups.toml"
-    path.write_text(STUDY)
+    path = write_study(tmp_path, filename="groups.toml", experiment={"name": "groups"}, stages=[FREE, GROUP_CLAMP])
     result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     store = Store(tmp_path / "out")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import gnorm.worker
+from builders import FREE, fork_stage, write_study
 from gnorm.builtins.executors import SerialExecutor
 from gnorm.errors import UserError
 from gnorm.forks import TRUNK_FOLDER, TrunkFiles, state_sha256
@@ -24,50 +25,19 @@ from gnorm.training.optimizer import BatchedAdamW
 
 REGISTRY = build_registry(autoload=False)
 
-FORKED = """
-[experiment]
-name = "forked"
-seeds = 2
-[task]
-name = "modular_addition"
-p = {p}
-train_fraction = 0.5
-[architecture]
-name = "mlp"
-embed_dim = 16
-hidden_dim = 32
-[optimizer]
-lr = 1e-2
-[training]
-max_steps = {max_steps}
-[evaluation]
-schedule = "every"
-every = 20
-[executor]
-name = "serial"    # in-process, so the tests can count and interrupt what trains
-{stages}
-"""
 #: p = 41 at these settings groks near step 800 (both seeds), after the fork at step 300.
-STAGES = """
-[[stage]]
-name = "free"
-
-[[stage]]
-name = "arm_free"
-fork = { at_step = 300 }
-
-[[stage]]
-name = "arm_clamp"
-fork = { at_step = 300 }
-critical_norm = 25.0
-controller = { name = "clamp", rho = 1.1, t_start = 301 }
-"""
+STAGES = [FREE, fork_stage("arm_free", 300),
+          fork_stage("arm_clamp", 300, critical_norm=25.0, controller={"name": "clamp", "rho": 1.1, "t_start": 301})]
 
 
-def write(tmp_path, stages=STAGES, p=41, max_steps=1200):
-    path = tmp_path / "forked.toml"
-    path.write_text(FORKED.format(p=p, max_steps=max_steps, stages=stages))
-    return path
+def write(tmp_path, stages=STAGES, p=41, max_steps=1200, filename="forked.toml", optimizer=None, training=None,
+          **sections):
+    """The forked study (lr 1e-2, the in-process executor, so the tests can count and interrupt what
+    trains) with ``stages``; ``sections`` change it further."""
+    return write_study(tmp_path, stages=stages, filename=filename, experiment={"name": "forked"}, task={"p": p},
+                       optimizer={"lr": 1e-2, **(optimizer or {})},
+                       training={"max_steps": max_steps, **(training or {})}, executor={"name": "serial"},
+                       **sections)
 
 
 def quiet() -> Progress:
@@ -171,17 +141,8 @@ def test_an_arm_is_evaluated_only_after_the_fork_and_its_controller_acts_from_th
     assert clamp.facts["norm_before_clamp"] == pytest.approx(clamp.facts["norm_at_fork"], rel=0.05)
 
 
-RESUMABLE = """
-[[stage]]
-name = "arm_a"
-fork = { at_step = 40 }
-
-[[stage]]
-name = "arm_b"
-fork = { at_step = 40 }
-critical_norm = 10.0
-controller = { name = "clamp", rho = 1.0, t_start = 41 }
-"""
+RESUMABLE = [fork_stage("arm_a", 40),
+             fork_stage("arm_b", 40, critical_norm=10.0, controller={"name": "clamp", "rho": 1.0, "t_start": 41})]
 
 
 def test_a_study_interrupted_after_the_trunk_resumes_without_training_it_again(tmp_path, monkeypatch):
@@ -235,14 +196,12 @@ def test_arms_share_a_trunk_id_and_anything_the_trunk_depends_on_changes_it(tmp_
     assert runs[("arm_free", 0)].trunk_id == runs[("arm_clamp", 0)].trunk_id
     assert runs[("arm_free", 0)].trunk_id != runs[("arm_free", 1)].trunk_id
     assert runs[("free", 0)].trunk_id is None and "fork" not in runs[("free", 0)].plain()
-    for changed in ("lr = 1e-2", "lr = 2e-2"), ("max_steps = 1200", "max_steps = 1200\nprecision = \"float64\""), \
-            ("at_step = 300 }", "at_step = 299 }"):
-        path = tmp_path / "changed.toml"
-        path.write_text(write(tmp_path).read_text().replace(*changed))
+    forked_at_299 = [FREE, *({**stage, "fork": {"at_step": 299}} for stage in STAGES[1:])]
+    for changed in {"optimizer": {"lr": 2e-2}}, {"training": {"precision": "float64"}}, {"stages": forked_at_299}:
+        path = write(tmp_path, filename="changed.toml", **changed)
         other = {(r.stage, r.seed): r for r in load_experiment(path, REGISTRY).runs}
         assert other[("arm_free", 0)].trunk_id != runs[("arm_free", 0)].trunk_id, changed
-    path = tmp_path / "changed.toml"
-    path.write_text(write(tmp_path).read_text().replace("every = 20", "every = 10").replace("1200", "1500"))
+    path = write(tmp_path, filename="changed.toml", max_steps=1500, evaluation={"every": 10})
     other = {(r.stage, r.seed): r for r in load_experiment(path, REGISTRY).runs}
     assert other[("arm_free", 0)].trunk_id == runs[("arm_free", 0)].trunk_id  # budget, schedule: arm only
 
@@ -255,28 +214,23 @@ def problems(tmp_path, stages) -> list[str]:
 
 
 def test_fork_mistakes_are_named_by_file_and_key(tmp_path):
-    assert problems(tmp_path, '[[stage]]\nname = "a"\nfork = { at_step = 1200 }') == [
+    assert problems(tmp_path, [fork_stage("a", 1200)]) == [
         "stage[a].fork.at_step: must be below training.max_steps (1200), found 1200"]
-    assert problems(tmp_path, '[[stage]]\nname = "a"\nfork = { step = 10 }') == [
+    assert problems(tmp_path, [{"name": "a", "fork": {"step": 10}}]) == [
         "stage[a].fork.step: unknown key (did you mean 'at_step'?)",
         "stage[a].fork.at_step: required key is missing (the step whose state every arm starts from)"]
-    [unknown] = problems(tmp_path, '[[stage]]\nname = "a"\nfork = { at_step = 10, controller = { name = "frre" } }')
+    [unknown] = problems(tmp_path, [{"name": "a", "fork": {"at_step": 10, "controller": {"name": "frre"}}}])
     assert unknown.startswith("stage[a].fork.controller.name: unknown norm_controller 'frre' (did you mean 'free'?); "
                               "known: clamp, ")
-    assert problems(tmp_path, '[[stage]]\nname = "a"\nfork = { at_step = 10, controller = { name = "clamp" } }') == [
+    assert problems(tmp_path, [{"name": "a", "fork": {"at_step": 10, "controller": {"name": "clamp"}}}]) == [
         "stage[a].fork.controller.name: the trunk cannot use 'clamp': it needs Wc; give the trunk a controller "
         "without a critical norm (default free)"]
-    assert problems(tmp_path, '[[stage]]\nname = "a"\nfork = 800') == [
+    assert problems(tmp_path, [{"name": "a", "fork": 800}]) == [
         "stage[a].fork: expected a table like { at_step = 800 }, found an integer (800)"]
 
 
 def test_a_relative_clamp_from_the_fork_holds_each_seed_at_factor_times_its_forked_norm(tmp_path):
-    stages = """
-[[stage]]
-name = "raised"
-fork = { at_step = 300 }
-controller = { name = "relative_clamp", factor = 1.15, t_start = 300 }
-"""
+    stages = [fork_stage("raised", 300, controller={"name": "relative_clamp", "factor": 1.15, "t_start": 300})]
     store = Store(tmp_path / "out", create=True)
     experiment = load_experiment(write(tmp_path, stages, max_steps=600), REGISTRY)
     run_experiment(experiment, REGISTRY, store, quiet())
@@ -287,18 +241,15 @@ controller = { name = "relative_clamp", factor = 1.15, t_start = 300 }
 
 
 def test_a_clamp_that_starts_at_the_fork_acts_on_the_forked_state_and_one_before_it_is_refused(tmp_path):
-    stages = """
-[[stage]]
-name = "hold"
-fork = { at_step = 300 }
-critical_norm = 25.0
-controller = { name = "clamp", rho = 1.0, t_start = 300 }
-"""
+    def stages_starting_at(t_start):
+        return [fork_stage("hold", 300, critical_norm=25.0,
+                           controller={"name": "clamp", "rho": 1.0, "t_start": t_start})]
+    stages = stages_starting_at(300)
     store = Store(tmp_path / "out", create=True)
     run_experiment(load_experiment(write(tmp_path, stages, max_steps=400), REGISTRY), REGISTRY, store, quiet())
     for record in store.records():  # the first clamp happens after step 300, as without the fork
         assert record.facts["norm_before_clamp"] == pytest.approx(record.facts["norm_at_fork"], rel=1e-6)
         assert record.facts["norm_after_clamp"] == pytest.approx(25.0, rel=1e-6)
-    assert problems(tmp_path, stages.replace("t_start = 300", "t_start = 200")) == [
+    assert problems(tmp_path, stages_starting_at(200)) == [
         "stage[hold].controller.t_start: is before fork.at_step (300): the trunk trains without this controller up "
         "to step 300; start it at or after the fork, found 200"]

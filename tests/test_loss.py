@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from builders import write_study
 from gnorm.builtins.architectures import MLP, MLPConfig
 from gnorm.builtins.tasks import ModularConfig, ModularTask
 from gnorm.builtins.losses import TemperatureConfig
@@ -83,45 +84,14 @@ def test_mse_loss_is_the_mean_squared_error_to_the_one_hot_label_of_the_tempered
         assert measured["train_loss"][m].item() == pytest.approx(expected.item(), rel=1e-12)
 
 
-CELL = """
-[experiment]
-name = "loss"
-seeds = 2
-
-[task]
-name = "modular_addition"
-p = 11
-train_fraction = 0.5
-
-[architecture]
-name = "mlp"
-embed_dim = 8
-hidden_dim = 16
-
-[optimizer]
-lr = 1e-2
-
-[training]
-max_steps = 300
-{training}
-
-[evaluation]
-schedule = "every"
-every = 50
-stop_when_grokked = false
-
-[loss]
-{loss}
-
-[[stage]]
-name = "main"
-{stage}
-"""
-
-
-def load(tmp_path, loss: str = "", stage: str = "", training: str = ""):
-    path = tmp_path / "loss.toml"
-    path.write_text(CELL.format(loss=loss, stage=stage, training=training))
+def load(tmp_path, loss: dict | None = None, stage: dict | None = None, training: dict | None = None):
+    """The cell (p = 11, d = 8, H = 16, lr 1e-2, 300 steps) with its ``[loss]`` table, its stage's and its
+    training table's extra keys."""
+    path = write_study(tmp_path, filename="loss.toml", experiment={"name": "loss"}, task={"p": 11},
+                       architecture={"embed_dim": 8, "hidden_dim": 16}, optimizer={"lr": 1e-2},
+                       training={"max_steps": 300, **(training or {})},
+                       evaluation={"every": 50, "stop_when_grokked": False}, loss=loss or {},
+                       stages=[{"name": "main", **(stage or {})}])
     return load_experiment(path, BUILTINS)
 
 
@@ -132,14 +102,14 @@ def train(experiment) -> list:
 
 
 def test_a_run_trained_under_mse_lowers_its_mse(tmp_path):
-    experiment = load(tmp_path, loss='name = "mse"\ntemperature = 2.0')
+    experiment = load(tmp_path, loss={"name": "mse", "temperature": 2.0})
     assert {run.loss for run in experiment.runs} == {ComponentChoice("mse", TemperatureConfig(2.0))}
     for _, log in train(experiment):
         assert log.metrics["train_loss"][-1] < 0.5 * log.metrics["train_loss"][0]
 
 
 def test_a_float64_run_trains_in_float64(tmp_path):
-    experiment = load(tmp_path, training='precision = "float64"')
+    experiment = load(tmp_path, training={"precision": "float64"})
     members, _ = build_ensemble(CellJob(experiment.runs, None), BUILTINS)
     assert {p.dtype for p in members.parameters} == {torch.float64}
     for _, log in train(experiment):
@@ -147,7 +117,7 @@ def test_a_float64_run_trains_in_float64(tmp_path):
 
 
 def test_temperature_is_part_of_a_runs_identity_but_not_of_its_start(tmp_path):
-    experiment = load(tmp_path, stage='sweep = { "loss.temperature" = [1.0, 1.5] }')
+    experiment = load(tmp_path, stage={"sweep": {"loss.temperature": [1.0, 1.5]}})
     by_tau = {}
     for run in experiment.runs:
         by_tau.setdefault(run.loss.config.temperature, []).append(run)
@@ -159,15 +129,15 @@ def test_temperature_is_part_of_a_runs_identity_but_not_of_its_start(tmp_path):
 
 
 def test_a_stage_can_set_its_own_loss(tmp_path):
-    experiment = load(tmp_path, stage='loss = { name = "mse" }')
+    experiment = load(tmp_path, stage={"loss": {"name": "mse"}})
     assert {run.loss for run in experiment.runs} == {ComponentChoice("mse", TemperatureConfig(1.0))}
 
 
 @pytest.mark.parametrize("loss, stage, line", [
-    ('name = "hinge"', "", "loss.name: unknown loss 'hinge'; known: cross_entropy, mse, stablemax_cross_entropy"),
-    ("temperature = 0", "", "loss.temperature: 'temperature' must be > 0: 0.0"),
-    ("temprature = 2.0", "", "loss.temprature: unknown key (did you mean 'temperature'?)"),
-    ("", 'sweep = { "loss.temperature" = [1.0, -2.0] }',
+    ({"name": "hinge"}, {}, "loss.name: expected one of 'cross_entropy', 'mse', found 'hinge'"),
+    ({"temperature": 0}, {}, "loss.temperature: 'temperature' must be > 0: 0.0"),
+    ({"temprature": 2.0}, {}, "loss.temprature: unknown key (did you mean 'temperature'?)"),
+    ({}, {"sweep": {"loss.temperature": [1.0, -2.0]}},
      "stage[main].sweep.\"loss.temperature\"[1]: 'temperature' must be > 0: -2.0"),
 ])
 def test_a_bad_loss_setting_is_one_line_naming_the_file_and_key(tmp_path, loss, stage, line):

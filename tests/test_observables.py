@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import gnorm
+from builders import write_study
 from gnorm.builtins.observables import (
     effective_rank,
     fourier_gini,
@@ -33,35 +34,12 @@ from gnorm.training.jobs import CellJob
 REGISTRY = build_registry(autoload=False)
 ALL_BUILTINS = ["logit_scale", "softmax_collapse", "fourier", "spectral_all"]
 
-EXPERIMENT = """
-[experiment]
-name = "observed"
-seeds = 3
-[task]
-name = "modular_addition"
-p = 17
-train_fraction = 0.5
-[architecture]
-name = "{architecture}"
-embed_dim = 8
-hidden_dim = 16
-[optimizer]
-lr = 5e-3
-[training]
-max_steps = 60
-members_per_chunk = {chunk}
-[evaluation]
-schedule = "every"
-every = 20
-observables = {observables}
-"""
-
-
 def write(tmp_path, observables=ALL_BUILTINS, chunk=0, architecture="mlp"):
-    path = tmp_path / "observed.toml"
-    path.write_text(EXPERIMENT.format(observables=str(list(observables)).replace("'", '"'), chunk=chunk,
-                                      architecture=architecture))
-    return path
+    """Three seeds at p = 17, d = 8, H = 16 for 60 steps (no stages), evaluating ``observables``."""
+    return write_study(tmp_path, filename="observed.toml", stages=[], experiment={"name": "observed", "seeds": 3},
+                       task={"p": 17}, architecture={"name": architecture, "embed_dim": 8, "hidden_dim": 16},
+                       training={"max_steps": 60, "members_per_chunk": chunk},
+                       evaluation={"observables": list(observables)})
 
 
 def quiet() -> Progress:

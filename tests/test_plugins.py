@@ -20,6 +20,7 @@ import torch
 from click.testing import CliRunner
 
 import gnorm
+from builders import FREE, write_study
 from gnorm.cli import main
 from gnorm.components import ControllerContext
 from gnorm.errors import PluginError
@@ -444,44 +445,20 @@ def test_the_installed_example_plugin_is_listed_with_its_package(softclamp_insta
     assert not [failure for failure in listing["failures"] if failure["package"] == SOFTCLAMP.package]
 
 
-SOFT_CLAMP_STUDY = """
-[experiment]
-name = "softclamp"
-seeds = 2
+SOFT_CLAMP = {"name": "soft", "critical_norm": 20.0,
+              "controller": {"name": "soft_clamp", "t_start": 50, "strength": 0.5}}
 
-[task]
-name = "modular_addition"
-p = 31
-train_fraction = 0.5
 
-[architecture]
-name = "mlp"
-embed_dim = 8
-hidden_dim = 16
-
-[optimizer]
-lr = 3e-3
-
-[training]
-max_steps = 300
-
-[evaluation]
-schedule = "every"
-every = 50
-
-[[stage]]
-name = "free"
-
-[[stage]]
-name = "soft"
-critical_norm = 20.0
-controller = { name = "soft_clamp", t_start = 50, strength = 0.5 }
-"""
+def soft_clamp_study(tmp_path: Path) -> Path:
+    """Two seeds at p = 31, d = 8, H = 16, lr 3e-3, 300 steps: the free stage and a soft clamp to 20."""
+    return write_study(tmp_path, filename="softclamp.toml", stages=[FREE, SOFT_CLAMP],
+                       experiment={"name": "softclamp"}, task={"p": 31},
+                       architecture={"embed_dim": 8, "hidden_dim": 16}, optimizer={"lr": 3e-3},
+                       training={"max_steps": 300}, evaluation={"every": 50})
 
 
 def test_gnorm_run_trains_a_stage_with_the_installed_soft_clamp(softclamp_installed, tmp_path):
-    study = tmp_path / "softclamp.toml"
-    study.write_text(SOFT_CLAMP_STUDY)
+    study = soft_clamp_study(tmp_path)
     ran = run_gnorm("run", str(study), "--out", str(tmp_path / "results"), cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_study
+from builders import write_study
 from gnorm.builtins.architectures import MLP, MLPConfig
 from gnorm.builtins.tasks import (ModularConfig, PrimeModularConfig, SparseParityConfig, SparseParityTask,
                                   is_prime, modular_inverses, parity_labels)
@@ -52,8 +52,7 @@ def test_division_covers_the_pairs_with_nonzero_divisor_and_inverts_multiplicati
 
 
 def test_division_by_a_composite_modulus_is_refused_under_its_key(tmp_path):
-    path = tmp_path / "division.toml"
-    path.write_text(tiny_study(tmp_path, p=12).read_text().replace('"modular_addition"', '"modular_division"'))
+    path = write_study(tmp_path, filename="division.toml", task={"name": "modular_division", "p": 12})
     with pytest.raises(UserError) as raised:
         load_experiment(path, REGISTRY)
     assert [str(problem) for problem in raised.value.problems] == [
@@ -119,10 +118,8 @@ def test_sparse_parity_defaults_match_the_paper():
 
 
 def test_parity_with_more_relevant_bits_than_bits_is_refused(tmp_path):
-    text = tiny_study(tmp_path).read_text().replace(
-        'name = "modular_addition"\np = 97\ntrain_fraction = 0.5', 'name = "sparse_parity"\nn_bits = 4\nk = 5')
-    path = tmp_path / "parity.toml"
-    path.write_text(text)
+    path = write_study(tmp_path, filename="parity.toml",
+                       task={"name": "sparse_parity", "p": None, "train_fraction": None, "n_bits": 4, "k": 5})
     with pytest.raises(UserError) as raised:
         load_experiment(path, REGISTRY)
     assert [str(problem) for problem in raised.value.problems] == [

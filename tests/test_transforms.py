@@ -16,6 +16,7 @@ import attrs
 import pytest
 import torch
 
+from builders import FREE, fork_stage, write_study
 from gnorm.components import TransformContext
 from gnorm.errors import UserError
 from gnorm.loader import load_experiment
@@ -137,43 +138,27 @@ def test_a_chain_without_transforms_hands_the_gradients_back_untouched():
     assert GradientTransformChain().update(grads, {"w": torch.zeros(2, 3)})[0] is grads[0]
 
 
-TINY = """
-[experiment]
-name = "transformed"
-seeds = {seeds}
-[task]
-name = "modular_addition"
-p = 23
-train_fraction = 0.5
-[architecture]
-name = "mlp"
-embed_dim = 8
-hidden_dim = 16
-[optimizer]
-lr = 5e-3
-[training]
-max_steps = 60
-checkpoint_seconds = 0
-[evaluation]
-schedule = "every"
-every = 20
-{transforms}
-"""
-CHAIN = """[gradient_transforms.grokfast_ema]
-alpha = 0.9
-[gradient_transforms.orthogonal_gradient]
-"""
+CHAIN = {"grokfast_ema": {"alpha": 0.9}, "orthogonal_gradient": {}}
 
 
-def experiment(tmp_path: Path, seeds: str = "[0, 1]", transforms: str = CHAIN, **overrides):
-    path = tmp_path / "transformed.toml"
-    path.write_text(TINY.format(seeds=seeds, transforms=transforms))
-    return load_experiment(path, REGISTRY, overrides)
+def transformed(tmp_path: Path, seeds: int | list[int] | tuple[int, ...] = (0, 1), transforms: dict | None = CHAIN,
+                stages: list[dict] | tuple[dict, ...] = (), filename: str = "transformed.toml") -> Path:
+    """p = 23, d = 8, H = 16 for 60 steps with the ``[gradient_transforms]`` chain ``transforms`` (in
+    order; None: no table) and ``stages`` (none by default)."""
+    return write_study(tmp_path, filename=filename, stages=list(stages),
+                       experiment={"name": "transformed", "seeds": seeds}, task={"p": 23},
+                       architecture={"embed_dim": 8, "hidden_dim": 16},
+                       training={"max_steps": 60, "checkpoint_seconds": 0}, gradient_transforms=transforms)
+
+
+def experiment(tmp_path: Path, seeds: int | list[int] | tuple[int, ...] = (0, 1), transforms: dict | None = CHAIN,
+               **overrides):
+    return load_experiment(transformed(tmp_path, seeds, transforms), REGISTRY, overrides)
 
 
 def test_a_cell_with_transforms_trains_each_seed_as_it_trains_alone(tmp_path):
     (both,) = cells_of(experiment(tmp_path).runs)
-    (alone,) = cells_of(experiment(tmp_path, seeds="[1]").runs)
+    (alone,) = cells_of(experiment(tmp_path, seeds=[1]).runs)
     together = comparable(train_cell_task(CellJob(both, None), 1, REGISTRY))
     by_itself = comparable(train_cell_task(CellJob(alone, None), 1, REGISTRY))
     assert [row for row in together if row[0]["seed"] == 1] == by_itself
@@ -184,9 +169,9 @@ def test_a_cell_with_transforms_trains_each_seed_as_it_trains_alone(tmp_path):
 
 
 def test_a_cell_with_transforms_checkpointed_and_resumed_equals_an_uninterrupted_one(tmp_path):
-    path = study(tmp_path, max_steps=480, held=False)  # seed 1 groks at 400 and leaves; seed 0 trains on
-    path.write_text(path.read_text() + "gradient_transforms.grokfast_ema = { alpha = 0.9, lamb = 1.0 }\n"
-                    "gradient_transforms.grokfast_ma = { window_size = 7, lamb = 0.5 }\n")
+    path = study(tmp_path, max_steps=480, held=False,  # seed 1 groks at 400 and leaves; seed 0 trains on
+                 free={"gradient_transforms": {"grokfast_ema": {"alpha": 0.9, "lamb": 1.0},
+                                               "grokfast_ma": {"window_size": 7, "lamb": 0.5}}})
     uninterrupted = comparable(train_cell_task(attrs.evolve(jobs(path, tmp_path / "unused")["free"],
                                                             checkpoint=None), 1, REGISTRY))
     job = jobs(path, tmp_path)["free"]
@@ -205,11 +190,10 @@ def test_a_cell_with_transforms_checkpointed_and_resumed_equals_an_uninterrupted
 
 
 def test_without_transforms_a_run_keeps_its_id_and_a_chain_changes_the_id_but_not_the_seeds(tmp_path):
-    plain = experiment(tmp_path, transforms="").runs
-    empty = experiment(tmp_path, transforms="[gradient_transforms]").runs
+    plain = experiment(tmp_path, transforms=None).runs
+    empty = experiment(tmp_path, transforms={}).runs
     chained = experiment(tmp_path).runs
-    swapped = experiment(tmp_path, transforms="[gradient_transforms.orthogonal_gradient]\n"
-                                              "[gradient_transforms.grokfast_ema]\nalpha = 0.9\n").runs
+    swapped = experiment(tmp_path, transforms={"orthogonal_gradient": {}, "grokfast_ema": {"alpha": 0.9}}).runs
     assert [r.run_id for r in empty] == [r.run_id for r in plain]
     assert "gradient_transforms" not in plain[0].identity() and "gradient_transforms" not in plain[0].plain()
     assert len({r.run_id for r in plain + chained + swapped}) == 6  # order matters
@@ -219,15 +203,9 @@ def test_without_transforms_a_run_keeps_its_id_and_a_chain_changes_the_id_but_no
 
 
 def test_transform_options_are_sweepable_by_dotted_key_and_a_stage_overrides_the_chain(tmp_path):
-    path = tmp_path / "sweep.toml"
-    path.write_text(TINY.format(seeds=1, transforms=CHAIN) + """
-[[stage]]
-name = "swept"
-sweep."gradient_transforms.grokfast_ema.lamb" = [1.0, 4.0]
-[[stage]]
-name = "windowed"
-gradient_transforms.grokfast_ma = { window_size = 10 }
-""")
+    path = transformed(tmp_path, seeds=1, filename="sweep.toml", stages=[
+        {"name": "swept", "sweep": {"gradient_transforms.grokfast_ema.lamb": [1.0, 4.0]}},
+        {"name": "windowed", "gradient_transforms": {"grokfast_ma": {"window_size": 10}}}])
     stages = {stage.name: stage.runs for stage in load_experiment(path, REGISTRY).stages}
     assert [run.gradient_transforms[0].config.lamb for run in stages["swept"]] == [1.0, 4.0]
     assert [c.name for c in stages["windowed"][0].gradient_transforms] == ["grokfast_ema", "orthogonal_gradient",
@@ -239,17 +217,15 @@ gradient_transforms.grokfast_ma = { window_size = 10 }
 # Bad input is found when the file loads.
 
 
-def problems(tmp_path: Path, transforms: str, stage: str = "") -> str:
-    path = tmp_path / "bad.toml"
-    path.write_text(TINY.format(seeds=1, transforms=transforms) + stage)
+def problems(tmp_path: Path, transforms: dict, stages: list[dict] | tuple[dict, ...] = ()) -> str:
+    path = transformed(tmp_path, seeds=1, transforms=transforms, stages=stages, filename="bad.toml")
     with pytest.raises(UserError) as refused:
         load_experiment(path, REGISTRY)
     return str(refused.value)
 
 
 def test_an_unknown_transform_lists_the_known_ones_and_a_bad_option_names_its_key(tmp_path):
-    message = problems(tmp_path, "[gradient_transforms.grokfast_emma]\n[gradient_transforms.grokfast_ma]\n"
-                                 "window = 3\n[gradient_transforms.grokfast_ema]\nalpha = 1.5\n")
+    message = problems(tmp_path, {"grokfast_emma": {}, "grokfast_ma": {"window": 3}, "grokfast_ema": {"alpha": 1.5}})
     assert "gradient_transforms.grokfast_emma: unknown gradient_transform 'grokfast_emma' (did you mean " \
            "'grokfast_ema'?); known: grokfast_ema, grokfast_ma, orthogonal_gradient" in message
     assert "gradient_transforms.grokfast_ma.window: unknown key (did you mean 'window_size'?)" in message
@@ -257,9 +233,9 @@ def test_an_unknown_transform_lists_the_known_ones_and_a_bad_option_names_its_ke
 
 
 def test_a_tensor_the_architecture_lacks_and_a_forked_stage_with_transforms_are_refused(tmp_path):
-    message = problems(tmp_path, '[gradient_transforms.orthogonal_gradient]\ntensors = ["w_inn"]\n')
+    message = problems(tmp_path, {"orthogonal_gradient": {"tensors": ["w_inn"]}})
     assert "gradient_transforms.orthogonal_gradient.tensors: no parameter named 'w_inn'" in message
-    message = problems(tmp_path, CHAIN, '[[stage]]\nname = "forked"\nfork = { at_step = 20 }\n')
+    message = problems(tmp_path, CHAIN, [fork_stage("forked", 20)])
     assert "gradient_transforms: a forked stage cannot chain gradient transforms yet" in message
 
 
@@ -291,14 +267,8 @@ def test_gnorm_plugins_lists_the_installed_transform_with_its_package(gradclip_i
 
 
 def test_gnorm_run_trains_a_cell_with_the_installed_transform_by_name(gradclip_installed, tmp_path):
-    study_file = tmp_path / "clipped.toml"
-    study_file.write_text(TINY.format(seeds=1, transforms="") + """
-[[stage]]
-name = "free"
-[[stage]]
-name = "clipped"
-gradient_transforms.gradient_clip_norm = { max_norm = 0.01 }
-""")
+    study_file = transformed(tmp_path, seeds=1, transforms=None, filename="clipped.toml", stages=[
+        FREE, {"name": "clipped", "gradient_transforms": {"gradient_clip_norm": {"max_norm": 0.01}}}])
     ran = run_gnorm("run", str(study_file), "--out", str(tmp_path / "results"), cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     store = Store(tmp_path / "results")
