@@ -134,7 +134,7 @@ def test_a_stage_can_set_its_own_loss(tmp_path):
 
 
 @pytest.mark.parametrize("loss, stage, line", [
-    ({"name": "hinge"}, {}, "loss.name: expected one of 'cross_entropy', 'mse', found 'hinge'"),
+    ({"name": "hinge"}, {}, "loss.name: unknown loss 'hinge'; known: cross_entropy, mse, stablemax_cross_entropy"),
     ({"temperature": 0}, {}, "loss.temperature: 'temperature' must be > 0: 0.0"),
     ({"temprature": 2.0}, {}, "loss.temprature: unknown key (did you mean 'temperature'?)"),
     ({}, {"sweep": {"loss.temperature": [1.0, -2.0]}},
