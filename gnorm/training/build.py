@@ -11,6 +11,7 @@ import torch
 from gnorm.components import ControllerContext, ObservableContext, RunRecord
 from gnorm.forks import TrunkState
 from gnorm.training import loop
+from gnorm.training.batches import MemberBatches
 from gnorm.training.compiling import should_compile
 from gnorm.training.ensemble import Ensemble
 from gnorm.training.jobs import CellJob, TrunkJob
@@ -73,7 +74,7 @@ def build_trunk(job: TrunkJob, registry: Registry) -> loop.CellParts:
 
 def build_ensemble(job: CellJob, registry: Registry) -> tuple[Ensemble, Any]:
     """The cell's ensemble and task. Each seed's split and initial weights depend only on its base
-    configuration and seed."""
+    configuration and seed, and so does its stream of mini-batches (its split seed)."""
     first = job.runs[0]
     task = registry.get("task", first.task.name).factory(first.task.config)
     architecture = registry.get("architecture", first.architecture.name)
@@ -87,8 +88,10 @@ def build_ensemble(job: CellJob, registry: Registry) -> tuple[Ensemble, Any]:
     device = resolve_device(first.training.device)
     parameters = sum(p.numel() for p in modules[0].parameters())
     compile = should_compile(first.training.compile, device, first.training.max_steps, parameters)
+    batches = MemberBatches([run.split_seed for run in job.runs], len(splits[0].train_index),
+                            first.training.batch_size, device)
     return Ensemble(modules, splits, device, dtype, compile, first.training.members_per_chunk,
-                    loss=first.loss.name, temperature=first.loss.temperature), task
+                    loss=first.loss.name, temperature=first.loss.temperature, batches=batches), task
 
 
 def build_optimizer(ensemble: Ensemble, config: Any) -> BatchedAdamW:

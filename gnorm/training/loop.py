@@ -82,7 +82,7 @@ def train(job: CellJob, parts: CellParts, logs: list[RunLog], start: int, finish
     first = job.runs[0]
     schedule = set(evaluation_steps(first).tolist())
     for step in range(start + 1, first.training.max_steps + 1):
-        optimizer.step(ensemble.parameters, ensemble.gradients())
+        optimizer.step(ensemble.parameters, ensemble.gradients(ensemble.batches.at(step)))
         with torch.no_grad():
             record_facts(logs, controller.after_step(step, ensemble.norm_tensors))
         if step not in schedule:
