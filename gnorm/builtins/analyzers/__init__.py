@@ -8,7 +8,9 @@
   sweep (figures ``rho_lr_heatmap``, in the delay-law section);
 * :mod:`.laws`: ``law_comparison`` (which delay law, by AIC) and ``free_contraction`` (kappa);
 * :mod:`.mediation`: ``logit_mediation``, the delay recovered at matched logit scale (figure
-  ``logit_scale_collapse``).
+  ``logit_scale_collapse``);
+* :mod:`.arms`: ``arms``, T_grok per intervention arm on matched seeds, with CIs and censoring
+  (figure ``arms_test_accuracy``).
 
 Conventions shared by all of them (those of papers A and B):
 
@@ -35,7 +37,8 @@ from gnorm.analysis.statistics import (  # noqa: F401
     bootstrap_median_interval,
 )
 from gnorm.analysis.statistics import median_or_none as median_t_grok  # noqa: F401
-from gnorm.builtins.analyzers import critical_norm, delay_law, laws, levers, mediation
+from gnorm.builtins.analyzers import arms, critical_norm, delay_law, laws, levers, mediation
+from gnorm.builtins.analyzers.arms import ArmsConfig, arms_analyzer  # noqa: F401
 from gnorm.builtins.analyzers.critical_norm import (  # noqa: F401
     CriticalNormConfig,
     critical_norm_analyzer,
@@ -70,7 +73,7 @@ from gnorm.builtins.analyzers.mediation import (  # noqa: F401
 from gnorm.builtins.analyzers.options import KEYS, MAX_RESAMPLES, STAGES  # noqa: F401
 
 #: The family modules, in the order their analyzers are listed.
-FAMILIES = (critical_norm, delay_law, levers, laws, mediation)
+FAMILIES = (critical_norm, delay_law, levers, laws, mediation, arms)
 
 
 @gnorm.hookimpl
