@@ -134,6 +134,15 @@ class Builds:
                            "criterion", origin)
         if resolved.get("evaluation") is not None:
             self._observers(resolved["evaluation"], groups, self.task_data(task, architecture), origin)
+        if resolved.get("training") is not None and resolved["training"].batch_size:
+            self._batch_fits(resolved["training"].batch_size, self.task_data(task, architecture), origin)
+
+    def _batch_fits(self, batch_size: int, task_data: Any, origin: Origin) -> None:
+        """A mini-batch is drawn from one seed's training set without replacement: at most n_train."""
+        train_size = len(task_data.split(0).train_index) if task_data is not None else batch_size
+        if batch_size > train_size:
+            self.problem(origin(("training", "batch_size")), f"must be at most the {train_size} training "
+                         f"examples of this task (0 for full batch), found {batch_size}")
 
     def _has_declared_groups(self, choice: ComponentChoice, architecture: str, groups: list[str],
                              where_is: Origin) -> bool:

@@ -13,6 +13,11 @@ a split cell that one task trains). The coordinator names the file in the
 :class:`gnorm.training.jobs.CellJob` (an absolute path, so workers on a shared filesystem write there
 too) and removes it once the job's runs are stored.
 
+Mini-batches (``[training] batch_size``) add no state to a file: the batch of step t is a pure
+function of the member's split seed and t (gnorm.training.batches), so the step reached is the
+position in every member's sampling stream, and a resumed cell draws the batches an uninterrupted one
+would have drawn.
+
 What a file holds (:class:`CellState`): the step reached, the runs still training (in ensemble
 order), their stacked parameters, buffers and AdamW moments and step count, the state of each gradient
 transform of the cell (stacked per member, e.g. Grokfast's moving averages), every run's evaluations

@@ -125,6 +125,11 @@ class TrainingConfig:
     #: torch.compile the forward and backward: "auto" (when a compiler is present and the cell is big
     #: enough to repay compiling), "on" or "off". The eager path computes the same function.
     compile: str = attrs.field(default="auto", validator=attrs.validators.in_(["auto", "on", "off"]))
+    #: Examples each member trains on per step (see gnorm.training.batches): 0 is full batch (every
+    #: training example every step, the default); B > 0 draws B a step from the member's sampling
+    #: stream, shuffled epochs without replacement that depend only on the seed's split seed. Part of a
+    #: run's identity when positive.
+    batch_size: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     #: Members trained per chunk (0: chosen from the batch size so a chunk's activations stay in cache).
     members_per_chunk: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     #: Wall seconds between checkpoints of a cell in flight (see gnorm.checkpoints): one is written at
@@ -249,6 +254,8 @@ class RunSpec:
         if self.gradient_transforms:  # a list, so the chain's order counts (ids hash JSON with sorted keys)
             data[TRANSFORMS_SECTION] = [{"name": choice.name, **plain_data(choice.config)}
                                         for choice in self.gradient_transforms]
+        if self.training.batch_size == 0:  # and full-batch runs from before batch_size existed
+            del data["training"]["batch_size"]
         return data
 
     @property
@@ -295,6 +302,8 @@ class RunSpec:
                     "loss": plain["loss"], "precision": self.training.precision, "fork": plain["fork"]}
         if self.training.matmul_precision != "full":  # trunks stored before it existed keep their ids
             identity["matmul_precision"] = self.training.matmul_precision
+        if self.training.batch_size:  # a trunk trained on mini-batches (full-batch trunks keep their ids)
+            identity["batch_size"] = self.training.batch_size
         return identity
 
     @property

@@ -12,6 +12,7 @@ from gnorm.components import (BatchedOptimizer, ControllerContext, ObservableCon
                               TransformContext)
 from gnorm.forks import TrunkState
 from gnorm.training import loop
+from gnorm.training.batches import MemberBatches
 from gnorm.training.compiling import should_compile
 from gnorm.training.ensemble import Ensemble
 from gnorm.training.jobs import CellJob, TrunkJob
@@ -76,7 +77,7 @@ def build_trunk(job: TrunkJob, registry: Registry) -> loop.CellParts:
 def build_ensemble(job: CellJob, registry: Registry) -> tuple[Ensemble, Any]:
     """The cell's ensemble and task, training on the run's loss (the logits divided by its temperature,
     where the loss declares one). Each seed's split and initial weights depend only on its base
-    configuration and seed."""
+    configuration and seed, and so does its stream of mini-batches (its split seed)."""
     first = job.runs[0]
     task = registry.get("task", first.task.name).factory(first.task.config)
     architecture = registry.get("architecture", first.architecture.name)
@@ -91,8 +92,11 @@ def build_ensemble(job: CellJob, registry: Registry) -> tuple[Ensemble, Any]:
     parameters = sum(p.numel() for p in modules[0].parameters())
     compile = should_compile(first.training.compile, device, first.training.max_steps, parameters)
     loss = registry.get("loss", first.loss.name)
+    batches = MemberBatches([run.split_seed for run in job.runs], len(splits[0].train_index),
+                            first.training.batch_size, device)
     return Ensemble(modules, splits, device, dtype, compile, first.training.members_per_chunk,
-                    loss=loss.factory(first.loss.config), temperature=loss_temperature(loss, first.loss.config)), task
+                    loss=loss.factory(first.loss.config), temperature=loss_temperature(loss, first.loss.config),
+                    batches=batches), task
 
 
 def loss_temperature(loss: Any, config: Any) -> float:

@@ -18,6 +18,7 @@ from torch.func import functional_call, vmap
 from gnorm.components import EvaluationChunk
 from gnorm.forks import TrunkState
 from gnorm.science import cross_entropy_losses, weight_norm
+from gnorm.training.batches import MemberBatches
 from gnorm.training.compiling import CompiledOrEager
 
 if TYPE_CHECKING:
@@ -70,9 +71,10 @@ class Ensemble:
 
     def __init__(self, modules: Sequence[torch.nn.Module], splits: Sequence[Any], device: torch.device,
                  dtype: torch.dtype, compile: bool = False, chunk: int = 0, loss: Losses = cross_entropy_losses,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, batches: MemberBatches | None = None):
         """``loss``: a loss plugin's per-example losses of one model (default cross-entropy), computed on
-        the logits divided by ``temperature``."""
+        the logits divided by ``temperature``; ``batches``: each member's mini-batch stream (None: full
+        batch)."""
         template = modules[0]
         self._base = copy.deepcopy(template).to("meta")
         self.groups = template.weight_norm_groups()
@@ -100,7 +102,10 @@ class Ensemble:
         self.train_inputs = torch.take_along_dim(self.inputs, gather, dim=1)
         self.train_labels = torch.take_along_dim(self.labels, train_index, dim=1)
         members = self.labels.shape[0]
-        self.train_chunk = members_per_chunk(self.train_labels.shape[1], members, device, chunk)
+        #: Each member's sampling stream (``batches.at(step)``: the step's batch, None for full batch).
+        self.batches = batches if batches is not None else MemberBatches((), 0, 0)
+        rows = self.batches.batch_size or self.train_labels.shape[1]
+        self.train_chunk = members_per_chunk(rows, members, device, chunk)
         self.eval_chunk = members_per_chunk(self.labels.shape[1], members, device, chunk)
         self.compiled = compile
         self.grads = [torch.zeros_like(p) for p in self.params.values()]
@@ -139,14 +144,21 @@ class Ensemble:
     def _chunks(self, size: int) -> list[slice]:
         return [slice(start, start + size) for start in range(0, self.size, size)]
 
-    def gradients(self) -> list[torch.Tensor]:
+    def gradients(self, batch: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Every member's gradient of its mean training loss, in ``parameters`` order, computed
-        a chunk of members at a time."""
+        a chunk of members at a time: over its whole training set, or where ``batch`` ([members, B]
+        positions into each member's training set, as ``batches.at(step)`` gives them) is given, over
+        those B examples."""
+        inputs, labels = self.train_inputs, self.train_labels
+        if batch is not None:
+            gather = batch.view(*batch.shape, *([1] * (inputs.dim() - 2)))
+            inputs = torch.take_along_dim(inputs, gather, dim=1)
+            labels = torch.take_along_dim(labels, batch, dim=1)
         chunks = self._chunks(self.train_chunk)
         for chunk in chunks:
             leaves = {n: p[chunk].requires_grad_() for n, p in self.params.items()}
             buffers = {n: b[chunk] for n, b in self.buffers.items()}
-            loss = self._train_loss(leaves, buffers, self.train_inputs[chunk], self.train_labels[chunk])
+            loss = self._train_loss(leaves, buffers, inputs[chunk], labels[chunk])
             grads = torch.autograd.grad(loss, list(leaves.values()))
             if len(chunks) == 1:
                 return list(grads)
@@ -228,5 +240,6 @@ class Ensemble:
         self.params = {n: p[index] for n, p in self.params.items()}
         self.buffers = {n: b[index] for n, b in self.buffers.items()}
         self.grads = [torch.zeros_like(p) for p in self.params.values()]
+        self.batches.keep(index)
         for name in ("inputs", "labels", "train_mask", "test_mask", "train_inputs", "train_labels"):
             setattr(self, name, getattr(self, name)[index])

@@ -84,7 +84,7 @@ def train(job: CellJob, parts: CellParts, logs: list[RunLog], start: int, finish
     first = job.runs[0]
     schedule = set(evaluation_steps(first).tolist())
     for step in range(start + 1, first.training.max_steps + 1):
-        grads = parts.transforms.update(ensemble.gradients(), ensemble.params)
+        grads = parts.transforms.update(ensemble.gradients(ensemble.batches.at(step)), ensemble.params)
         optimizer.step(ensemble.parameters, grads)
         with torch.no_grad():
             record_facts(logs, controller.after_step(step, ensemble.norm_tensors))

@@ -8,7 +8,9 @@
   sweep (figures ``rho_lr_heatmap``, in the delay-law section);
 * :mod:`.laws`: ``law_comparison`` (which delay law, by AIC) and ``free_contraction`` (kappa);
 * :mod:`.mediation`: ``logit_mediation``, the delay recovered at matched logit scale (figure
-  ``logit_scale_collapse``).
+  ``logit_scale_collapse``);
+* :mod:`.arms`: ``arms``, T_grok per intervention arm on matched seeds, with CIs and censoring
+  (figure ``arms_test_accuracy``).
 
 Conventions shared by all of them (those of papers A and B):
 
@@ -29,10 +31,10 @@ Conventions shared by all of them (those of papers A and B):
 from __future__ import annotations
 
 import gnorm
-from gnorm.builtins.analyzers import critical_norm, delay_law, laws, levers, mediation
+from gnorm.builtins.analyzers import arms, critical_norm, delay_law, laws, levers, mediation
 
 #: The family modules, in the order their analyzers are listed.
-FAMILIES = (critical_norm, delay_law, levers, laws, mediation)
+FAMILIES = (critical_norm, delay_law, levers, laws, mediation, arms)
 
 
 @gnorm.hookimpl
