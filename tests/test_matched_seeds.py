@@ -48,3 +48,14 @@ def test_a_bad_init_weight_decay_is_one_line_naming_the_stage_key(tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.strip() == (f"error: {path}: stage[matched].init_weight_decay: expected a finite weight "
                                      "decay >= 0, found a float (-1.0)")
+
+
+def test_every_arm_of_the_comparison_example_starts_each_seed_identically():
+    from conftest import ROOT
+
+    runs = load_experiment(ROOT / "examples" / "interventions" / "compare.toml", BUILTINS).runs
+    starts = {}
+    for run in runs:
+        starts.setdefault(run.seed, set()).add((run.init_seed, run.split_seed))
+    assert len({run.stage for run in runs}) == 7
+    assert all(len(start) == 1 for start in starts.values())
