@@ -18,7 +18,7 @@ import torch
 
 from gnorm.builtins.architectures import MLP, MLPConfig, Transformer, TransformerConfig
 from gnorm.builtins.tasks import ModularConfig, ModularTask
-from gnorm.runmodel import OptimizerConfig
+from gnorm.builtins.optimizers import AdamWConfig as OptimizerConfig
 from gnorm.training.ensemble import Ensemble
 from gnorm.training.numerics import deterministic_algorithms
 from gnorm.training.optimizer import BatchedAdamW

@@ -19,7 +19,8 @@ from gnorm.builtins.tasks import ModularConfig, ModularTask
 from gnorm.errors import UserError
 from gnorm.loader import load_experiment
 from gnorm.registry import build_registry
-from gnorm.runmodel import OptimizerConfig, TrainingConfig, cells_of
+from gnorm.builtins.optimizers import AdamWConfig as OptimizerConfig
+from gnorm.runmodel import TrainingConfig, cells_of
 from gnorm.training.batches import MemberBatches, SamplingStream, epoch_permutation
 from gnorm.training.build import build_cell
 from gnorm.training.ensemble import Ensemble

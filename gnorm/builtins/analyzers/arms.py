@@ -154,8 +154,9 @@ def arms_section(config: ArmsConfig, analysis: Analysis, context: ReportContext)
     if not arms:
         section.leave_out("test accuracy per arm", "no finished runs in the arms' stages")
         return section
-    section.add(f"{len(arms)} arms on matched seeds (a seed's initialization and split are the same in "
-                "every arm with the same task, architecture and weight decay).")
+    section.add(f"{len(arms)} arms on matched seeds (a seed's split is the same in every arm, and so are its "
+                "initial weights wherever the arms share the task, the architecture and the weight decay they "
+                "start from: a stage's `init_weight_decay`).")
     section.analysis(analysis)
     curves = [arm_curves(arm, context) for arm in arms]
     if not any(np.isfinite(c.test_acc).any() for c in curves):

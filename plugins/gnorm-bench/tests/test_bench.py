@@ -14,6 +14,7 @@ from gnorm.registry import default_registry
 from gnorm.training.numerics import cpu_computes_bfloat16, deterministic_algorithms
 
 
+@pytest.mark.slow  # times every trainer: about two minutes on 2 cores
 def test_bench_prints_rates_ratios_and_targets():
     result = CliRunner().invoke(main, ["bench", "--steps", "20", "--seeds", "2", "--reference-a-seeds", "1",
                                        "--no-memory", "--repeats", "2"])
@@ -83,6 +84,7 @@ def test_grid_agreement_allows_one_grid_step():
                                                                                             True, False]
 
 
+@pytest.mark.slow  # trains each trainer to a grokked model: about two minutes on 2 cores
 def test_reference_trainers_learn_what_gnorm_learns():
     """Same weights, splits, optimizer and clamp: after 700 steps (clamped from 500) the three trainers
     reach the same train and test loss per seed."""
