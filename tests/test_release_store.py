@@ -137,3 +137,18 @@ def test_the_free_and_transformer_stages_trained_anew_equal_the_release_bit_for_
 @pytest.mark.slow
 def test_the_whole_study_trained_anew_equals_the_release_bit_for_bit(tmp_path):
     _retrained_equals_the_release(tmp_path, None)
+
+
+@pytest.mark.slow  # the quickstart itself: about two minutes of training on 2 cores
+def test_the_quickstart_prints_what_0_1_0_printed(tmp_path):
+    """The numbers the README's quickstart shows, as 0.1.0 printed them on the development machine."""
+    why_not = _same_machine_kind()
+    if why_not:
+        pytest.skip(f"bit-for-bit results need a machine like the fixture's: {why_not}")
+    ran = _gnorm("run", str(Path(__file__).parent.parent / "examples" / "quickstart.toml"), "--out", str(tmp_path))
+    assert ran.returncode == 0, ran.stderr
+    rows = [line.split() for line in ran.stdout.splitlines()]
+    for row in (["(all)", "4/4", "337.5", "912.5", "52.78"], ["rho=0.9", "4/4", "387.5", "550", "47.5"],
+                ["rho=1.0", "4/4", "387.5", "737.5", "52.78"], ["rho=1.1", "4/4", "400", "1350", "58.06"],
+                ["rho=1.2", "4/4", "400", "2738", "63.34"], ["(all)", "4", "5.419", "3.784", "6.511", "0.9703", "0"]):
+        assert row in rows, row
