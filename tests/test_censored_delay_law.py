@@ -298,3 +298,28 @@ def test_a_bad_option_is_one_line_naming_the_file_and_key(tmp_path, monkeypatch,
     assert result.exit_code == 2 and "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: {key}: "), result.output
+
+
+# -- on a store gnorm wrote ---------------------------------------------------------------------------
+
+
+RELEASE = Path(__file__).parent / "fixtures" / "release-0.1.0"
+
+
+def test_on_a_store_gnorm_trained_every_clamp_run_is_read_and_the_report_shows_the_section(tmp_path, monkeypatch):
+    monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
+    store = Store(RELEASE, read_only=True)
+    records = store.records()
+    config = censored_delay_law_report_config(records)
+    analysis = censored_delay_law_analyzer(config)(records)
+    swept = [r for r in records if isinstance(r.config.get("controller", {}).get("rho"), (int, float))]
+    cells = analysis.numbers["cells"]
+    assert sum(c["seeds"] for c in cells) == len(swept) > 0
+    assert sum(c["censored"] for c in cells) == sum(r.censored for r in swept)
+    assert analysis.numbers["chosen"]["alpha"] > 0  # T_grok grows with rho in the released study
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", str(RELEASE), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = (out / "report.md").read_text()
+    assert "## Censored delay law" in text and "figures/censored_delay_law.png" in text
+    assert (out / "figures" / "censored_delay_law.pdf").is_file()

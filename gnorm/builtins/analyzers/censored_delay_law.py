@@ -338,7 +338,8 @@ def censored_delay_law_figure(runs: SurvivalRuns, numbers: dict[str, Any], x_key
                               groups: Sequence[tuple] | None = None) -> Figure:
     """Every seed's T_grok against x (log y): grokked seeds as dots, censored seeds as open triangles
     pointing up at the step they were censored; per group the chosen AFT model's median line
-    exp(intercept + alpha x + sigma median(eps)) (solid) and the median-of-grokked fit (dashed)."""
+    exp(intercept + alpha x + sigma median(eps)) (solid) and the median-of-grokked fit (dashed).
+    Seeds are spread a little along x, and groups side by side, so that equal times stay visible."""
     groups = list(groups if groups is not None else runs.groups)
     figure = new_figure(8.0, 5.6 if len(groups) > 2 else 5.0)
     axes = figure.subplots()
@@ -346,10 +347,12 @@ def censored_delay_law_figure(runs: SurvivalRuns, numbers: dict[str, Any], x_key
     chosen, median = numbers["chosen"], numbers["median_fit"]
     group_by = numbers["group_by"]
     spread = (max(runs.x) - min(runs.x)) or 1.0
-    for key, colour in zip(groups, colours):
+    for index, (key, colour) in enumerate(zip(groups, colours)):
         rows = [i for i, k in enumerate(runs.keys) if k == key]
         seeds = sorted({runs.seeds[i] for i in rows})
-        jitter = {s: (j - (len(seeds) - 1) / 2) * 0.012 * spread / max(len(seeds), 1) for j, s in enumerate(seeds)}
+        shift = (index - (len(groups) - 1) / 2) * 0.012 * spread  # groups side by side at each x
+        jitter = {s: shift + (j - (len(seeds) - 1) / 2) * 0.01 * spread / max(len(seeds), 1)
+                  for j, s in enumerate(seeds)}
         done = [(runs.x[i] + jitter[runs.seeds[i]], runs.times[i]) for i in rows if runs.grokked[i]]
         censored = [(runs.x[i] + jitter[runs.seeds[i]], runs.times[i]) for i in rows if not runs.grokked[i]]
         if done:
@@ -374,7 +377,7 @@ def censored_delay_law_figure(runs: SurvivalRuns, numbers: dict[str, Any], x_key
     handles, _ = axes.get_legend_handles_labels()
     handles += [Line2D([], [], color="0.3", marker="o", ls="", ms=4, label="seed that grokked"),
                 Line2D([], [], color="0.3", marker="^", mfc="none", ls="", ms=7, label="censored seed, at its budget"),
-                Line2D([], [], color="0.3", ls="--", label=r"median of grokked seeds (delay_law), $\alpha$ = "
+                Line2D([], [], color="0.3", ls="--", label=r"median of grokked seeds (delay_law / shared_exponent), $\alpha$ = "
                        + (f"{median['alpha']:.2f}" if median and median["alpha"] is not None else "none"))]
     axes.legend(handles=handles, loc="upper left", fontsize=8)
     axes.margins(y=0.1)
