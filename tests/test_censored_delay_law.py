@@ -6,6 +6,7 @@ renders with censored seeds drawn as such."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -323,3 +324,40 @@ def test_on_a_store_gnorm_trained_every_clamp_run_is_read_and_the_report_shows_t
     text = (out / "report.md").read_text()
     assert "## Censored delay law" in text and "figures/censored_delay_law.png" in text
     assert (out / "figures" / "censored_delay_law.pdf").is_file()
+
+
+# -- on the papers' released data (skipped where ../shared/reference is absent) ----------------------
+
+
+REFERENCE = Path(os.environ.get("GNORM_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
+needs_reference = pytest.mark.skipif(not (REFERENCE / "paper-a").is_dir(), reason=f"no reference data at {REFERENCE}")
+
+
+@needs_reference
+def test_on_the_dense_sweep_nothing_is_censored_and_alpha_agrees_with_the_median_fit(tmp_path):
+    from gnorm.importers import import_reference
+
+    store = Store(tmp_path / "denserho", create=True)
+    import_reference(REFERENCE / "paper-a" / "denserho", store)
+    numbers = censored_delay_law_analyzer(CensoredDelayLawConfig(stages=["denserho/clamp"]))(store.records()).numbers
+    assert sum(c["censored"] for c in numbers["cells"]) == 0 and sum(c["seeds"] for c in numbers["cells"]) == 144
+    assert numbers["median_fit"]["alpha"] == pytest.approx(7.638, abs=5e-4)
+    chosen = numbers["chosen"]
+    assert chosen["model"] == "lognormal + seed effect" and chosen["alpha"] == pytest.approx(7.61, abs=0.01)
+    low, high = chosen["profile_ci"]
+    assert 7.45 < low < chosen["alpha"] < high < 7.8
+
+
+@needs_reference
+def test_on_the_rho_lr_matrix_the_censored_seeds_count_and_raise_alpha(tmp_path):
+    from gnorm.importers import import_reference
+
+    store = Store(tmp_path / "efflr", create=True)
+    import_reference(REFERENCE / "paper-a" / "efflr", store)
+    records = store.records()
+    config = CensoredDelayLawConfig(stages=["efflr/clamp"], within={"optimizer.lr": [1e-3, 1e-3]}, seed_effect=False)
+    numbers = censored_delay_law_analyzer(config)(records).numbers
+    censored = {c["x"]: (c["censored"], c["censored_at"]) for c in numbers["cells"] if c["censored"]}
+    assert censored == {1.3: (4, 30000)}  # paper A: 12 of 16 seeds by 30k steps at rho 1.3
+    dropped = censored_delay_law_analyzer(config)([r for r in records if not r.censored]).numbers
+    assert numbers["chosen"]["alpha"] > dropped["chosen"]["alpha"] > numbers["median_fit"]["alpha"]
