@@ -85,9 +85,9 @@ def test_the_gradient_is_the_derivative_of_the_log_likelihood(model):
     data = survival(simulate(seeds=6, intercepts=(-0.5, 0.2), tau=0.2, budget_rho=1.0))
     assert not data.grokked.all()
     theta = np.array([-0.4, 0.3, 7.2, math.log(0.2)] + ([math.log(0.15)] if model.seed_effect else []))
-    value, gradient = aft_log_likelihood(theta, data, model)
-    numeric = [(aft_log_likelihood(theta + 1e-6 * e, data, model)[0] - aft_log_likelihood(theta - 1e-6 * e, data, model)[0])
-               / 2e-6 for e in np.eye(theta.size)]
+    _, gradient = aft_log_likelihood(theta, data, model)
+    value = lambda point: aft_log_likelihood(point, data, model)[0]  # noqa: E731
+    numeric = [(value(theta + 1e-6 * e) - value(theta - 1e-6 * e)) / 2e-6 for e in np.eye(theta.size)]
     assert np.allclose(gradient, numeric, rtol=1e-5, atol=1e-5)
 
 

@@ -295,7 +295,8 @@ def maximize(function: Callable[[np.ndarray], tuple[float, np.ndarray]], start: 
             trial = theta.copy()
             trial[free] += step * direction
             trial_value, trial_gradient = function(trial)
-            if np.isfinite(trial_value) and np.all(np.isfinite(trial_gradient)) and trial_value >= value - 1e-12 * (1.0 + abs(value)):
+            finite = np.isfinite(trial_value) and np.all(np.isfinite(trial_gradient))
+            if finite and trial_value >= value - 1e-12 * (1.0 + abs(value)):
                 break
             step *= 0.5
         else:

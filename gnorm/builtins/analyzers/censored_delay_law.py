@@ -281,9 +281,9 @@ def cell_counts(runs: SurvivalRuns, group_by: list[str]) -> list[dict[str, Any]]
     the grokked seeds."""
     cells: dict[tuple, dict[str, Any]] = {}
     for i, key in enumerate(runs.keys):
-        cell = cells.setdefault((key, runs.x[i]), {"group": dict(zip(group_by, key)), "label": group_label(group_by, key),
-                                                   "x": runs.x[i], "seeds": 0, "grokked": 0, "censored": 0,
-                                                   "censored_at": None, "fitted": key in runs.groups, "times": []})
+        cell = cells.setdefault((key, runs.x[i]), {
+            "group": dict(zip(group_by, key)), "label": group_label(group_by, key), "x": runs.x[i], "seeds": 0,
+            "grokked": 0, "censored": 0, "censored_at": None, "fitted": key in runs.groups, "times": []})
         cell["seeds"] += 1
         if runs.grokked[i]:
             cell["grokked"] += 1
@@ -324,7 +324,7 @@ def separate_table(numbers: dict[str, Any], config: CensoredDelayLawConfig) -> T
 def counts_table(counts: list[dict[str, Any]], config: CensoredDelayLawConfig) -> Table:
     rows = [[c["label"], c["x"], c["seeds"], c["grokked"], c["censored"], c["censored_at"], c["median_grokked"],
              "yes" if c["fitted"] else "no"] for c in counts]
-    return Table(f"runs per cell: grokked and censored (censored at the budget)",
+    return Table("runs per cell: grokked and censored (censored at the budget)",
                  ["group", config.x, "seeds", "grokked", "censored", "censored at", "median T_grok (grokked)",
                   "fitted"], rows)
 
@@ -377,7 +377,8 @@ def censored_delay_law_figure(runs: SurvivalRuns, numbers: dict[str, Any], x_key
     handles, _ = axes.get_legend_handles_labels()
     handles += [Line2D([], [], color="0.3", marker="o", ls="", ms=4, label="seed that grokked"),
                 Line2D([], [], color="0.3", marker="^", mfc="none", ls="", ms=7, label="censored seed, at its budget"),
-                Line2D([], [], color="0.3", ls="--", label=r"median of grokked seeds (delay_law / shared_exponent), $\alpha$ = "
+                Line2D([], [], color="0.3", ls="--",
+                       label=r"median of grokked seeds (delay_law / shared_exponent), $\alpha$ = "
                        + (f"{median['alpha']:.2f}" if median and median["alpha"] is not None else "none"))]
     axes.legend(handles=handles, loc="upper left", fontsize=8)
     axes.margins(y=0.1)
