@@ -1,5 +1,7 @@
 """Helpers every analyzer and report section shares: record queries, labels and grouping
 (:mod:`gnorm.analysis.records`) and the statistics of cells of seeds (:mod:`gnorm.analysis.statistics`).
+The censored (accelerated failure time) likelihoods are in :mod:`gnorm.analysis.survival`, imported
+from there by the one analyzer that fits them.
 
 Each helper stands here once; analyzers, report sections, ``gnorm show`` and the study coordinator
 import it from here.

@@ -4,6 +4,9 @@
   ``critical_norm_vs_p``);
 * :mod:`.delay_law`: ``delay_law`` (ln T_grok = a + alpha * x per group) and ``shared_exponent`` (one
   alpha for all groups) (figures ``delay_law``);
+* :mod:`.censored_delay_law`: ``censored_delay_law``, log-normal and Weibull accelerated failure time
+  fits of every seed's T_grok on x, censored seeds included at their budget, with a per-seed effect,
+  chosen by AIC (figure ``censored_delay_law``);
 * :mod:`.levers`: ``levers``, how many times slower or faster grokking gets between the ends of a
   sweep (figures ``rho_lr_heatmap``, in the delay-law section);
 * :mod:`.laws`: ``law_comparison`` (which delay law, by AIC) and ``free_contraction`` (kappa);
@@ -31,10 +34,10 @@ Conventions shared by all of them (those of papers A and B):
 from __future__ import annotations
 
 import gnorm
-from gnorm.builtins.analyzers import arms, critical_norm, delay_law, laws, levers, mediation
+from gnorm.builtins.analyzers import arms, censored_delay_law, critical_norm, delay_law, laws, levers, mediation
 
 #: The family modules, in the order their analyzers are listed.
-FAMILIES = (critical_norm, delay_law, levers, laws, mediation, arms)
+FAMILIES = (critical_norm, delay_law, censored_delay_law, levers, laws, mediation, arms)
 
 
 @gnorm.hookimpl
