@@ -1,7 +1,7 @@
 """The README's "Censoring and the delay law" table: alpha from the median-of-grokked fits
 (``delay_law`` / ``shared_exponent``) and from ``censored_delay_law`` on the papers' released data.
 
-    python scripts/censoring_table.py [REFERENCE]   # default: ../shared/reference beside the checkout
+    python benchmarks/censoring_table.py [REFERENCE]   # default: ../shared/reference beside the checkout
 
 The last column fits the same AFT models to the grokked seeds only (the censored ones dropped, as a
 median-of-grokked fit does): its difference from the AFT column is what censoring alone changes.
