@@ -20,7 +20,7 @@ from gnorm.training.build import build_optimizer
 from gnorm.training.ensemble import Ensemble
 
 BUILTINS = build_registry(autoload=False)
-STEPS = 200
+STEPS = 50
 
 #: name, config, and the torch.optim optimizer that computes the same update given param groups
 #: (weight-norm tensors, the rest).
