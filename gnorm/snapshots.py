@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import attrs
 
 from gnorm.converter import structure, suggest
-from gnorm.errors import Problem, UserError
+from gnorm.errors import Problem, UserError, write_failure
 from gnorm.runmodel import SNAPSHOT_MOMENTS, split_seed
 from gnorm.snapshot_index import SnapshotEntry
 from gnorm.store import Store
@@ -102,8 +102,8 @@ class SnapshotSummary:
     bytes: int
 
     def line(self) -> str:
-        return (f"snapshots: {self.snapshots} of {self.runs} runs in {self.files} files, "
-                f"{self.bytes / 2**20:.2f} MiB under {SNAPSHOT_FOLDER}/")
+        return (f"snapshots: {self.snapshots} of {self.runs} runs ({self.files} files, "
+                f"{self.bytes / 2**20:.2f} MiB in {SNAPSHOT_FOLDER}/)")
 
 
 def summary(entries: Sequence[SnapshotEntry]) -> SnapshotSummary:
@@ -111,17 +111,27 @@ def summary(entries: Sequence[SnapshotEntry]) -> SnapshotSummary:
     return SnapshotSummary(len(entries), len({entry.run_id for entry in entries}), len(files), sum(files.values()))
 
 
-def export_snapshots(results_dir: str | Path, entries: Sequence[SnapshotEntry], target: Path) -> Path:
-    """Copy the files of ``entries`` to ``target/snapshots/`` and write ``target/snapshots.json``: one
-    object per entry (run_id, moment, step, sha256, bytes, optimizer_state, file relative to
-    ``target``). Returns the index's path."""
-    for entry in dict((entry.sha256, entry) for entry in entries).values():
-        source = stored_file(results_dir, entry)
-        destination = target / entry.file
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, destination)
-    index = target / "snapshots.json"
-    index.write_text(json.dumps([{**attrs.asdict(entry), "file": entry.file} for entry in entries], indent=1))
+def export_snapshots(results_dir: str | Path, entries: Sequence[SnapshotEntry], target: Path,
+                     option: str = "") -> Path:
+    """Copy the files of ``entries`` to ``target/snapshots/`` (each whole or not at all) and write
+    ``target/snapshots.json``: one object per entry (run_id, moment, step, sha256, bytes,
+    optimizer_state, and file: its path relative to ``target``). Returns the index's path; a failed
+    write is one line naming ``option`` (the command line's) and the path."""
+    destination = index = target / "snapshots.json"
+    try:
+        for entry in dict((entry.sha256, entry) for entry in entries).values():
+            source = stored_file(results_dir, entry)
+            destination = target / entry.file
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
+            shutil.copyfile(source, temporary)
+            os.replace(temporary, destination)
+        destination = index
+        temporary = index.with_name(f".{index.name}.tmp-{os.getpid()}")
+        temporary.write_text(json.dumps([{**attrs.asdict(entry), "file": entry.file} for entry in entries], indent=1))
+        os.replace(temporary, index)
+    except OSError as error:
+        raise write_failure(option, destination, error) from None
     return index
 
 
