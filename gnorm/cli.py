@@ -454,6 +454,7 @@ def show(directory: str) -> None:
     """Print a summary table per stage of the results in DIRECTORY."""
     from gnorm.analysis.records import cell_label
     from gnorm.planner import planned_cells
+    from gnorm.snapshots import summary as snapshot_summary
     from gnorm.tables import format_table, stage_summaries
 
     store = _open(directory)
@@ -467,10 +468,8 @@ def show(directory: str) -> None:
     click.echo(f"{len(records)}/{len(plan)} planned runs finished"
                + (f", {len(failed)} failed (run the file again to retry them)" if failed else "")
                + (f", {missing} still to run" if missing else ""))
-    snapshots = store.snapshots()
-    if snapshots:
-        from gnorm.snapshots import summary
-        click.echo(summary(snapshots).line())
+    if snapshots := store.snapshots():
+        click.echo(snapshot_summary(snapshots).line())
 
 
 def _known_analyzers(registry: Registry, names: tuple[str, ...]) -> None:
@@ -554,8 +553,7 @@ def export(directory: str, fmt: str, out_dir: str | None, with_snapshots: bool) 
         click.echo(f"wrote {path} ({len(rows)} rows)")
     if with_snapshots:
         from gnorm.snapshots import export_snapshots
-        entries = store.snapshots()
-        click.echo(f"wrote {export_snapshots(directory, entries, target, option)} ({len(entries)} snapshots)")
+        click.echo(f"wrote {export_snapshots(directory, store.snapshots(), target, option)}")
 
 
 @main.command()
