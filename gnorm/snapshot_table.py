@@ -67,9 +67,13 @@ def not_evaluated(step: int, stages: Sequence[Stage]) -> list[str]:
 
     reasons = []
     for stage in stages:
+        seen = set()
         for run in stage.runs:
-            if run.training.max_steps < step:
-                continue  # this run ends before the step: it keeps no snapshot there
+            evaluation, fork = run.evaluation, run.fork.at_step if run.fork is not None else None
+            schedule = (run.training.max_steps, evaluation.schedule, evaluation.points, evaluation.every, fork)
+            if run.training.max_steps < step or schedule in seen:
+                continue  # a run that ends before the step keeps no snapshot there
+            seen.add(schedule)
             steps = evaluation_steps(run).tolist()
             if step in steps:
                 continue
