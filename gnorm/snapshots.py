@@ -226,11 +226,29 @@ def load_module(results_dir: str | Path, run_id: str, at: str | int,
     task = _component(registry, "task", record, None)
     with torch.random.fork_rng(devices=[]):
         module = _component(registry, "architecture", record, task)
-    params, buffers = snapshot["tensors"]["params"], snapshot["tensors"]["buffers"]
-    dtype = next(iter(params.values())).dtype if params else torch.float32
-    module = module.to(dtype)
-    module.load_state_dict({**params, **buffers}, strict=True)
+    _load_weights(module, snapshot["tensors"]["params"], snapshot["tensors"]["buffers"], record.run_id)
     return module.eval()
+
+
+def _load_weights(module: torch.nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                  run_id: str) -> None:
+    """Put the stored tensors in ``module`` as the ensemble held them: every parameter and buffer by
+    the name ``named_parameters`` / ``named_buffers`` gives it (non-persistent buffers and tied
+    weights included), in the stored dtype."""
+    import torch
+
+    names = ({name for name, _ in module.named_parameters()}, {name for name, _ in module.named_buffers()})
+    if names != (set(params), set(buffers)):
+        raise UserError([Problem(f"run {run_id}", "architecture", "the snapshot's tensors do not match the "
+                                 "architecture built from the stored configuration (another version of its plugin?)")])
+    for kind, stored, named in (("_parameters", params, module.named_parameters),
+                                ("_buffers", buffers, module.named_buffers)):
+        replacement = {id(tensor): stored[name] for name, tensor in named()}
+        for name, tensor in list(named(remove_duplicate=False)):
+            owner, _, leaf = name.rpartition(".")
+            value = replacement[id(tensor)]
+            getattr(module.get_submodule(owner), kind)[leaf] = torch.nn.Parameter(value) if kind == "_parameters" \
+                else value
 
 
 def load_split(results_dir: str | Path, run_id: str, registry: Registry | None = None) -> Split:

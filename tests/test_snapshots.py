@@ -45,12 +45,12 @@ SHORT = {"name": "short", "training": {"max_steps": 100}}
 
 
 def fast_study(directory: Path, snapshots: dict | None = None, seeds: int | list[int] = 2, stages=None,
-               max_steps: int = 300, checkpoint_seconds: float = 0, **sections) -> Path:
+               max_steps: int = 300, checkpoint_seconds: float = 0, precision: str = "float32", **sections) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
+    training = {"max_steps": max_steps, "checkpoint_seconds": checkpoint_seconds, "precision": precision}
     return write_study(directory, filename="fast.toml", experiment={"name": "fast", "seeds": seeds},
-                       training={"max_steps": max_steps, "checkpoint_seconds": checkpoint_seconds},
-                       executor={"name": "serial"}, stages=stages or [FREE], snapshots=snapshots,
-                       **{**FAST, **sections})
+                       training=training, executor={"name": "serial"}, stages=stages or [FREE],
+                       snapshots=snapshots, **{**FAST, **sections})
 
 
 def run(path: Path, out: Path) -> str:
@@ -65,10 +65,11 @@ def run(path: Path, out: Path) -> str:
 
 
 def test_accuracy(module: torch.nn.Module, split) -> float:
-    """Arg-max accuracy of ``module`` on ``split``'s test examples, computed as gnorm evaluates it."""
+    """Arg-max accuracy of ``module`` on ``split``'s test examples, computed as gnorm evaluates it (in
+    the weights' precision)."""
     with torch.no_grad():
         logits = module(split.inputs[split.test_index])
-    return (logits.argmax(-1) == split.labels[split.test_index]).to(torch.float32).mean().item()
+    return (logits.argmax(-1) == split.labels[split.test_index]).to(logits.dtype).mean().item()
 
 
 test_accuracy.__test__ = False  # a helper, not a test
@@ -354,3 +355,37 @@ def test_export_writes_the_snapshots_and_their_index_only_when_asked(snapshotted
     store.close()
     for row in index:
         assert hashlib.sha256((tmp_path / "all" / row["file"]).read_bytes()).hexdigest() == row["sha256"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# What the loop keeps, moment by moment.
+
+
+def test_a_moment_falls_where_the_criterion_dates_it_and_a_revised_date_drops_its_label():
+    from gnorm.components import GrokTimes
+    from gnorm.training.runlog import RunLog
+    from gnorm.training.snapshots import moments_due, settled
+
+    config = SnapshotConfig(("t_mem", "t_grok", "end", 40))
+    log = RunLog(run=None, times=GrokTimes(t_mem=30, t_grok=None))
+    assert moments_due(config, log, 30, ending=False) == ["t_mem"]
+    assert moments_due(config, log, 40, ending=False) == [40]
+    log.times = GrokTimes(t_mem=30, t_grok=30)  # a criterion that dates T_grok at a step already past
+    assert moments_due(config, log, 50, ending=True) == ["end"]
+    taken = [{"step": 30, "moments": ["t_mem"], "data": b"a"}, {"step": 60, "moments": ["t_grok", "end"], "data": b"b"}]
+    assert settled(taken, t_mem=30, t_grok=60) == taken
+    assert settled(taken, t_mem=None, t_grok=50) == [{"step": 60, "moments": ["end"], "data": b"b"}]
+
+
+def test_a_transformer_trained_in_float64_loads_with_its_stored_test_accuracy(tmp_path):
+    path = fast_study(tmp_path, snapshots={"at": ["end", 10]}, seeds=2, max_steps=20, precision="float64",
+                      task={"p": 23, "train_fraction": 0.7},
+                      architecture={"name": "transformer", "embed_dim": 8, "hidden_dim": None, "num_heads": 2,
+                                    "mlp_dim": 16})
+    run(path, tmp_path / "out")
+    for record, trajectory in stored_runs(tmp_path / "out").values():
+        split = load_split(tmp_path / "out", record.run_id, registry=REGISTRY)
+        for at, step in (("end", 20), (10, 10)):
+            module = load_module(tmp_path / "out", record.run_id, at, registry=REGISTRY)
+            assert {p.dtype for p in module.parameters()} == {torch.float64}
+            assert test_accuracy(module, split) == trajectory["test_acc"][trajectory["step"].index(step)]
