@@ -25,7 +25,7 @@ from gnorm.cli import main
 from gnorm.errors import UserError
 from gnorm.loader import load_experiment
 from gnorm.progress import Progress
-from gnorm.registry import build_registry
+from gnorm.registry import Provider, build_registry
 from gnorm.runmodel import SnapshotConfig, cells_of
 from gnorm.scheduler import run_experiment
 from gnorm.snapshots import load_module, load_snapshot, load_split
@@ -45,20 +45,21 @@ SHORT = {"name": "short", "training": {"max_steps": 100}}
 
 
 def fast_study(directory: Path, snapshots: dict | None = None, seeds: int | list[int] = 2, stages=None,
-               max_steps: int = 300, checkpoint_seconds: float = 0, precision: str = "float32", **sections) -> Path:
+               max_steps: int = 300, checkpoint_seconds: float = 0, precision: str = "float32",
+               executor: dict | None = None, **sections) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     training = {"max_steps": max_steps, "checkpoint_seconds": checkpoint_seconds, "precision": precision}
     return write_study(directory, filename="fast.toml", experiment={"name": "fast", "seeds": seeds},
-                       training=training, executor={"name": "serial"}, stages=stages or [FREE],
+                       training=training, executor=executor or {"name": "serial"}, stages=stages or [FREE],
                        snapshots=snapshots, **{**FAST, **sections})
 
 
-def run(path: Path, out: Path) -> str:
-    """Train ``path`` into ``out`` in this process; the progress it printed."""
+def run(path: Path, out: Path, registry=REGISTRY) -> str:
+    """Train ``path`` into ``out`` coordinated from this process; the progress it printed."""
     printed = io.StringIO()
     store = Store(out, create=True)
     try:
-        assert run_experiment(load_experiment(path, REGISTRY), REGISTRY, store, Progress(printed)) == []
+        assert run_experiment(load_experiment(path, registry), registry, store, Progress(printed)) == []
     finally:
         store.close()
     return printed.getvalue()
@@ -389,3 +390,74 @@ def test_a_transformer_trained_in_float64_loads_with_its_stored_test_accuracy(tm
             module = load_module(tmp_path / "out", record.run_id, at, registry=REGISTRY)
             assert {p.dtype for p in module.parameters()} == {torch.float64}
             assert test_accuracy(module, split) == trajectory["test_acc"][trajectory["step"].index(step)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Workers never write the results directory: snapshots come back with the results.
+
+
+def check_every_snapshot(out: Path) -> int:
+    """Each stored snapshot loads with the stored test accuracy of its step; the count of them."""
+    count = 0
+    for record, trajectory in stored_runs(out).values():
+        split = load_split(out, record.run_id, registry=REGISTRY)
+        store = Store(out, read_only=True)
+        entries = store.snapshots(record.run_id)
+        store.close()
+        for entry in entries:
+            module = load_module(out, record.run_id, entry.moment, registry=REGISTRY)
+            assert test_accuracy(module, split) == trajectory["test_acc"][trajectory["step"].index(entry.step)]
+            count += 1
+    return count
+
+
+@pytest.mark.slow  # spawning worker processes that import torch: about 30 s on the shared 2-core machine
+def test_snapshots_travel_back_from_worker_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("GNORM_DISABLE_PLUGIN_AUTOLOAD", "1")
+    path = fast_study(tmp_path, snapshots={"at": ["end", 10]}, seeds=2, max_steps=20,
+                      executor={"name": "local", "workers": 2})
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert check_every_snapshot(tmp_path / "out") == 4
+
+
+@pytest.mark.slow  # a dask scheduler and worker as separate processes
+def test_snapshots_travel_back_from_a_dask_worker(tmp_path):
+    pytest.importorskip("distributed")
+    gnorm_dask = pytest.importorskip("gnorm_dask")
+    import os
+    import subprocess
+    import sys
+    import time
+
+    dask = Path(sys.executable).with_name("dask")
+    if not dask.exists():
+        pytest.skip("the dask command is not installed next to this Python")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GNORM_DISABLE_PLUGIN_AUTOLOAD": "1"}  # gnorm's own plugins
+    registry = build_registry(extra_plugins=[(gnorm_dask, Provider("gnorm-dask", "test"))], autoload=False)
+    scheduler_file = tmp_path / "scheduler.json"
+    processes = [subprocess.Popen([str(dask), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                   "--scheduler-file", str(scheduler_file)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True, env=env)]
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text())["address"]
+        worker_dir = tmp_path / "worker"  # the worker runs elsewhere and never sees the results directory
+        worker_dir.mkdir()
+        processes.append(subprocess.Popen([str(dask), "worker", address, "--nthreads", "1", "--no-nanny",
+                                           "--no-dashboard", "--host", "127.0.0.1"], cwd=worker_dir,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True, env=env))
+        path = fast_study(tmp_path, snapshots={"at": ["t_mem", "end", 10]}, seeds=2, max_steps=40,
+                          executor={"name": "dask", "scheduler": address})
+        run(path, tmp_path / "out", registry)
+    finally:
+        import signal
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+    assert check_every_snapshot(tmp_path / "out") >= 4
+    assert not any(worker_dir.rglob("*.pt"))
