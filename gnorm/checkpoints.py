@@ -73,7 +73,8 @@ def checkpoint_path(directory: str | Path, run_ids: Sequence[str]) -> Path:
 def job_identity(job: Any, device: str) -> str:
     """SHA-256 over what a job's results depend on, besides the state itself: each run's full
     configuration in order (the checkpoint interval left out), Wc and the per-group Wc, the hash of
-    every start state of a forked job, the device, torch's thread count and torch's version."""
+    every start state of a forked job, the device, torch's thread count and torch's version; and the
+    job's snapshot moments where it has any (a checkpoint taken without them lacks their snapshots)."""
     configurations = []
     for run in job.runs:
         plain = run.plain()
@@ -83,6 +84,9 @@ def job_identity(job: Any, device: str) -> str:
     data = {"format": FORMAT_VERSION, "runs": configurations, "critical_norm": job.critical_norm,
             "group_critical_norms": job.group_critical_norms, "start_states": starts, "device": device,
             "threads": torch.get_num_threads(), "torch": torch.__version__}
+    snapshots = getattr(job, "snapshots", None)
+    if snapshots is not None and snapshots.enabled:
+        data["snapshots"] = snapshots.plain()
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 

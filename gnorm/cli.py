@@ -454,6 +454,7 @@ def show(directory: str) -> None:
     """Print a summary table per stage of the results in DIRECTORY."""
     from gnorm.analysis.records import cell_label
     from gnorm.planner import planned_cells
+    from gnorm.snapshots import summary as snapshot_summary
     from gnorm.tables import format_table, stage_summaries
 
     store = _open(directory)
@@ -467,6 +468,8 @@ def show(directory: str) -> None:
     click.echo(f"{len(records)}/{len(plan)} planned runs finished"
                + (f", {len(failed)} failed (run the file again to retry them)" if failed else "")
                + (f", {missing} still to run" if missing else ""))
+    if snapshots := store.snapshots():
+        click.echo(snapshot_summary(snapshots).line())
 
 
 def _known_analyzers(registry: Registry, names: tuple[str, ...]) -> None:
@@ -523,10 +526,12 @@ def _table_text(rows: list[dict[str, Any]], fmt: str) -> str:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to write (default DIRECTORY/export).")
+@click.option("--snapshots", "with_snapshots", is_flag=True,
+              help="Also copy the weight snapshots (snapshots/) and write their index, snapshots.json.")
 @reports_user_errors
-def export(directory: str, fmt: str, out_dir: str | None) -> None:
+def export(directory: str, fmt: str, out_dir: str | None, with_snapshots: bool) -> None:
     """Write tidy tables of DIRECTORY's runs: runs.<fmt> (one row per run) and evaluations.<fmt>
-    (one row per run and evaluated step)."""
+    (one row per run and evaluated step); with --snapshots also the weight snapshots."""
     store = _open(directory)
     option = "--out" if out_dir else ""
     runs, evaluations = [], []
@@ -546,6 +551,9 @@ def export(directory: str, fmt: str, out_dir: str | None) -> None:
         path = target / f"{name}.{fmt}"
         _write_text(option, path, _table_text(rows, fmt))
         click.echo(f"wrote {path} ({len(rows)} rows)")
+    if with_snapshots:
+        from gnorm.snapshots import export_snapshots
+        click.echo(f"wrote {export_snapshots(directory, store.snapshots(), target, option)}")
 
 
 @main.command()

@@ -3,8 +3,8 @@ check what each run would build, collecting every problem with the file and the 
 
 :func:`load_experiment` reads top to bottom, one named step per part of the file: the command line's
 ``--set`` keys, the top-level keys, ``[experiment]``, the ``[[stage]]`` tables, their runs (one per
-sweep point and seed), the ``[[analysis]]`` tables, the matched source runs of each clamp, and the
-``[executor]`` table.
+sweep point and seed), the ``[[analysis]]`` tables, the matched source runs of each clamp, the
+``[executor]`` table and the ``[snapshots]`` table.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from gnorm.registry import Registry, UnknownComponent
 from gnorm.runmodel import (COMPONENT_SECTIONS, MAX_NORM, MAX_RUNS, MAX_STEPS, RUN_SECTIONS, SECTION_CLASSES,
                             ComponentChoice, Experiment, ExperimentMeta, ForkSpec, RunSpec, Stage, cells_of)
 from gnorm.runmodel import TRANSFORMS_SECTION
+from gnorm.snapshot_table import snapshot_config
 
-TOP_LEVEL_KEYS = ("experiment", *RUN_SECTIONS, "sweep", "zip", "stage", "analysis", "executor")
+TOP_LEVEL_KEYS = ("experiment", *RUN_SECTIONS, "sweep", "zip", "stage", "analysis", "executor", "snapshots")
 STAGE_KEYS = ("name", "critical_norm", "seeds", "fork", "init_weight_decay", "sweep", "zip", *RUN_SECTIONS)
 FORK_KEYS = ("at_step", "controller")
 #: A sweep point: dotted key -> (value, where the file wrote the value).
@@ -53,9 +54,10 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
         stages = _attach_critical_norm_sources(loader, stages)
         _refuse_duplicate_runs(loader, stages)
     executor = _executor_table(loader, data)
+    snapshots = snapshot_config(data.get("snapshots"), stages, loader.problem)
     if loader.problems:
         raise UserError(name_the_command_line(loader.problems, overrides or {}, data))
-    return Experiment(path, meta, stages, chosen_analyses, text, executor)
+    return Experiment(path, meta, stages, chosen_analyses, text, executor, snapshots)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -318,7 +318,13 @@ class RunSpec:
 
     @property
     def split_seed(self) -> int:
-        return derive_seed("split", self.base_configuration()["task"], self.seed)
+        return split_seed(self.base_configuration()["task"], self.seed)
+
+
+def split_seed(task: dict[str, Any], seed: int) -> int:
+    """The seed of a run's data split: from its ``[task]`` table as plain data (name and options) and
+    its seed only."""
+    return derive_seed("split", task, seed)
 
 
 def legacy_optimizer(plain_optimizer: dict[str, Any]) -> dict[str, Any]:
@@ -327,6 +333,28 @@ def legacy_optimizer(plain_optimizer: dict[str, Any]) -> dict[str, Any]:
     if plain_optimizer.get("name") == LEGACY_OPTIMIZER:
         return {key: value for key, value in plain_optimizer.items() if key != "name"}
     return plain_optimizer
+
+
+#: The moments ``[snapshots] at`` may name besides evaluation steps (integers).
+SNAPSHOT_MOMENTS = ("t_mem", "t_grok", "end")
+
+
+@attrs.frozen
+class SnapshotConfig:
+    """``[snapshots]``: the moments at which every run keeps its weights (see gnorm.snapshots): "t_mem"
+    and "t_grok" (the evaluation step where each was detected), "end" (the run's last step) and
+    evaluation steps (integers); with ``optimizer_state`` also the optimizer's state. Never part of a
+    run's identity; ``at`` empty (the default) keeps none."""
+
+    at: tuple[str | int, ...] = ()
+    optimizer_state: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.at)
+
+    def plain(self) -> dict[str, Any]:
+        return {"at": list(self.at), "optimizer_state": self.optimizer_state}
 
 
 @attrs.frozen
@@ -346,6 +374,8 @@ class Experiment:
     #: The file's ``[executor]`` table as written; resolved by :func:`executor_choice` when the study
     #: runs, so that results can be analysed where the executor's plugin is not installed.
     executor: dict[str, Any] = attrs.field(factory=dict)
+    #: The ``[snapshots]`` table (no snapshots when the file has none).
+    snapshots: SnapshotConfig = SnapshotConfig()
 
     @property
     def runs(self) -> list[RunSpec]:

@@ -20,6 +20,7 @@ from gnorm.planner import (PendingCell, checkpointed_parts, pending_cells, plan_
 from gnorm.progress import Progress, StudyCounts
 from gnorm.registry import Registry
 from gnorm.runmodel import Experiment, RunSpec
+from gnorm.snapshots import write_snapshots
 from gnorm.store import Store
 from gnorm.training.jobs import CellJob, TrunkJob
 from gnorm.worker import RunResult, train_cell_task, train_trunk_task
@@ -66,6 +67,7 @@ class Scheduler:
     def __init__(self, experiment: Experiment, registry: Registry, store: Store, progress: Progress,
                  choice: ExecutorChoice, waiting: list[PendingCell]):
         self.registry, self.store, self.progress, self.choice = registry, store, progress, choice
+        self.snapshots = experiment.snapshots if experiment.snapshots.enabled else None
         self.component = registry.get("executor", choice.name)
         self.waiting = waiting
         self.unsettled = {run.run_id for item in waiting for run in item.runs}
@@ -201,7 +203,7 @@ class Scheduler:
                 return
         item.attempts += 1
         job = CellJob(item.runs, item.critical_norm, item.group_critical_norms, start_states,
-                      str(self.checkpoint_of(item.runs)))
+                      str(self.checkpoint_of(item.runs)), self.snapshots)
         attempt = f", attempt {item.attempts}" if item.attempts > 1 else ""
         wc = "" if item.critical_norm is None else f", Wc {item.critical_norm:.4g}"
         self.progress.cell(item.label, f"started ({len(item.runs)} seeds{wc}{attempt})")
@@ -214,7 +216,8 @@ class Scheduler:
         return self.registry if self.component.in_process else None
 
     def stored(self, item: PendingCell, results: list[RunResult]) -> None:
-        """A cell's results: each run announced to observers and written, its checkpoint removed."""
+        """A cell's results: each run announced to observers and written (its snapshot files first), its
+        checkpoint removed."""
         grokked = 0
         for result in results:
             self.announce_and_write(item, result)
@@ -238,7 +241,9 @@ class Scheduler:
         for position, step in enumerate(result.steps):
             hook.gnorm_after_evaluation(run_id=run.run_id, step=step, results_dir=results_dir, cell_label=label,
                                         metrics={key: values[position] for key, values in result.metrics.items()})
-        self.store.write_run(record, result.steps, result.metrics)
+        snapshots = write_snapshots(self.store.directory, record.run_id, result.snapshots,
+                                    self.snapshots is not None and self.snapshots.optimizer_state)
+        self.store.write_run(record, result.steps, result.metrics, snapshots)
         hook.gnorm_after_run(record=record, results_dir=results_dir, cell_label=label,
                              critical_norm=item.critical_norm)
 

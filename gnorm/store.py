@@ -32,6 +32,8 @@ import attrs
 
 from gnorm.components import RunRecord
 from gnorm.errors import Problem, UserError
+from gnorm.snapshot_index import (SNAPSHOT_CHECKS, SNAPSHOT_COLUMNS, SNAPSHOT_SCHEMA, SnapshotEntry, add_snapshot_table,
+                                  entry_of)
 
 DATABASE = "gnorm.sqlite"
 #: Says who holds the directory's lock (the lock itself is on the directory): written while held,
@@ -64,11 +66,11 @@ CREATE TABLE IF NOT EXISTS evaluations (
 CREATE TABLE IF NOT EXISTS plan (
     position INTEGER PRIMARY KEY, run_id TEXT NOT NULL, stage TEXT NOT NULL, cell_json TEXT NOT NULL
 );
-"""
-SCHEMA_VERSION = "1"
+""" + SNAPSHOT_SCHEMA
+SCHEMA_VERSION = "2"
 #: version N -> the function that turns a store of schema N into schema N + 1 (inside the caller's
-#: transaction). Empty while gnorm has had one schema.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+#: transaction). 1 -> 2 adds the snapshot index (gnorm.snapshot_index).
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: add_snapshot_table}
 EVALUATION_COLUMNS = ("train_loss", "test_loss", "train_acc", "test_acc", "weight_norm")
 RUN_COLUMNS = ("run_id", "stage", "cell_json", "seed", "config_json", "status", "t_mem", "t_grok", "norm_at_grok",
                "budget", "facts_json", "finished_at")
@@ -250,8 +252,10 @@ class Store:
         with self._transaction() as connection:
             connection.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
 
-    def write_run(self, record: RunRecord, steps: Sequence[int], metrics: dict[str, Sequence[float]]) -> None:
-        """Store a finished run and its trajectory in one transaction."""
+    def write_run(self, record: RunRecord, steps: Sequence[int], metrics: dict[str, Sequence[float]],
+                  snapshots: Sequence[SnapshotEntry] = ()) -> None:
+        """Store a finished run, its trajectory and the index of its snapshots (whose files are already
+        written) in one transaction."""
         rows = []
         for i, step in enumerate(steps):
             extra = {k: v[i] for k, v in metrics.items() if k not in EVALUATION_COLUMNS}
@@ -265,6 +269,9 @@ class Store:
                  time.time()))
             connection.executemany("INSERT INTO evaluations (run_id, step, train_loss, test_loss, train_acc, "
                                    "test_acc, weight_norm, extra_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            connection.execute("DELETE FROM snapshots WHERE run_id = ?", (record.run_id,))
+            connection.executemany(f"INSERT INTO snapshots ({', '.join(SNAPSHOT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?)",
+                                   [entry.row() for entry in snapshots])
 
     def write_failed(self, run_id: str, stage: str, cell: dict[str, Any], seed: int, config: dict[str, Any],
                      budget: int, error: str, attempts: int) -> None:
@@ -345,6 +352,16 @@ class Store:
         self._raise_damaged(decoded, "runs")
         return [FailedRun(v["run_id"], v["stage"], v["cell_json"], v["seed"], v["facts_json"]["error"],
                           v["facts_json"]["attempts"]) for v, _ in decoded]
+
+    def snapshots(self, run_id: str | None = None) -> list[SnapshotEntry]:
+        """The snapshot index of finished runs (of ``run_id`` only, where given), by run and step."""
+        where = "AND s.run_id = ?" if run_id is not None else ""
+        decoded = [_decoded(row, SNAPSHOT_CHECKS) for row in self._rows(
+            f"SELECT {', '.join(f's.{c}' for c in SNAPSHOT_COLUMNS)} FROM snapshots s JOIN runs r ON "
+            f"r.run_id = s.run_id WHERE r.status = 'done' {where} ORDER BY s.run_id, s.step, s.moment",
+            () if run_id is None else (run_id,))]
+        self._raise_damaged(decoded, "snapshots")
+        return [entry_of(values) for values, _ in decoded]
 
     def trajectory(self, run_id: str) -> dict[str, list[Any]]:
         columns: dict[str, list[Any]] = {"step": [], **{k: [] for k in EVALUATION_COLUMNS}}

@@ -29,15 +29,18 @@ from gnorm.registry import Registry, default_registry
 from gnorm.training.build import train_cell, train_trunk
 from gnorm.training.jobs import CellJob, TrunkJob
 from gnorm.training.runlog import RunLog
+from gnorm.training.snapshots import settled
 
 
 @attrs.frozen
 class RunResult:
-    """One finished run as a task returns it: the record and its evaluations (step, metric columns)."""
+    """One finished run as a task returns it: the record, its evaluations (step, metric columns) and
+    its weight snapshots (see gnorm.training.snapshots; empty without ``[snapshots]``)."""
 
     record: RunRecord
     steps: list[int]
     metrics: dict[str, list[float]]
+    snapshots: list[dict] = attrs.field(factory=list)
 
 
 @contextmanager
@@ -88,7 +91,8 @@ def train_cell_task(job: CellJob, threads: int, registry: Registry | None = None
     results: list[RunResult] = []
 
     def finished(record: RunRecord, log: RunLog) -> None:
-        results.append(RunResult(record, list(log.steps), {k: list(v) for k, v in log.metrics.items()}))
+        results.append(RunResult(record, list(log.steps), {k: list(v) for k, v in log.metrics.items()},
+                                 settled(log.snapshots, record.t_mem, record.t_grok)))
 
     with torch_threads(threads):
         train_cell(job, registry, finished)

@@ -229,21 +229,27 @@ def test_a_schema_version_gnorm_never_wrote_is_refused(tmp_path, version):
     assert_refused(invoke("show", tmp_path / "results"), DATABASE, "schema")
 
 
+#: The schema this gnorm writes, and the next one (that the tests below pretend to be).
+CURRENT = int(store_module.SCHEMA_VERSION)
+NEXT = str(CURRENT + 1)
+
+
 def become_schema_two(monkeypatch) -> None:
-    """gnorm from here on as if its store schema were 2, with a migration from 1 that records it ran."""
+    """gnorm from here on as if its store schema were the next one, with a migration from this one that
+    records it ran."""
     def one_to_two(connection: sqlite3.Connection) -> None:
         connection.execute("CREATE TABLE notes (text TEXT)")
-        connection.execute("INSERT INTO meta VALUES ('migrated_from', '1')")
+        connection.execute(f"INSERT INTO meta VALUES ('migrated_from', '{CURRENT}')")
 
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", "2")
-    monkeypatch.setattr(store_module, "MIGRATIONS", {1: one_to_two})
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", NEXT)
+    monkeypatch.setattr(store_module, "MIGRATIONS", {**store_module.MIGRATIONS, CURRENT: one_to_two})
 
 
 def test_a_writer_migrates_an_older_store_in_place_keeping_its_runs(tmp_path, monkeypatch):
     write_store(tmp_path / "results")
     become_schema_two(monkeypatch)
     store = Store(tmp_path / "results", create=True)
-    assert store.meta("schema_version") == "2" and store.meta("migrated_from") == "1"
+    assert store.meta("schema_version") == NEXT and store.meta("migrated_from") == str(CURRENT)
     assert [r.run_id for r in store.records()] == ["run-0", "run-1", "run-2"]
     store.close()
 
@@ -253,7 +259,7 @@ def test_a_reader_migrates_an_older_store_in_memory_and_leaves_the_file_alone(tm
     before = digest(tmp_path / "results")
     become_schema_two(monkeypatch)
     store = Store(tmp_path / "results", read_only=True)
-    assert store.meta("schema_version") == "2" and store.meta("migrated_from") == "1"
+    assert store.meta("schema_version") == NEXT and store.meta("migrated_from") == str(CURRENT)
     assert len(store.records()) == 3
     store.close()
     assert digest(tmp_path / "results") == before
@@ -265,12 +271,12 @@ def test_a_migration_that_fails_half_way_changes_nothing(tmp_path, monkeypatch):
         connection.execute("INSERT INTO no_such_table VALUES (1)")
 
     write_store(tmp_path / "results")
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", "2")
-    monkeypatch.setattr(store_module, "MIGRATIONS", {1: half})
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", NEXT)
+    monkeypatch.setattr(store_module, "MIGRATIONS", {**store_module.MIGRATIONS, CURRENT: half})
     with pytest.raises(UserError, match="no_such_table"):
         Store(tmp_path / "results", create=True)
     connection = sqlite3.connect(tmp_path / "results" / DATABASE)
-    assert connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
+    assert connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(CURRENT),)
     assert connection.execute("SELECT name FROM sqlite_master WHERE name = 'notes'").fetchall() == []
 
 

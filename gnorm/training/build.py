@@ -59,7 +59,8 @@ def build_cell(job: CellJob, registry: Registry) -> loop.CellParts:
         first.controller.config, controller_context(job, ensemble, start))
     return loop.CellParts(ensemble, optimizer, controller, criterion, observers,
                           at_grok_keys(registry, first.evaluation.observables),
-                          transforms=build_transforms(job, ensemble, registry))
+                          transforms=build_transforms(job, ensemble, registry),
+                          snapshots=job.snapshots if job.snapshots is not None and job.snapshots.enabled else None)
 
 
 def build_trunk(job: TrunkJob, registry: Registry) -> loop.CellParts:

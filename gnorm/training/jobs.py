@@ -11,21 +11,23 @@ from gnorm.forks import TrunkState
 from gnorm.science import every_schedule, geometric_schedule
 
 if TYPE_CHECKING:
-    from gnorm.runmodel import RunSpec
+    from gnorm.runmodel import RunSpec, SnapshotConfig
 
 
 @attrs.frozen
 class CellJob:
     """One cell's runs (same settings, different seeds) and the critical norm its controller uses, in
     total and per weight-norm group (empty when not known); for a forked cell, the trunk state each run
-    starts from (see gnorm.forks); and the file its checkpoints go to (None: no checkpoints; see
-    gnorm.checkpoints)."""
+    starts from (see gnorm.forks); the file its checkpoints go to (None: no checkpoints; see
+    gnorm.checkpoints); and the moments its runs keep weight snapshots at (None: none; see
+    gnorm.snapshots)."""
 
     runs: list[RunSpec]
     critical_norm: float | None
     group_critical_norms: dict[str, float] = attrs.field(factory=dict)
     start_states: list[TrunkState] | None = None
     checkpoint: str | None = None
+    snapshots: SnapshotConfig | None = None
 
 
 @attrs.frozen

@@ -18,10 +18,12 @@ import torch
 from gnorm.checkpoints import Checkpoints, CellState, pickled_components, unpickled_components
 from gnorm.components import BatchedOptimizer, RunRecord
 from gnorm.forks import TrunkState, state_sha256
+from gnorm.runmodel import SnapshotConfig
 from gnorm.science import weight_norm
 from gnorm.training.ensemble import Ensemble
 from gnorm.training.jobs import CellJob, TrunkJob, evaluation_steps
 from gnorm.training.runlog import RunLog
+from gnorm.training.snapshots import take_snapshots
 from gnorm.training.transforms import GradientTransformChain
 
 OnFinished = Callable[[RunRecord, RunLog], None]
@@ -41,6 +43,8 @@ class CellParts:
     at_grok: tuple[str, ...] = ()
     #: The gradient transforms applied to every member's gradients before the optimizer step.
     transforms: GradientTransformChain = attrs.field(factory=GradientTransformChain)
+    #: The moments members keep weight snapshots at (None: none, and nothing is checked).
+    snapshots: SnapshotConfig | None = None
 
 
 def train_cell(job: CellJob, parts: CellParts, on_finished: OnFinished,
@@ -52,7 +56,8 @@ def train_cell(job: CellJob, parts: CellParts, on_finished: OnFinished,
     finished: list[dict[str, Any]] = []  # the runs done in this job, as a checkpoint keeps them
 
     def finish(record: RunRecord, log: RunLog) -> None:
-        finished.append({"record": attrs.asdict(record), "steps": log.steps, "metrics": log.metrics})
+        finished.append({"record": attrs.asdict(record), "steps": log.steps, "metrics": log.metrics,
+                         "snapshots": log.snapshots})
         on_finished(record, log)
 
     def checkpoint(step: int, logs: list[RunLog]) -> None:
@@ -91,6 +96,9 @@ def train(job: CellJob, parts: CellParts, logs: list[RunLog], start: int, finish
         if step not in schedule:
             continue
         done = evaluate(parts, logs, step, first.evaluation.stop_when_grokked)
+        if parts.snapshots is not None:
+            ending = range(len(logs)) if step == first.training.max_steps else done
+            take_snapshots(parts.snapshots, ensemble, optimizer, logs, step, ending)
         on_progress(step, len(logs))
         for position in done:
             finish(logs[position].record(job.critical_norm, ensemble.is_compiled, parts.at_grok), logs[position])
@@ -147,7 +155,8 @@ def resume(job: CellJob, saved: CellState, parts: CellParts, finish: OnFinished)
     runs = {run.run_id: run for run in job.runs}
     for entry in saved.finished:
         run = runs[entry["record"]["run_id"]]
-        finish(RunRecord(**entry["record"]), RunLog(run, list(entry["steps"]), dict(entry["metrics"])))
+        finish(RunRecord(**entry["record"]), RunLog(run, list(entry["steps"]), dict(entry["metrics"]),
+                                                    snapshots=list(entry.get("snapshots", []))))
     if len(saved.members) < ensemble.size:
         positions = {run.run_id: position for position, run in enumerate(job.runs)}
         index = torch.tensor([positions[run_id] for run_id in saved.members], device=ensemble.labels.device)

@@ -27,6 +27,8 @@ class RunLog:
     facts: dict[str, float] = attrs.field(factory=dict)
     times: GrokTimes = GrokTimes(None, None)
     started: float = attrs.field(factory=time.perf_counter)
+    #: The weight snapshots taken so far (see gnorm.training.snapshots; empty without ``[snapshots]``).
+    snapshots: list[dict[str, Any]] = attrs.field(factory=list)
 
     def append(self, step: int, values: dict[str, float]) -> None:
         self.steps.append(step)
@@ -34,17 +36,18 @@ class RunLog:
             self.metrics.setdefault(key, []).append(value)
 
     def plain(self) -> dict[str, Any]:
-        """What a checkpoint keeps of this log: evaluations, facts, T_mem and T_grok so far, and the
-        seconds trained."""
+        """What a checkpoint keeps of this log: evaluations, facts, T_mem and T_grok so far, the
+        seconds trained, and the snapshots taken."""
         return {"run_id": self.run.run_id, "steps": self.steps, "metrics": self.metrics, "facts": self.facts,
                 "t_mem": self.times.t_mem, "t_grok": self.times.t_grok,
-                "seconds": time.perf_counter() - self.started}
+                "seconds": time.perf_counter() - self.started, "snapshots": self.snapshots}
 
     @classmethod
     def from_plain(cls, run: RunSpec, data: dict[str, Any]) -> "RunLog":
         """The log ``plain`` gave, for ``run``; its clock goes on from the seconds trained."""
         return cls(run, list(data["steps"]), {k: list(v) for k, v in data["metrics"].items()}, dict(data["facts"]),
-                   GrokTimes(data["t_mem"], data["t_grok"]), time.perf_counter() - data["seconds"])
+                   GrokTimes(data["t_mem"], data["t_grok"]), time.perf_counter() - data["seconds"],
+                   list(data.get("snapshots", [])))
 
     def record(self, critical_norm: float | None, compiled: bool = False, at_grok: Sequence[str] = ()) -> RunRecord:
         """The run as stored. A grokked run's facts hold each group's norm at T_grok as
