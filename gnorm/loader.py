@@ -30,6 +30,7 @@ from gnorm.runmodel import (COMPONENT_SECTIONS, MAX_NORM, MAX_RUNS, MAX_STEPS, R
 from gnorm.runmodel import TRANSFORMS_SECTION
 
 TOP_LEVEL_KEYS = ("experiment", *RUN_SECTIONS, "sweep", "zip", "stage", "analysis", "executor")
+TOP_LEVEL_KEYS += ("observers",)  # issue 15: trackers, resolved when the study runs (gnorm.observers)
 STAGE_KEYS = ("name", "critical_norm", "seeds", "fork", "init_weight_decay", "sweep", "zip", *RUN_SECTIONS)
 FORK_KEYS = ("at_step", "controller")
 #: A sweep point: dotted key -> (value, where the file wrote the value).
@@ -53,9 +54,10 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
         stages = _attach_critical_norm_sources(loader, stages)
         _refuse_duplicate_runs(loader, stages)
     executor = _executor_table(loader, data)
+    observers = _observers_table(loader, data)
     if loader.problems:
         raise UserError(name_the_command_line(loader.problems, overrides or {}, data))
-    return Experiment(path, meta, stages, chosen_analyses, text, executor)
+    return Experiment(path, meta, stages, chosen_analyses, text, executor, observers)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -323,6 +325,16 @@ def _executor_table(loader: Loader, data: dict) -> dict[str, Any]:
     if not isinstance(executor, dict):
         loader.problem("executor", f"expected a table, found {describe(executor)}")
     return executor
+
+
+def _observers_table(loader: Loader, data: dict) -> dict[str, Any]:
+    """The ``[observers.<name>]`` tables as written; resolved when the study runs (gnorm.observers)."""
+    observers = data.get("observers", {})
+    if not isinstance(observers, dict):
+        loader.problem("observers", f"expected a table of observer name -> options table (like "
+                                    f"[observers.tensorboard]), found {describe(observers)}")
+        return {}
+    return observers
 
 
 # ---------------------------------------------------------------------------------------------------

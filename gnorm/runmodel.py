@@ -346,6 +346,9 @@ class Experiment:
     #: The file's ``[executor]`` table as written; resolved by :func:`executor_choice` when the study
     #: runs, so that results can be analysed where the executor's plugin is not installed.
     executor: dict[str, Any] = attrs.field(factory=dict)
+    #: The file's ``[observers.<name>]`` tables as written (trackers; never part of a run's identity),
+    #: resolved when the study runs (see gnorm.observers).
+    observers: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def runs(self) -> list[RunSpec]:
