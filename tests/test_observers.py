@@ -155,6 +155,17 @@ def test_observer_tables_never_change_a_run_id(tmp_path):
     assert [r.run_id for r in plain.runs] == [r.run_id for r in tracked.runs]
     assert [r.cell_id for r in plain.runs] == [r.cell_id for r in tracked.runs]
     assert all("observers" not in json.dumps(r.plain()) for r in tracked.runs)
+    elsewhere = load_experiment(_study(tmp_path / "c", {"recorder": {}}), build_registry(autoload=False))
+    assert [r.run_id for r in elsewhere.runs] == [r.run_id for r in plain.runs]  # read where it is not installed
+
+
+def test_adding_an_observer_to_a_finished_study_trains_and_announces_nothing(tmp_path):
+    _run(tmp_path, RecorderPlugin())
+    stored = sorted(r.run_id for r in Store(tmp_path / "out").records())
+    plugin = RecorderPlugin()
+    _, problems, _ = _run(tmp_path, plugin, {"recorder": {}})
+    assert problems == [] and sorted(r.run_id for r in Store(tmp_path / "out").records()) == stored
+    assert _of(plugin.events, "observer") == [("before_study", "tiny", 0), ("after_study", 0, 0)]
 
 
 def test_a_tracker_that_raises_mid_study_is_reported_once_and_every_run_is_still_stored(tmp_path):
@@ -210,7 +221,8 @@ def test_gnorm_run_and_validate_refuse_a_bad_observer_table_with_exit_2_and_writ
     registry = build_registry(extra_plugins=[(RecorderPlugin(), RECORDER)], autoload=False)
     monkeypatch.setattr("gnorm.registry.default_registry", lambda: registry)
     path = _study(tmp_path, {"tensorbord": {}})
-    for command in (["run", str(path), "--out", str(tmp_path / "out")], ["validate", str(path)]):
+    for command in (["run", str(path), "--out", str(tmp_path / "out")], ["run", str(path), "--dry-run"],
+                    ["validate", str(path)]):
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 2, result.output
         assert "Traceback" not in result.output
