@@ -328,12 +328,19 @@ def _executor_table(loader: Loader, data: dict) -> dict[str, Any]:
 
 
 def _observers_table(loader: Loader, data: dict) -> dict[str, Any]:
-    """The ``[observers.<name>]`` tables as written; resolved when the study runs (gnorm.observers)."""
+    """The ``[observers.<name>]`` tables as written, resolved when the study runs (gnorm.observers, which
+    also refuses a name no plugin here gives); the options of an installed observer are checked now, so
+    that a ``--set`` among them is named as the command line's."""
     observers = data.get("observers", {})
     if not isinstance(observers, dict):
         loader.problem("observers", f"expected a table of observer name -> options table (like "
                                     f"[observers.tensorboard]), found {describe(observers)}")
         return {}
+    for name, options in observers.items():
+        if isinstance(options, dict) and name in loader.registry.names("observer"):
+            _, problems = structure(options, loader.registry.get("observer", name).config_class)
+            loader.report("observers", [((name,) + path, message, valid) for path, message, valid in problems],
+                          lambda parts: ".".join(parts))
     return observers
 
 

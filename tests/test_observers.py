@@ -230,6 +230,10 @@ def test_gnorm_run_and_validate_refuse_a_bad_observer_table_with_exit_2_and_writ
         assert line.startswith(f"error: {path}: observers.tensorbord: unknown observer 'tensorbord'") and "recorder" in line
     assert not (tmp_path / "out").exists()
     assert "expected a table" in CliRunner().invoke(main, ["validate", str(path), "--set", "observers=3"]).stderr
+    named = CliRunner().invoke(main, ["validate", str(_study(tmp_path / "ok", {"recorder": {}})),
+                                      "--set", "observers.recorder.lable=x"])
+    assert named.exit_code == 2 and named.stderr.startswith(
+        "error: --set: observers.recorder.lable: unknown key (did you mean 'label'?)"), named.stderr
 
 
 def test_gnorm_plugins_lists_an_observer_component_as_kind_observer(monkeypatch):
