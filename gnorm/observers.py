@@ -109,7 +109,8 @@ def observer_listener(name: str, observer: Any) -> Listener:
             methods[event] = (method, None)
             continue
         named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        unknown = [p.name for p in named if p.name not in given and p.default is p.empty]
+        unknown = [p.name for p in parameters if p.default is p.empty and (
+            p.kind is p.POSITIONAL_ONLY or (p in named and p.name not in given))]
         if unknown:
             raise TypeError(f"its {event}() requires {', '.join(unknown)}, which gnorm does not give "
                             f"(it gives {', '.join(given)})")

@@ -245,3 +245,28 @@ def test_gnorm_plugins_lists_an_observer_component_as_kind_observer(monkeypatch)
     [line] = [line for line in CliRunner().invoke(main, ["plugins"]).stdout.splitlines()
               if line.split()[:2] == ["observer", "recorder"]]
     assert "gnorm-recorder 0.3" in line
+
+
+def test_an_observer_method_that_needs_an_argument_no_event_gives_is_refused_when_it_is_built():
+    from gnorm.observers import observer_listener
+
+    class Greedy:
+        def before_run(self, run_id, learning_rate):
+            pass
+
+        def after_run(self, record, extra=None, **everything):
+            pass
+
+    with pytest.raises(TypeError, match=r"before_run\(\) requires learning_rate, which gnorm does not give"):
+        observer_listener("greedy", Greedy())
+
+    class Modest:
+        def after_evaluation(self, step, metrics, note="kept"):
+            pass
+
+        def after_run(self, **everything):
+            pass
+
+    listener = observer_listener("modest", Modest())
+    assert listener.methods["after_evaluation"][1] == ("step", "metrics") and listener.methods["after_run"][1] is None
+    assert set(listener.methods) == {"after_evaluation", "after_run"}
