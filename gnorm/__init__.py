@@ -20,6 +20,7 @@ _COMPONENTS = ("Analyzer", "Architecture", "Executor", "ExecutorOption", "GrokCr
                "Observable", "Task")
 _COMPONENTS += ("GradientTransform",)
 _COMPONENTS += ("Loss", "Optimizer")  # issue 14: how members learn
+_COMPONENTS += ("Observer",)  # issue 15: trackers
 
 
 def __getattr__(name: str):
@@ -40,6 +41,7 @@ __all__ = [
     "Loss",
     "NormController",
     "Observable",
+    "Observer",
     "Optimizer",
     "Task",
     "__version__",

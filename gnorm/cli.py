@@ -286,6 +286,7 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
     as failed are tried again."""
     from gnorm.analysis.records import cell_label
     from gnorm.executor_table import executor_choice
+    from gnorm.observers import observer_choices
     from gnorm.store import Store
 
     experiment, registry = _load(experiment_file, overrides)
@@ -293,6 +294,7 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
                                         {key[len(EXECUTOR_OPTION_PREFIX):]: value
                                          for key, value in executor_options.items()})
     executor = executor_choice(experiment, registry)
+    observers = observer_choices(experiment, registry)  # the [observers.<name>] tables, before anything is written
     if dry_run:
         from gnorm.planner import plan_experiment
 
@@ -311,7 +313,7 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
     with store.exclusive():
         click.echo(f"gnorm {__version__}: {experiment.source} -> {directory}", err=True)
         try:
-            skipped = run_experiment(experiment, registry, store, Progress(), executor)
+            skipped = run_experiment(experiment, registry, store, Progress(), executor, observers)
             ran = _print_summary(store, experiment, registry)
             for line in skipped:
                 click.echo(f"error: {line}", err=True)
@@ -379,9 +381,11 @@ def validate(experiment_file: str, overrides: tuple[str, ...]) -> None:
     from gnorm.planner import plan_experiment
 
     from gnorm.executor_table import executor_choice
+    from gnorm.observers import observer_choices
 
     plan = plan_experiment(experiment)
     executor_choice(experiment, _registry())  # the [executor] table is checked too
+    observer_choices(experiment, _registry())  # and the [observers.<name>] tables
     click.echo(f"{experiment_file}: ok, {len(experiment.runs)} runs in {len(plan.cells)} cells, "
                f"{len(experiment.stages)} stages")
 

@@ -111,7 +111,7 @@ class Analyzer(Component):
 class Observable(Component):
     """Per-member scalars measured at every scheduled evaluation, without autograd, from the logits
     the evaluation computes anyway and the weights. ``factory(config, context: ObservableContext) ->
-    Observer``; an experiment switches it on with ``[evaluation] observables = ["<name>"]``.
+    ObservableMeter``; an experiment switches it on with ``[evaluation] observables = ["<name>"]``.
 
     The contract, declared here:
 
@@ -246,6 +246,39 @@ COMPONENT_KINDS = COMPONENT_KINDS + (GradientTransform,)
 
 
 # ---------------------------------------------------------------------------------------------------
+# Observers (issue 15): trackers configured by ``[observers.<name>]`` tables.
+
+
+@attrs.frozen
+class Observer(Component):
+    """A tracker of a study (TensorBoard, MLflow, ...), switched on by an ``[observers.<name>]`` table
+    of its options (an empty table: the defaults); it never changes what trains or a run's id.
+
+    ``factory(config, context: ObserverContext)`` is called once per ``gnorm run`` in the coordinator,
+    before the study starts, and returns an object with any of the lifecycle methods, named and
+    called like the lifecycle hooks without their ``gnorm_`` prefix (each may take any subset of the
+    hook's arguments, by name): ``before_study``, ``before_run``, ``after_evaluation`` (every stored
+    evaluation of a run, in step order), ``after_run`` and ``after_study``. A method that raises is
+    reported in one line and the observer gets no more events but ``after_study``; the study goes on.
+    """
+
+    kind: ClassVar[str] = "observer"
+
+
+@attrs.frozen
+class ObserverContext:
+    """What an observer may know when it is built: the results directory (absolute), the experiment's
+    name and the path of its file."""
+
+    results_dir: str
+    experiment: str
+    source: str
+
+
+COMPONENT_KINDS = COMPONENT_KINDS + (Observer,)
+
+
+# ---------------------------------------------------------------------------------------------------
 # What the factories return.
 
 
@@ -376,7 +409,7 @@ class EvaluationChunk:
     params: dict[str, torch.Tensor]
 
 
-class Observer(Protocol):
+class ObservableMeter(Protocol):
     def observe(self, chunk: EvaluationChunk) -> dict[str, torch.Tensor]:
         """Called under ``torch.no_grad()`` for every chunk of members at every scheduled evaluation.
         Return metric key -> one value per member of the chunk; the values become trajectory columns."""

@@ -25,6 +25,7 @@ from gnorm.components import (Analyzer, Architecture, Executor, GrokCriterion, N
                               RunRecord, Task)
 from gnorm.components import GradientTransform
 from gnorm.components import Loss, Optimizer
+from gnorm.components import Observer
 
 if TYPE_CHECKING:
     import click
@@ -310,6 +311,40 @@ def gnorm_losses() -> list[Loss]:
     """
 
 
+# Trackers (issue 15): observers configured by the experiment file.
+
+
+@hookspec
+def gnorm_observers() -> list[Observer]:
+    """Register observers (trackers). Called once at start-up; return a list of :class:`gnorm.Observer`.
+
+    An experiment switches one on with an ``[observers.<name>]`` table of its options (``[observers.
+    <name>]`` alone: its defaults); observers never change what trains or a run's id. ``factory(config,
+    context)`` (context: :class:`gnorm.components.ObserverContext`: results directory, experiment name,
+    file) is called in the coordinator when ``gnorm run`` starts and returns an object with any of
+    ``before_study``, ``before_run``, ``after_evaluation``, ``after_run``, ``after_study``: the
+    lifecycle hooks below without their ``gnorm_`` prefix, called at the same moments with the same
+    arguments (a method takes any subset of them, by name). A method that raises is reported in one
+    line and the observer gets no more events but ``after_study``; training and the store go on::
+
+        @attrs.frozen
+        class PrintConfig:
+            every: int = 100
+
+        class PrintTracker:
+            def __init__(self, config, context):
+                self.every = config.every
+            def after_evaluation(self, run_id, step, metrics):
+                if step % self.every == 0:
+                    print(run_id, step, metrics["test_acc"])
+
+        @gnorm.hookimpl
+        def gnorm_observers():
+            return [gnorm.Observer(name="print", summary="print test accuracy now and then",
+                                   config_class=PrintConfig, factory=PrintTracker)]
+    """
+
+
 # ---------------------------------------------------------------------------------------------------
 # Lifecycle: observers (trackers, loggers). Every one of them is called in the coordinator process (the
 # one that runs ``gnorm run``), never in a worker, so a tracker can open a run in ``gnorm_before_run``
@@ -317,6 +352,9 @@ def gnorm_losses() -> list[Loss]:
 # Order: ``gnorm_before_study``; then for each run, when its cell's results reach the coordinator,
 # ``gnorm_before_run``, ``gnorm_after_evaluation`` for each stored evaluation in step order,
 # ``gnorm_after_run``; finally ``gnorm_after_study``. Runs already in the store are not announced.
+# A run is written to the store before it is announced, and an implementation that raises is reported
+# in one line and called no more in that study (but for ``gnorm_after_study``): a tracker's bug never
+# costs a computed result (gnorm.observers).
 
 
 @hookspec

@@ -30,7 +30,8 @@ from gnorm.runmodel import (COMPONENT_SECTIONS, MAX_NORM, MAX_RUNS, MAX_STEPS, R
 from gnorm.runmodel import TRANSFORMS_SECTION
 from gnorm.snapshot_table import snapshot_config
 
-TOP_LEVEL_KEYS = ("experiment", *RUN_SECTIONS, "sweep", "zip", "stage", "analysis", "executor", "snapshots")
+TOP_LEVEL_KEYS = ("experiment", *RUN_SECTIONS, "sweep", "zip", "stage", "analysis", "executor", "snapshots",
+                  "observers")
 STAGE_KEYS = ("name", "critical_norm", "seeds", "fork", "init_weight_decay", "sweep", "zip", *RUN_SECTIONS)
 FORK_KEYS = ("at_step", "controller")
 #: A sweep point: dotted key -> (value, where the file wrote the value).
@@ -55,9 +56,10 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict[str, A
         _refuse_duplicate_runs(loader, stages)
     executor = _executor_table(loader, data)
     snapshots = snapshot_config(data.get("snapshots"), stages, loader.problem)
+    observers = _observers_table(loader, data)
     if loader.problems:
         raise UserError(name_the_command_line(loader.problems, overrides or {}, data))
-    return Experiment(path, meta, stages, chosen_analyses, text, executor, snapshots)
+    return Experiment(path, meta, stages, chosen_analyses, text, executor, snapshots, observers)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -325,6 +327,23 @@ def _executor_table(loader: Loader, data: dict) -> dict[str, Any]:
     if not isinstance(executor, dict):
         loader.problem("executor", f"expected a table, found {describe(executor)}")
     return executor
+
+
+def _observers_table(loader: Loader, data: dict) -> dict[str, Any]:
+    """The ``[observers.<name>]`` tables as written, resolved when the study runs (gnorm.observers, which
+    also refuses a name no plugin here gives); the options of an installed observer are checked now, so
+    that a ``--set`` among them is named as the command line's."""
+    observers = data.get("observers", {})
+    if not isinstance(observers, dict):
+        loader.problem("observers", f"expected a table of observer name -> options table (like "
+                                    f"[observers.tensorboard]), found {describe(observers)}")
+        return {}
+    for name, options in observers.items():
+        if isinstance(options, dict) and name in loader.registry.names("observer"):
+            _, problems = structure(options, loader.registry.get("observer", name).config_class)
+            loader.report("observers", [((name,) + path, message, valid) for path, message, valid in problems],
+                          lambda parts: ".".join(parts))
+    return observers
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "gradient_transform": "gnorm_gradient_transforms",
 }
 REGISTRATION_HOOKS.update({"optimizer": "gnorm_optimizers", "loss": "gnorm_losses"})  # issue 14: how members learn
+REGISTRATION_HOOKS["observer"] = "gnorm_observers"  # issue 15: trackers configured by [observers.<name>]
 _CLASS_OF_KIND = {cls.kind: cls for cls in COMPONENT_KINDS}
 #: Every hook a plugin may implement (registration and lifecycle), as specified in gnorm.hookspecs.
 HOOK_NAMES: list[str] = sorted(name for name, value in vars(hookspecs).items()

@@ -376,6 +376,9 @@ class Experiment:
     executor: dict[str, Any] = attrs.field(factory=dict)
     #: The ``[snapshots]`` table (no snapshots when the file has none).
     snapshots: SnapshotConfig = SnapshotConfig()
+    #: The file's ``[observers.<name>]`` tables as written (trackers; never part of a run's identity),
+    #: resolved when the study runs (see gnorm.observers).
+    observers: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def runs(self) -> list[RunSpec]:

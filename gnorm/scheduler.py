@@ -1,7 +1,7 @@
 """The coordinator: hands the cells the store lacks to an executor as their Wc becomes known, trains
 a fork's trunk as a job of its own before its arms, retries failed cells, writes each run as its
-cell's results return, and tells observers (lifecycle hooks, all fired in this process). Executors'
-workers only train."""
+cell's results return, and tells observers (lifecycle hooks and the file's observers, all in this
+process; gnorm.observers). Executors' workers only train."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from gnorm.checkpoints import CHECKPOINT_FOLDER, checkpoint_path, remove_checkpo
 from gnorm.components import ExecutorContext
 from gnorm.executor_table import ExecutorChoice, executor_choice
 from gnorm.forks import TRUNK_FOLDER, TrunkFiles, TrunkState
+from gnorm.observers import Lifecycle, ObserverChoice, hook_listeners, study_lifecycle
 from gnorm.planner import (PendingCell, checkpointed_parts, pending_cells, plan_experiment, resolve_critical_norms,
                            seed_groups, split_cell, submission_order)
 from gnorm.progress import Progress, StudyCounts
@@ -27,26 +28,32 @@ from gnorm.worker import RunResult, train_cell_task, train_trunk_task
 
 
 def run_experiment(experiment: Experiment, registry: Registry, store: Store, progress: Progress,
-                   executor: ExecutorChoice | None = None) -> list[str]:
+                   executor: ExecutorChoice | None = None, observers: list[ObserverChoice] | None = None) -> list[str]:
     """Train every run the store lacks on the experiment's executor; return one line per problem (a cell
     that could not start, and one summary line for runs that failed on every attempt).
 
     A cell whose Wc comes from another stage starts as soon as its own source cell is settled, not
     after that whole stage. A task that raises is submitted again up to ``retries`` times, then its
     runs are stored as failed and the study goes on. ``gnorm_before_study`` and ``gnorm_after_study``
-    fire around the study (the latter also when it is interrupted).
+    fire around the study (the latter also when it is interrupted), told to the plain lifecycle hooks
+    and to the ``observers`` (None: the file's ``[observers.<name>]`` tables); a listener that raises
+    costs no result (see gnorm.observers) and its line is among the problems returned.
     """
     plan = plan_experiment(experiment)
+    lifecycle = study_lifecycle(experiment, registry, store.directory, observers,
+                                lambda line: progress.cell("warning", line))
     store.set_plan(str(experiment.source), experiment.text, [(r.run_id, r.stage, r.cell) for r in experiment.runs])
     scheduler = Scheduler(experiment, registry, store, progress, executor or executor_choice(experiment, registry),
                           pending_cells(plan, store.finished_run_ids()))
-    hook, name, results_dir = registry.hook, experiment.meta.name, str(store.directory)
-    hook.gnorm_before_study(results_dir=results_dir, experiment=name, runs=len(scheduler.unsettled))
+    scheduler.lifecycle = lifecycle
+    name, results_dir = experiment.meta.name, str(store.directory)
+    lifecycle.tell("before_study", results_dir=results_dir, experiment=name, runs=len(scheduler.unsettled))
     try:
-        return scheduler.run() if scheduler.waiting else []
+        problems = scheduler.run() if scheduler.waiting else []
     finally:
-        hook.gnorm_after_study(results_dir=results_dir, experiment=name, done=scheduler.stored_here,
-                               failed=scheduler.failed_count)
+        lifecycle.tell("after_study", results_dir=results_dir, experiment=name, done=scheduler.stored_here,
+                       failed=scheduler.failed_count)
+    return problems + lifecycle.problems
 
 
 def _one_line(error: BaseException) -> str:
@@ -83,6 +90,9 @@ class Scheduler:
         self.checkpoints = store.directory.resolve() / CHECKPOINT_FOLDER
         self.started = time.monotonic()
         self.pool: Any = None
+        #: Who hears of each stored run: the plain lifecycle hooks, and the file's observers once
+        #: run_experiment has built them.
+        self.lifecycle = Lifecycle(hook_listeners(registry), lambda line: progress.cell("warning", line))
         self.declared_capacity: int | None = None
         self.capacity = 0
 
@@ -231,21 +241,20 @@ class Scheduler:
         self.progress.cell(item.label, f"{grokked}/{len(results)} grokked, {seconds:.0f}s")
 
     def announce_and_write(self, item: PendingCell, result: RunResult) -> None:
-        """``gnorm_before_run``, ``gnorm_after_evaluation`` for each evaluation in order, the run written
-        to the store, then ``gnorm_after_run``."""
-        hook, record, results_dir = self.registry.hook, result.record, str(self.store.directory)
+        """The run written to the store (its snapshot files first), then told to observers: ``before_run``, ``after_evaluation``
+        for each evaluation in order, ``after_run``."""
+        tell, record, results_dir = self.lifecycle.tell, result.record, str(self.store.directory)
         run = next(run for run in item.runs if run.run_id == record.run_id)
         label = cell_label(run.cell)
-        hook.gnorm_before_run(run_id=run.run_id, stage=run.stage, seed=run.seed, config=run.plain(),
-                              results_dir=results_dir, cell_label=label, critical_norm=item.critical_norm)
-        for position, step in enumerate(result.steps):
-            hook.gnorm_after_evaluation(run_id=run.run_id, step=step, results_dir=results_dir, cell_label=label,
-                                        metrics={key: values[position] for key, values in result.metrics.items()})
         snapshots = write_snapshots(self.store.directory, record.run_id, result.snapshots,
                                     self.snapshots is not None and self.snapshots.optimizer_state)
-        self.store.write_run(record, result.steps, result.metrics, snapshots)
-        hook.gnorm_after_run(record=record, results_dir=results_dir, cell_label=label,
-                             critical_norm=item.critical_norm)
+        self.store.write_run(record, result.steps, result.metrics, snapshots)  # first: no observer can cost it
+        tell("before_run", run_id=run.run_id, stage=run.stage, seed=run.seed, config=run.plain(),
+             results_dir=results_dir, cell_label=label, critical_norm=item.critical_norm)
+        for position, step in enumerate(result.steps):
+            tell("after_evaluation", run_id=run.run_id, step=step, results_dir=results_dir, cell_label=label,
+                 metrics={key: values[position] for key, values in result.metrics.items()})
+        tell("after_run", record=record, results_dir=results_dir, cell_label=label, critical_norm=item.critical_norm)
 
     def failed(self, item: PendingCell, error: BaseException) -> None:
         """A cell whose task raised: back to the front of ``waiting`` while it has retries left, else its
