@@ -587,5 +587,9 @@ def import_(folders: tuple[str, ...], out_dir: str) -> None:
             click.echo(f"imported {len(records)} runs from {folder}")
 
 
+from gnorm.cli_plan import plan  # noqa: E402  (gnorm plan: its own module)
+
+main.add_command(plan)
+
 if __name__ == "__main__":
     main()
