@@ -132,6 +132,9 @@ class ReplayResult:
     reached: bool
     seeds: dict[float, int]
     extended: int
+    #: Model-steps had every trained seed run its whole budget (paper A's practice), adaptive and full.
+    budget_steps: int = 0
+    full_budget_steps: int = 0
 
     @property
     def saving(self) -> float | None:
@@ -196,7 +199,48 @@ def replay(sweep: dict[float, Sequence[StoredSeed]], policy: AdaptivePolicy, int
         trained[x] += 1
     found = current_interval(outcomes, interval)
     reached = target is not None and found is not None and found[1] - found[0] <= target
-    return ReplayResult(outcomes, found, full, spent(), full_sweep_steps(sweep), reached, trained, extended)
+    return ReplayResult(outcomes, found, full, spent(), full_sweep_steps(sweep), reached, trained, extended,
+                        sum(o.budget for o in outcomes), sum(s.budget for seeds in sweep.values() for s in seeds))
+
+
+def cheapest_design_bound(sweep: dict[float, Sequence[StoredSeed]], level: float = 0.95) -> tuple[float, dict[float, int]]:
+    """The fewest expected model-steps any design drawn from the sweep's seeds needs to reach the full
+    sweep's large-sample width (:func:`gnorm.budget.analytic_width`, each cell's own seed spread and mean
+    cost min(T_grok, B) from all its seeds): over every subset of 3 or more levels, seeds added greedily
+    (:func:`gnorm.budget.seed_value`) from 3 per level up to the seeds the sweep has. Returns (model-steps,
+    seeds per level); a yardstick for the replay, which does not see the outcomes in advance."""
+    import itertools
+
+    from gnorm.budget import analytic_width
+
+    xs = sorted(sweep)
+    cells = {x: [s.t_grok for s in sweep[x]] for x in xs}
+    pooled = law_from_times(cells)
+    if pooled is None:
+        return math.inf, {}
+    spreads = cell_seed_sds(cells, pooled.seed_sd, prior_seeds=0.0)
+    cost = {x: float(np.mean([s.t_grok if s.t_grok is not None else s.budget for s in sweep[x]])) for x in xs}
+    budgets = {x: max(s.budget for s in sweep[x]) for x in xs}
+
+    def width(design: list[CellDesign]) -> float:
+        return analytic_width(pooled, design, level, [spreads[c.x] for c in design])
+    target = width([CellDesign(x, len(sweep[x]), budgets[x]) for x in xs])
+    best: tuple[float, dict[float, int]] = (math.inf, {})
+    for size in range(3, len(xs) + 1):
+        for levels in itertools.combinations(xs, size):
+            design = [CellDesign(x, min(3, len(sweep[x])), budgets[x]) for x in levels]
+            while width(design) > target:
+                values = seed_value(pooled, design, [spreads[c.x] for c in design])
+                values *= np.array([pooled.expected_steps(c.x, c.budget) / cost[c.x] for c in design])
+                values[[c.seeds >= len(sweep[c.x]) for c in design]] = -1.0
+                pick = int(np.argmax(values))
+                if values[pick] <= 0:
+                    break
+                design[pick] = attrs.evolve(design[pick], seeds=design[pick].seeds + 1)
+            steps = sum(c.seeds * cost[c.x] for c in design)
+            if width(design) <= target and steps < best[0]:
+                best = (steps, {c.x: c.seeds for c in design})
+    return best
 
 
 def sweep_from_records(records: Sequence, x_key: str = "controller.rho", stage: str | None = None,

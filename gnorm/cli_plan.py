@@ -158,7 +158,8 @@ def plan_numbers(experiment: Any, registry: Any, from_dir: str | None, calibrati
     stored_law = law_from_store(from_dir) if from_dir else None
     cells = design_of(experiment)
     priors: dict = {}
-    laws = {design.label: stored_law or _law_for(first, priors) for _, design, first in cells}
+    laws = {design.label: (stored_law if stored_law is not None and (design.x is not None or stored_law.free_t_grok)
+                           else _law_for(first, priors)) for _, design, first in cells}
     rates: dict[str, float] = {}
     if calibration_steps:
         measured: dict[str, float] = {}
@@ -176,7 +177,8 @@ def plan_numbers(experiment: Any, registry: Any, from_dir: str | None, calibrati
             rows.append({"cell": design.label, "x": None, "seeds": design.seeds, "budget": design.budget,
                          "note": "free cell and no free T_grok known: cost at the full budget"})
             rows[-1]["model_steps"] = design.seeds * design.budget
-            rows[-1]["wall_seconds"] = rows[-1]["model_steps"] * rates.get(design.label, math.nan)
+            rate = rates.get(design.label)
+            rows[-1]["wall_seconds"] = rows[-1]["model_steps"] * rate if rate is not None else None
             continue
         rows += design_rows(law, [design], rates)
     stages = []
