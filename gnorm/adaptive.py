@@ -14,7 +14,7 @@ when the policy trains it, censored where the policy's budget is shorter than it
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import attrs
 import numpy as np
@@ -23,18 +23,31 @@ from gnorm.budget import (CellDesign, DelayLawModel, IntervalFunction, cell_seed
                           seed_value)
 
 
+def _positive_or_none(instance: Any, attribute: Any, value: float | None) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"'{attribute.name}' must be a positive number, found {value!r}")
+
+
 @attrs.frozen
 class AdaptivePolicy:
-    """``target_width``: stop once alpha's interval is at most this wide; ``max_model_steps``: stop before
-    spending more; ``extend_factor``: how much longer a censored seed's retraining may be; ``initial_seeds``
-    per cell to start with; ``min_probability``: how likely (by the law) a censored seed must be to grok
-    within the factor to be extended."""
+    """An adaptive stage's ``adaptive`` table. ``target_width``: stop once alpha's 95% interval is at most
+    this wide; ``max_model_steps``: stop before spending more; ``extend_factor``: how much longer a
+    censored seed's retraining may be (1: never); ``initial_seeds`` per cell to start with;
+    ``seeds_per_round``: seeds added between two looks at the interval; ``min_probability``: how likely
+    (by the law) a censored seed must be to grok within the factor to be extended."""
 
-    target_width: float | None = None
-    max_model_steps: float | None = None
-    extend_factor: float = 2.0
-    initial_seeds: int = 3
-    min_probability: float = 0.5
+    target_width: float | None = attrs.field(default=None, validator=_positive_or_none)
+    max_model_steps: float | None = attrs.field(default=None, validator=_positive_or_none)
+    extend_factor: float = attrs.field(default=2.0, validator=attrs.validators.ge(1.0))
+    initial_seeds: int = attrs.field(default=3, validator=attrs.validators.ge(1))
+    seeds_per_round: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    min_probability: float = attrs.field(default=0.5, validator=[attrs.validators.gt(0.0), attrs.validators.le(1.0)])
+
+
+def cell_x(run: Any) -> float | None:
+    """A run's x: its controller's ``rho`` where it has a number there, else None."""
+    rho = getattr(run.controller.config, "rho", None)
+    return float(rho) if isinstance(rho, (int, float)) and not isinstance(rho, bool) else None
 
 
 @attrs.frozen
@@ -85,13 +98,15 @@ def extension_budget(law: DelayLawModel, x: float, budget: int, policy: Adaptive
 
 
 def next_cell(law: DelayLawModel, outcomes: Sequence[Outcome], budgets: dict[float, int],
-              available: dict[float, int]) -> float | None:
+              available: dict[float, int], planned: dict[float, int] | None = None) -> float | None:
     """The x whose next seed buys most precision per expected model-step (among cells with
     ``available[x]`` > 0 untrained seeds), each cell's seed spread its own shrunk to the law's
-    (:func:`gnorm.budget.cell_seed_sds`); None when none is left."""
+    (:func:`gnorm.budget.cell_seed_sds`), counting ``planned[x]`` seeds chosen but not yet seen; None
+    when none is left."""
     cells = observed_cells(outcomes)
+    planned = planned or {}
     xs = sorted(budgets)
-    design = [CellDesign(x, len(cells.get(x, [])), budgets[x]) for x in xs]
+    design = [CellDesign(x, len(cells.get(x, [])) + planned.get(x, 0), budgets[x]) for x in xs]
     spreads = cell_seed_sds(cells, law.seed_sd)
     values = seed_value(law, design, [spreads.get(x, law.seed_sd) for x in xs])
     values[[available.get(x, 0) <= 0 for x in xs]] = -math.inf

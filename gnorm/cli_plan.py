@@ -43,8 +43,9 @@ def _seconds(value: float | None) -> str:
 
 def cell_x(run: Any) -> float | None:
     """The cell's x: its controller's ``rho`` where it has one, else None (a free cell)."""
-    rho = getattr(run.controller.config, "rho", None)
-    return float(rho) if isinstance(rho, (int, float)) and not isinstance(rho, bool) else None
+    from gnorm.adaptive import cell_x as x_of
+
+    return x_of(run)
 
 
 def law_from_store(directory: str, option: str = "--from") -> Any:

@@ -19,6 +19,7 @@ from gnorm.budget import (PRIORS, CellDesign, DelayLawModel, allocate_seeds, ana
                           prior_law, simulate_outcomes, suggest_designs, suggested_budget)
 from gnorm.cli import main
 from gnorm.components import RunRecord
+from gnorm.runmodel import cells_of
 from gnorm.store import Store
 
 LAW = DelayLawModel(intercept=math.log(4000) - 7.5, alpha=7.5, seed_sd=0.1, source="test")
@@ -283,3 +284,105 @@ def test_bad_input_is_one_line_naming_what_is_wrong_and_exit_status_2(tmp_path, 
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and named in lines[0] and "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------------------------------------
+# The adaptive stage.
+
+
+def adaptive_file(tmp_path: Path, adaptive: dict | None, seeds: int = 6, max_steps: int = 400,
+                  name: str = "tiny.toml", clamp_steps: int | None = None) -> Path:
+    clamp = clamp_stage(rhos=(0.9, 1.0, 1.1))
+    if clamp_steps is not None:
+        clamp["training"] = {"max_steps": clamp_steps}
+    if adaptive is not None:
+        clamp["adaptive"] = adaptive
+    return write_study(tmp_path, experiment={"seeds": seeds}, training={"max_steps": max_steps},
+                       stages=[FREE, clamp], filename=name)
+
+
+def loaded(path: Path):
+    from gnorm.loader import load_experiment
+    from gnorm.registry import build_registry
+
+    return load_experiment(path, build_registry(autoload=False))
+
+
+def fake_record(run, t_grok):
+    return RunRecord(run.run_id, run.stage, run.cell, run.seed, run.plain(), 10, t_grok, 50.0,
+                     run.training.max_steps)
+
+
+def test_an_adaptive_stage_keeps_the_run_ids_of_the_plain_stage(tmp_path):
+    plain = loaded(adaptive_file(tmp_path, None, name="plain.toml"))
+    adaptive = loaded(adaptive_file(tmp_path, {"target_width": 1.0, "initial_seeds": 3}))
+    assert [r.run_id for r in adaptive.runs] == [r.run_id for r in plain.runs]
+    assert adaptive.stages[1].adaptive.target_width == 1.0 and plain.stages[1].adaptive is None
+
+
+@pytest.mark.parametrize("table, key", [
+    ({"target_wdth": 1.0}, "stage[clamp].adaptive.target_wdth"),
+    ({"target_width": -1.0}, "stage[clamp].adaptive.target_width"),
+    ({"extend_factor": 0.5}, "stage[clamp].adaptive.extend_factor"),
+    ({"initial_seeds": 1.5}, "stage[clamp].adaptive.initial_seeds"),
+])
+def test_a_bad_adaptive_table_is_named_by_its_key(tmp_path, table, key):
+    from gnorm.errors import UserError
+
+    with pytest.raises(UserError) as error:
+        loaded(adaptive_file(tmp_path, table))
+    assert any(problem.key == key for problem in error.value.problems), [str(p) for p in error.value.problems]
+
+
+def test_an_adaptive_stage_needs_three_levels_of_rho(tmp_path):
+    from gnorm.errors import UserError
+
+    clamp = clamp_stage(rhos=(0.9, 1.1))
+    clamp["adaptive"] = {"target_width": 1.0}
+    with pytest.raises(UserError) as error:
+        loaded(write_study(tmp_path, stages=[FREE, clamp]))
+    assert [p.key for p in error.value.problems] == ["stage[clamp].adaptive"]
+
+
+def test_the_rounds_start_with_the_first_seeds_then_add_seeds_in_file_order_until_the_width(tmp_path):
+    from gnorm.adaptive_stage import next_round
+
+    experiment = loaded(adaptive_file(tmp_path, {"target_width": 0.05, "initial_seeds": 3, "seeds_per_round": 2}))
+    pool = {cell_runs[0].cell["controller.rho"]: cell_runs for cell_runs in cells_of(experiment.stages[1].runs)}
+    first = next_round(experiment, [])
+    assert first.stages[0].runs == experiment.stages[0].runs  # a plain stage trains whole
+    assert [r.run_id for r in first.stages[1].runs] == [r.run_id for x in sorted(pool) for r in pool[x][:3]]
+    rng = np.random.default_rng(0)
+    stored = [fake_record(run, int(LAW.median_t_grok(run.cell.get("controller.rho")) * math.exp(0.1 * rng.standard_normal()))
+                          if run.cell else 600) for run in first.runs]
+    second = next_round(experiment, stored)
+    added = [r for r in second.stages[1].runs if r.run_id not in {s.run_id for s in stored}]
+    assert len(added) == 2
+    for run in added:  # the next seeds of their cells, with the plain stage's ids
+        cell = pool[run.cell["controller.rho"]]
+        assert run in cell[3:5]
+    assert next_round(experiment, stored + [fake_record(r, 5000) for r in added]) is not None
+    wide_enough = loaded(adaptive_file(tmp_path, {"target_width": 50.0}, name="wide.toml"))
+    assert next_round(wide_enough, [fake_record(r, int(LAW.median_t_grok(r.cell["controller.rho"])) + r.seed
+                                                if r.cell else 600) for r in next_round(wide_enough, []).runs]) is None
+
+
+def test_a_censored_seed_is_retrained_as_the_run_a_plain_file_with_the_longer_budget_holds(tmp_path):
+    from gnorm.adaptive_stage import next_round
+
+    experiment = loaded(adaptive_file(tmp_path, {"target_width": 1e-3, "initial_seeds": 3, "extend_factor": 2.0},
+                                      max_steps=2000))
+    first = next_round(experiment, []).runs
+    times = {0.9: [300, 320, 340], 1.0: [700, 760, 800], 1.1: [1500, 1700, None]}
+    stored = []
+    for run in first:
+        if run.stage == "free":
+            stored.append(fake_record(run, 600))
+            continue
+        position = [r.seed for r in first if r.cell == run.cell].index(run.seed)
+        stored.append(fake_record(run, times[run.cell["controller.rho"]][position]))
+    second = next_round(experiment, stored)
+    longer = [r for r in second.runs if r.training.max_steps == 4000]
+    assert len(longer) == 1 and longer[0].cell == {"controller.rho": 1.1}
+    plain_long = loaded(adaptive_file(tmp_path, None, max_steps=2000, clamp_steps=4000, name="long.toml"))
+    assert longer[0].run_id in {r.run_id for r in plain_long.runs}
