@@ -228,17 +228,24 @@ def suggested_budget(law: DelayLawModel, x: float | None, quantile: float = 0.99
 
 def delay_law_interval(x: np.ndarray, t_grok: np.ndarray, budget: np.ndarray, resamples: int = 500,
                        level: float = 0.95, min_grokked: int = 3, seed: int = 0) -> tuple[float, float] | None:
-    """The ``delay_law`` analyzer's bootstrap percentile interval on alpha (seeds resampled within each
-    cell, censored ones included) from per-seed arrays; None when fewer than 3 cells have
-    ``min_grokked`` grokked seeds."""
-    from gnorm.builtins.analyzers.delay_law import fit_delay_law
+    """The ``delay_law`` analyzer's bootstrap percentile interval on alpha from per-seed arrays: over the
+    cells with >= ``min_grokked`` grokked seeds (3 cells at least, else None), each replicate redraws every
+    cell's seeds with replacement (censored ones included), takes the median over its grokked draws, and
+    refits the OLS slope of ln(median) on x (replicates where a cell drew no grokked seed are dropped)."""
+    from gnorm.analysis.statistics import bootstrap_cell_medians
+    from gnorm.science import ols_slopes, percentile_interval
 
     cells: dict[float, list[int | None]] = {}
     for value, time in zip(np.asarray(x, float), np.asarray(t_grok, float)):
         cells.setdefault(round(float(value), 9), []).append(None if math.isnan(time) else int(time))
-    fit = fit_delay_law(cells, min_grokked, resamples, level, seed)
-    low, high = fit.get("alpha_ci", (None, None))
-    return None if fit["alpha"] is None or low is None else (low, high)
+    kept = {x: times for x, times in sorted(cells.items()) if sum(t is not None for t in times) >= min_grokked}
+    if len(kept) < 3:
+        return None
+    replicates = bootstrap_cell_medians(list(kept.values()), resamples, seed)
+    usable = ~np.isnan(replicates).any(axis=0)
+    if not usable.any():
+        return None
+    return percentile_interval(ols_slopes(np.array(list(kept), float), np.log(replicates[:, usable])), level)
 
 
 def simulate_outcomes(law: DelayLawModel, cells: Sequence[CellDesign], rng: np.random.Generator,

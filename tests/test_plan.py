@@ -386,3 +386,15 @@ def test_a_censored_seed_is_retrained_as_the_run_a_plain_file_with_the_longer_bu
     assert len(longer) == 1 and longer[0].cell == {"controller.rho": 1.1}
     plain_long = loaded(adaptive_file(tmp_path, None, max_steps=2000, clamp_steps=4000, name="long.toml"))
     assert longer[0].run_id in {r.run_id for r in plain_long.runs}
+
+
+def test_the_default_interval_is_the_delay_law_analyzers_bootstrap():
+    from gnorm.budget import delay_law_interval
+    from gnorm.builtins.analyzers.delay_law import fit_delay_law
+
+    cells = {0.9: [1800, 2000, None, 2100], 1.0: [3900, 4100, 4000], 1.1: [9000, 8000, 8800, 9900], 1.2: [None, 1]}
+    x = np.array([k for k, v in cells.items() for _ in v], float)
+    t = np.array([math.nan if s is None else s for v in cells.values() for s in v], float)
+    interval = delay_law_interval(x, t, np.full(x.size, 10000.0), resamples=300, seed=4)
+    assert interval == pytest.approx(tuple(fit_delay_law(cells, 3, 300, 0.95, 4)["alpha_ci"]))
+    assert delay_law_interval(x[:7], t[:7], np.full(7, 10000.0)) is None  # two usable cells
