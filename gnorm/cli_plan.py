@@ -88,6 +88,20 @@ def design_of(experiment: Any) -> list[tuple[str, Any, Any]]:
     return cells
 
 
+def fit_groups(cells: list[tuple[str, Any, Any]]) -> dict[tuple[str, str], list[Any]]:
+    """The swept cells (x not None) of each fit: per stage and per value of the stage's other swept keys
+    (``p=59``), as the ``delay_law`` analyzer groups them."""
+    from gnorm.analysis.records import cell_label
+
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for stage_name, design, first in cells:
+        if design.x is None:
+            continue
+        others = {k: v for k, v in first.cell.items() if k != X_KEY}
+        groups.setdefault((stage_name, cell_label(others) if others else ""), []).append(design)
+    return groups
+
+
 def calibrate(cell_runs: list[Any], registry: Any, steps: int) -> float:
     """Wall seconds per model-step of a cell on this machine: its ensemble (all its seeds, on its
     device, compiling off, one torch thread as a local worker trains) built and ``steps`` training
@@ -162,6 +176,7 @@ def plan_numbers(experiment: Any, registry: Any, from_dir: str | None, calibrati
     laws = {design.label: (stored_law if stored_law is not None and (design.x is not None or stored_law.free_t_grok)
                            else _law_for(first, priors)) for _, design, first in cells}
     rates: dict[str, float] = {}
+    notes: list[str] = []
     if calibration_steps:
         measured: dict[str, float] = {}
         for stage_name, design, first in cells:
@@ -169,8 +184,13 @@ def plan_numbers(experiment: Any, registry: Any, from_dir: str | None, calibrati
             if key not in measured:
                 stage = next(s for s in experiment.stages if s.name == stage_name)
                 runs = [r for r in stage.runs if r.cell_id == first.cell_id]
-                measured[key] = calibrate(runs, registry, calibration_steps)
-            rates[design.label] = measured[key]
+                try:
+                    measured[key] = calibrate(runs, registry, calibration_steps)
+                except Exception as error:  # a cell the calibration cannot build alone: no wall time, said so
+                    measured[key] = None
+                    notes.append(f"{design.label}: not calibrated ({type(error).__name__}: {error})")
+            if measured[key] is not None:
+                rates[design.label] = measured[key]
     rows = []
     for _, design, _ in cells:
         law = laws[design.label]
@@ -183,14 +203,13 @@ def plan_numbers(experiment: Any, registry: Any, from_dir: str | None, calibrati
             continue
         rows += design_rows(law, [design], rates)
     stages = []
-    for stage in experiment.stages:
-        swept = [design for name, design, _ in cells if name == stage.name and design.x is not None]
+    for (stage_name, group), swept in fit_groups(cells).items():
         if len({d.x for d in swept}) < 3:
             continue
         law = laws[swept[0].label]
         width = predicted_width(law, swept, simulations=simulations)
         suggestions = suggest_designs(law, swept, simulations=max(simulations // 2, 5))
-        stages.append({"stage": stage.name, "law": attrs.asdict(law), "analytic_width": analytic_width(law, swept),
+        stages.append({"stage": stage_name + (f" {group}" if group else ""), "law": attrs.asdict(law), "analytic_width": analytic_width(law, swept),
                        "predicted_width": attrs.asdict(width),
                        "suggestions": [{"name": s.name, "model_steps": s.model_steps,
                                         "analytic_width": s.analytic_width,
@@ -203,7 +222,7 @@ def plan_numbers(experiment: Any, registry: Any, from_dir: str | None, calibrati
     return {"experiment": experiment.meta.name, "law_source": "from" if from_dir else "priors",
             "laws": {label: attrs.asdict(law) for label, law in laws.items()}, "cells": rows,
             "model_steps": total_steps, "wall_seconds": total_wall, "calibration_steps": calibration_steps,
-            "stages": stages, "interval": "delay_law bootstrap (seeds resampled within cells)",
+            "stages": stages, "notes": notes, "interval": "delay_law bootstrap (seeds resampled within cells)",
             "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "cores": os.cpu_count()}
 
 
@@ -224,6 +243,8 @@ def echo_plan(numbers: dict[str, Any]) -> None:
         click.echo(f"wall time: {numbers['calibration_steps']} steps of each cell's ensemble timed here, one torch "
                    f"thread, compiling off" + (f", load average {load:.1f} on {numbers['cores']} cores" if load is not None
                                                else "") + "; a study's workers share it out")
+    for note in numbers["notes"]:
+        click.echo(f"note: {note}")
     for stage in numbers["stages"]:
         width = stage["predicted_width"]
         quartiles = width["quartiles"]
@@ -327,7 +348,14 @@ def replay_numbers(directory: str, target_width: float | None, initial_seeds: in
     from gnorm.adaptive import AdaptivePolicy, replay, sweep_from_records
     from gnorm.store import Store
 
-    sweep = sweep_from_records(Store(directory, read_only=True).records(), X_KEY, stage)
+    from gnorm.analysis.records import numeric, record_value, varying_keys
+
+    records = Store(directory, read_only=True).records()
+    sweep = sweep_from_records(records, X_KEY, stage)
+    swept = [r for r in records if numeric(record_value(r, X_KEY)) and (stage is None or r.stage == stage)]
+    pooled = varying_keys(swept, exclude=[X_KEY])
+    notes = ([f"the replay pools runs that differ in {', '.join(pooled)} at each rho; name one stage with --stage"]
+             if pooled else [])
     if len(sweep) < 3:
         raise UserError([Problem("--replay", directory, f"holds {len(sweep)} values of controller.rho"
                                  + (f" in stage {stage!r}" if stage else "") + "; a replay needs 3 or more")])
@@ -337,11 +365,13 @@ def replay_numbers(directory: str, target_width: float | None, initial_seeds: in
     others = [replay(sweep, policy, order={x: list(rng.permutation(len(s))) for x, s in sweep.items()})
               for _ in range(orders)]
     if not quiet:
+        for note in notes:
+            click.echo(f"note: {note}")
         echo_replay(result, {x: len(s) for x, s in sweep.items()}, others)
     return {"directory": directory, "policy": attrs.asdict(policy), "model_steps": result.model_steps,
             "full_model_steps": result.full_model_steps, "saving": result.saving, "interval": result.interval,
             "full_interval": result.full_interval, "reached": result.reached,
             "seeds": {str(x): n for x, n in result.seeds.items()}, "extended": result.extended,
             "orders": [{"saving": o.saving, "reached": o.reached, "model_steps": o.model_steps} for o in others],
-            "interval_function": "delay_law bootstrap (seeds resampled within cells, 2000 resamples)"}
+            "notes": notes, "interval_function": "delay_law bootstrap (seeds resampled within cells, 2000 resamples)"}
 
