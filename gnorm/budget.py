@@ -380,28 +380,39 @@ class Suggestion:
 
 def suggest_designs(law: DelayLawModel, cells: Sequence[CellDesign], target_width: float | None = None,
                     count: int = 3, min_seeds: int = 3, interval: IntervalFunction | None = None,
-                    simulations: int = 20) -> list[Suggestion]:
+                    simulations: int = 20, simulated_width: float | None = None) -> list[Suggestion]:
     """Designs of the swept cells that reach ``target_width`` (default: the file's own analytic width) at
     the fewest expected model-steps: for each of :func:`level_subsets`, budgets from
     :func:`suggested_budget` and seeds from :func:`allocate_seeds`. The ``count`` cheapest, cheaper than
-    the file's, are simulated (:func:`predicted_width`) to check the width."""
+    the file's, are simulated (:func:`predicted_width`); where one's simulated width exceeds
+    ``simulated_width`` (the file's own, when given), its target is tightened by the ratio and its seeds
+    allocated again, once."""
     swept = [c for c in cells if c.x is not None]
     if len({c.x for c in swept}) < 3:
         return []
     target = target_width if target_width is not None else analytic_width(law, swept)
     own_steps = design_model_steps(law, swept)
     stop = all(c.stop_when_grokked for c in swept)
-    found = []
-    for name, levels in level_subsets([c.x for c in swept]).items():
+
+    def designed(name: str, levels: list[float], goal: float) -> Suggestion | None:
         base = [CellDesign(x, min_seeds, suggested_budget(law, x), stop) for x in levels]
-        design = allocate_seeds(law, base, target, min_seeds)
+        design = allocate_seeds(law, base, goal, min_seeds)
         if design is None:
-            continue
-        steps = design_model_steps(law, design)
-        if steps < own_steps:
-            found.append(Suggestion(name, design, steps, analytic_width(law, design)))
-    found.sort(key=lambda s: s.model_steps)
-    return [attrs.evolve(s, simulated=predicted_width(law, s.cells, interval, simulations)) for s in found[:count]]
+            return None
+        return Suggestion(name, design, design_model_steps(law, design), analytic_width(law, design))
+    subsets = level_subsets([c.x for c in swept])
+    found = [s for name, levels in subsets.items() if (s := designed(name, levels, target)) is not None]
+    found = sorted((s for s in found if s.model_steps < own_steps), key=lambda s: s.model_steps)[:count]
+    checked = []
+    for suggestion in found:
+        simulated = predicted_width(law, suggestion.cells, interval, simulations)
+        if simulated_width and simulated.median and simulated.median > simulated_width:
+            tighter = designed(suggestion.name, subsets[suggestion.name], target * simulated_width / simulated.median)
+            if tighter is not None:
+                suggestion, simulated = tighter, predicted_width(law, tighter.cells, interval, simulations)
+        if suggestion.model_steps < own_steps:
+            checked.append(attrs.evolve(suggestion, simulated=simulated))
+    return sorted(checked, key=lambda s: s.model_steps)
 
 
 def design_rows(law: DelayLawModel, cells: Sequence[CellDesign], seconds_per_model_step: dict[str, float],

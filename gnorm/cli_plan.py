@@ -90,14 +90,14 @@ def design_of(experiment: Any) -> list[tuple[str, Any, Any]]:
 
 def fit_groups(cells: list[tuple[str, Any, Any]]) -> dict[tuple[str, str], list[Any]]:
     """The swept cells (x not None) of each fit: per stage and per value of the stage's other swept keys
-    (``p=59``), as the ``delay_law`` analyzer groups them."""
+    (``p=59``; the budget, part of the design, is not one), as the ``delay_law`` analyzer groups them."""
     from gnorm.analysis.records import cell_label
 
     groups: dict[tuple[str, str], list[Any]] = {}
     for stage_name, design, first in cells:
         if design.x is None:
             continue
-        others = {k: v for k, v in first.cell.items() if k != X_KEY}
+        others = {k: v for k, v in first.cell.items() if k not in (X_KEY, "training.max_steps")}
         groups.setdefault((stage_name, cell_label(others) if others else ""), []).append(design)
     return groups
 
@@ -208,7 +208,7 @@ def plan_numbers(experiment: Any, registry: Any, from_dir: str | None, calibrati
             continue
         law = laws[swept[0].label]
         width = predicted_width(law, swept, simulations=simulations)
-        suggestions = suggest_designs(law, swept, simulations=max(simulations // 2, 5))
+        suggestions = suggest_designs(law, swept, simulations=simulations, simulated_width=width.median)
         stages.append({"stage": stage_name + (f" {group}" if group else ""), "law": attrs.asdict(law), "analytic_width": analytic_width(law, swept),
                        "predicted_width": attrs.asdict(width),
                        "suggestions": [{"name": s.name, "model_steps": s.model_steps,
