@@ -58,8 +58,8 @@ def stage_choice(stage: Stage, stored: dict[str, RunRecord]) -> list[RunSpec]:
     policy: AdaptivePolicy = stage.adaptive
     outcomes, chosen = stage_outcomes(stage, stored)
     cells = {cell_x(cell[0]): cell for cell in cells_of(stage.runs)}
-    seen = {x: sum(1 for o in outcomes if o.x == x and o.budget == cells[x][0].training.max_steps) for x in cells}
-    first = [run for x, cell in cells.items() for run in cell[seen[x]:policy.initial_seeds]]
+    untrained = {x: [run for run in cell if run.run_id not in stored] for x, cell in cells.items()}
+    first = [run for cell in cells.values() for run in cell[:policy.initial_seeds] if run.run_id not in stored]
     if first:
         return chosen + first
     law = fitted_law(outcomes)
@@ -81,11 +81,11 @@ def stage_choice(stage: Stage, stored: dict[str, RunRecord]) -> list[RunSpec]:
     budgets = {x: cell[0].training.max_steps for x, cell in cells.items()}
     planned: dict[float, int] = {}
     for _ in range(policy.seeds_per_round):
-        available = {x: len(cell) - seen[x] - planned.get(x, 0) for x, cell in cells.items()}
+        available = {x: len(untrained[x]) - planned.get(x, 0) for x in cells}
         x = next_cell(law, outcomes, budgets, available, planned)
         if x is None:
             break
-        added.append(cells[x][seen[x] + planned.get(x, 0)])
+        added.append(untrained[x][planned.get(x, 0)])
         planned[x] = planned.get(x, 0) + 1
     return chosen + added
 
