@@ -398,3 +398,23 @@ def test_the_default_interval_is_the_delay_law_analyzers_bootstrap():
     interval = delay_law_interval(x, t, np.full(x.size, 10000.0), resamples=300, seed=4)
     assert interval == pytest.approx(tuple(fit_delay_law(cells, 3, 300, 0.95, 4)["alpha_ci"]))
     assert delay_law_interval(x[:7], t[:7], np.full(7, 10000.0)) is None  # two usable cells
+
+
+@pytest.mark.slow
+def test_gnorm_run_trains_an_adaptive_stage_in_rounds_with_the_plain_stages_ids_and_resumes(tmp_path):
+    from gnorm.store import Store as ResultStore
+
+    study = adaptive_file(tmp_path, {"target_width": 1e-3, "initial_seeds": 3, "seeds_per_round": 2, "extend_factor": 1.0},
+                          seeds=4, max_steps=1500)
+    plain = loaded(adaptive_file(tmp_path, None, seeds=4, max_steps=1500, name="plain.toml"))
+    out = tmp_path / "results"
+    first = CliRunner().invoke(main, ["run", str(study), "--out", str(out), "--executor", "serial"])
+    assert first.exit_code == 0, first.output
+    stored = {r.run_id: r for r in ResultStore(out, read_only=True).records(planned_only=False)}
+    clamp = [r for r in stored.values() if r.stage == "clamp"]
+    assert {r.run_id for r in clamp} <= {r.run_id for r in plain.runs}  # the plain stage's ids
+    per_cell = {rho: sum(r.cell["controller.rho"] == rho for r in clamp) for rho in (0.9, 1.0, 1.1)}
+    assert all(count >= 3 for count in per_cell.values()) and sum(per_cell.values()) > 9  # rounds added seeds
+    again = CliRunner().invoke(main, ["run", str(study), "--out", str(out), "--executor", "serial"])
+    assert again.exit_code == 0, again.output
+    assert set(ResultStore(out, read_only=True).finished_run_ids()) == set(stored)  # nothing retrained
