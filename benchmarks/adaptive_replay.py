@@ -57,7 +57,8 @@ def synthetic(sweep: dict[float, list[StoredSeed]], pool: int, rng: np.random.Ge
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", default=str(Path(__file__).resolve().parents[2] / "shared/reference/paper-a/denserho"))
+    parser.add_argument("--reference", default="../shared/reference/paper-a/denserho",
+                        help="the released dense sweep (relative to the repository root by default)")
     parser.add_argument("--orders", type=int, default=10)
     parser.add_argument("--pool", type=int, default=48)
     parser.add_argument("--replicates", type=int, default=5)

@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import attrs
 import numpy as np
 
-from gnorm.budget import (CellDesign, DelayLawModel, IntervalFunction, cell_seed_sds, delay_law_interval, law_from_times,
-                          seed_value)
+from gnorm.budget import (CellDesign, DelayLawModel, IntervalFunction, cell_seed_sds, delay_law_interval,
+                          law_from_times, seed_value)
 
 
 def _positive_or_none(instance: Any, attribute: Any, value: float | None) -> None:
@@ -218,7 +218,8 @@ def replay(sweep: dict[float, Sequence[StoredSeed]], policy: AdaptivePolicy, int
                         sum(o.budget for o in outcomes), sum(s.budget for seeds in sweep.values() for s in seeds))
 
 
-def cheapest_design_bound(sweep: dict[float, Sequence[StoredSeed]], level: float = 0.95) -> tuple[float, dict[float, int]]:
+def cheapest_design_bound(sweep: dict[float, Sequence[StoredSeed]], level: float = 0.95,
+                          ) -> tuple[float, dict[float, int]]:
     """The fewest expected model-steps any design drawn from the sweep's seeds needs to reach the full
     sweep's large-sample width (:func:`gnorm.budget.analytic_width`, each cell's own seed spread and mean
     cost min(T_grok, B) from all its seeds): over every subset of 3 or more levels, seeds added greedily

@@ -209,7 +209,8 @@ def plan_numbers(experiment: Any, registry: Any, from_dir: str | None, calibrati
         law = laws[swept[0].label]
         width = predicted_width(law, swept, simulations=simulations)
         suggestions = suggest_designs(law, swept, simulations=simulations, simulated_width=width.median)
-        stages.append({"stage": stage_name + (f" {group}" if group else ""), "law": attrs.asdict(law), "analytic_width": analytic_width(law, swept),
+        stages.append({"stage": stage_name + (f" {group}" if group else ""), "law": attrs.asdict(law),
+                       "analytic_width": analytic_width(law, swept),
                        "predicted_width": attrs.asdict(width),
                        "suggestions": [{"name": s.name, "model_steps": s.model_steps,
                                         "analytic_width": s.analytic_width,
@@ -240,9 +241,9 @@ def echo_plan(numbers: dict[str, Any]) -> None:
                f"{_seconds(numbers['wall_seconds']):>9}")
     if numbers["calibration_steps"]:
         load = numbers["load_average"]
+        measured_under = f", load average {load:.1f} on {numbers['cores']} cores" if load is not None else ""
         click.echo(f"wall time: {numbers['calibration_steps']} steps of each cell's ensemble timed here, one torch "
-                   f"thread, compiling off" + (f", load average {load:.1f} on {numbers['cores']} cores" if load is not None
-                                               else "") + "; a study's workers share it out")
+                   f"thread, compiling off{measured_under}; a study's workers share it out")
     for note in numbers["notes"]:
         click.echo(f"note: {note}")
     for stage in numbers["stages"]:

@@ -89,8 +89,8 @@ def test_the_large_sample_width_halves_with_four_times_the_seeds_and_needs_three
 
 
 def test_simulated_studies_censor_seeds_past_their_budget():
-    x, t, budget = simulate_outcomes(LAW, [CellDesign(1.25, 200, int(LAW.median_t_grok(1.25))), CellDesign(None, 5, 100)],
-                                     np.random.default_rng(0))
+    at_median = CellDesign(1.25, 200, int(LAW.median_t_grok(1.25)))
+    x, t, budget = simulate_outcomes(LAW, [at_median, CellDesign(None, 5, 100)], np.random.default_rng(0))
     assert x.size == 200  # the free cell is not part of the sweep
     censored = np.isnan(t).mean()
     assert censored == pytest.approx(0.5, abs=0.1)
@@ -353,7 +353,7 @@ def test_the_rounds_start_with_the_first_seeds_then_add_seeds_in_file_order_unti
     assert first.stages[0].runs == experiment.stages[0].runs  # a plain stage trains whole
     assert [r.run_id for r in first.stages[1].runs] == [r.run_id for x in sorted(pool) for r in pool[x][:3]]
     rng = np.random.default_rng(0)
-    stored = [fake_record(run, int(LAW.median_t_grok(run.cell.get("controller.rho")) * math.exp(0.1 * rng.standard_normal()))
+    stored = [fake_record(run, int(LAW.median_t_grok(run.cell["controller.rho"]) * math.exp(0.1 * rng.standard_normal()))
                           if run.cell else 600) for run in first.runs]
     second = next_round(experiment, stored)
     added = [r for r in second.stages[1].runs if r.run_id not in {s.run_id for s in stored}]
@@ -404,8 +404,8 @@ def test_the_default_interval_is_the_delay_law_analyzers_bootstrap():
 def test_gnorm_run_trains_an_adaptive_stage_in_rounds_with_the_plain_stages_ids_and_resumes(tmp_path):
     from gnorm.store import Store as ResultStore
 
-    study = adaptive_file(tmp_path, {"target_width": 1e-3, "initial_seeds": 3, "seeds_per_round": 2, "extend_factor": 1.0},
-                          seeds=4, max_steps=1500)
+    policy = {"target_width": 1e-3, "initial_seeds": 3, "seeds_per_round": 2, "extend_factor": 1.0}
+    study = adaptive_file(tmp_path, policy, seeds=4, max_steps=1500)
     plain = loaded(adaptive_file(tmp_path, None, seeds=4, max_steps=1500, name="plain.toml"))
     out = tmp_path / "results"
     first = CliRunner().invoke(main, ["run", str(study), "--out", str(out), "--executor", "serial"])
