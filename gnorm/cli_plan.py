@@ -275,6 +275,9 @@ def echo_replay(result: Any, sweep_sizes: dict[float, int], orders: list[Any]) -
                f"{'reached' if result.reached else 'did not reach'} the target; {result.extended} seeds extended")
     click.echo("seeds per rho: " + ", ".join(f"{x:g}: {n}" for x, n in sorted(result.seeds.items())))
     click.echo(f"saving: {result.saving:.2f}x fewer model-steps (both stop each seed at its T_grok)")
+    if result.budget_steps:
+        click.echo(f"had every seed trained its whole budget (paper A's practice): {result.budget_steps:,} vs "
+                   f"{result.full_budget_steps:,} model-steps, {result.full_budget_steps / result.budget_steps:.2f}x fewer")
     if orders:
         savings = [o.saving for o in orders]
         reached = sum(o.reached for o in orders)
@@ -370,6 +373,7 @@ def replay_numbers(directory: str, target_width: float | None, initial_seeds: in
             click.echo(f"note: {note}")
         echo_replay(result, {x: len(s) for x, s in sweep.items()}, others)
     return {"directory": directory, "policy": attrs.asdict(policy), "model_steps": result.model_steps,
+            "budget_steps": result.budget_steps, "full_budget_steps": result.full_budget_steps,
             "full_model_steps": result.full_model_steps, "saving": result.saving, "interval": result.interval,
             "full_interval": result.full_interval, "reached": result.reached,
             "seeds": {str(x): n for x, n in result.seeds.items()}, "extended": result.extended,
