@@ -30,7 +30,8 @@ from gnorm.runmodel import (COMPONENT_SECTIONS, MAX_NORM, MAX_RUNS, MAX_STEPS, R
 from gnorm.runmodel import TRANSFORMS_SECTION
 
 TOP_LEVEL_KEYS = ("experiment", *RUN_SECTIONS, "sweep", "zip", "stage", "analysis", "executor")
-STAGE_KEYS = ("name", "critical_norm", "seeds", "fork", "init_weight_decay", "sweep", "zip", "adaptive", *RUN_SECTIONS)
+STAGE_KEYS = ("name", "critical_norm", "seeds", "fork", "init_weight_decay", "sweep", "zip", "adaptive",
+              *RUN_SECTIONS)
 FORK_KEYS = ("at_step", "controller")
 #: A sweep point: dotted key -> (value, where the file wrote the value).
 Point = dict[str, tuple[Any, str]]
