@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gnorm.adaptive import AdaptivePolicy, StoredSeed, cheapest_design_bound, replay, sweep_from_records
+from gnorm.adaptive import (AdaptivePolicy, Outcome, StoredSeed, cheapest_design_bound, current_interval, replay,
+                            sweep_from_records)
 from gnorm.budget import cell_seed_sds, law_from_times
 from gnorm.importers import import_reference
 from gnorm.store import Store
@@ -94,7 +95,8 @@ def main() -> None:
     ratios = []
     for _ in range(arguments.replicates):
         full, pool = synthetic(sweep, arguments.pool, rng)
-        target = replay(full, policy).full_interval
+        target = current_interval([Outcome(x, i, s.t_grok, s.budget, 0) for x, seeds in full.items()
+                                   for i, s in enumerate(seeds)])
         deep = replay(pool, AdaptivePolicy(target[1] - target[0], initial_seeds=arguments.initial_seeds))
         full_steps = sum(s.t_grok if s.t_grok is not None else s.budget for seeds in full.values() for s in seeds)
         ratios.append(full_steps / deep.model_steps if deep.reached else float("nan"))
