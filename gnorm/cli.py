@@ -305,15 +305,15 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
                            f"controller={spec.controller.name}  max_steps={spec.training.max_steps}")
         click.echo(f"{len(experiment.runs)} runs in {len(experiment.stages)} stages")
         return
+    from gnorm.adaptive_stage import run_study
     from gnorm.progress import Progress
-    from gnorm.scheduler import run_experiment
 
     directory = Path(out_dir or experiment.meta.output_dir or Path("runs") / experiment.meta.name)
     store = Store(directory, create=True)
     with store.exclusive():
         click.echo(f"gnorm {__version__}: {experiment.source} -> {directory}", err=True)
         try:
-            skipped = run_experiment(experiment, registry, store, Progress(), executor, observers)
+            skipped = run_study(experiment, registry, store, Progress(), executor, observers)
             ran = _print_summary(store, experiment, registry)
             for line in skipped:
                 click.echo(f"error: {line}", err=True)
@@ -598,6 +598,10 @@ def import_(folders: tuple[str, ...], out_dir: str) -> None:
             records = import_reference(folder, store)
             click.echo(f"imported {len(records)} runs from {folder}")
 
+
+from gnorm.cli_plan import plan  # noqa: E402  (gnorm plan: its own module)
+
+main.add_command(plan)
 
 if __name__ == "__main__":
     main()

@@ -32,7 +32,8 @@ from gnorm.snapshot_table import snapshot_config
 
 TOP_LEVEL_KEYS = ("experiment", *RUN_SECTIONS, "sweep", "zip", "stage", "analysis", "executor", "snapshots",
                   "observers")
-STAGE_KEYS = ("name", "critical_norm", "seeds", "fork", "init_weight_decay", "sweep", "zip", *RUN_SECTIONS)
+STAGE_KEYS = ("name", "critical_norm", "seeds", "fork", "init_weight_decay", "sweep", "zip", "adaptive",
+              *RUN_SECTIONS)
 FORK_KEYS = ("at_step", "controller")
 #: A sweep point: dotted key -> (value, where the file wrote the value).
 Point = dict[str, tuple[Any, str]]
@@ -118,8 +119,26 @@ def _stages(loader: Loader, data: dict, raw_stages: list[dict], stage_names: lis
         planned_runs += planned
         runs = [run for file_point, stage_point in itertools.product(file_points, stage.points)
                 for run in _runs_at(loader, stage, {**file_point, **stage_point})]
-        stages.append(Stage(stage.name, stage.critical_norm, runs))
+        stages.append(Stage(stage.name, stage.critical_norm, runs, _adaptive(loader, raw_stage, stage.where, runs)))
     return stages
+
+
+def _adaptive(loader: Loader, raw_stage: dict, where: str, runs: list[RunSpec]) -> Any:
+    """The stage's ``adaptive`` table as a :class:`gnorm.adaptive.AdaptivePolicy` (None when absent); the
+    stage must sweep ``controller.rho`` over 3 or more values."""
+    if "adaptive" not in raw_stage:
+        return None
+    from gnorm.adaptive import AdaptivePolicy, cell_x
+
+    policy, problems = structure(raw_stage["adaptive"], AdaptivePolicy)
+    for path_parts, message, valid in problems:
+        loader.problem(".".join((f"{where}adaptive",) + path_parts),
+                       message + (suggest(path_parts[-1], valid) if valid and path_parts else ""))
+    levels = {cell_x(run) for run in runs} - {None}
+    if runs and len(levels) < 3:
+        loader.problem(f"{where}adaptive", f"needs a sweep of controller.rho over 3 or more values, found "
+                       f"{len(levels)}")
+    return policy
 
 
 @attrs.frozen

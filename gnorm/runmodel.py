@@ -362,6 +362,9 @@ class Stage:
     name: str
     critical_norm: float | str | None
     runs: list[RunSpec]
+    #: The stage's adaptive policy (``gnorm.adaptive.AdaptivePolicy``), None for a plain stage: its runs
+    #: are then the pool the policy draws seeds from, and their ids are those of the plain stage.
+    adaptive: Any = None
 
 
 @attrs.frozen
