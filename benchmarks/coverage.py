@@ -52,8 +52,8 @@ def main() -> None:
     experiments: dict[str, list] = {}
     rows = []
     print(f"{args.studies} studies of {args.seeds} seeds x rho {args.rho}, 95% intervals, {args.resamples} resamples")
-    print("| model | noise | true alpha | sd of fitted alpha | censored | cell | seed-block unexpanded | "
-          "seed-block | width cell / seed-block |")
+    print("| model | noise | true alpha | sd of fitted alpha | censored | " + " | ".join(COMPARED_INTERVALS)
+          + " | mean width cell / seed_block |")
     print("|---|---|---|---|---|---|---|---|---|")
     for index in (int(i) for i in args.sources.split(",")):
         name, folder, p, rho_range = SOURCES[index]

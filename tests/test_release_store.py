@@ -85,8 +85,20 @@ def test_the_released_store_is_shown_and_analyzed_with_the_numbers_it_gave(relea
     assert analyzed.returncode == 0, analyzed.stderr
     ours = {a["analyzer"]: a["numbers"] for a in json.loads((tmp_path / "analysis.json").read_text())}
     theirs = {a["analyzer"]: a["numbers"] for a in json.loads((FIXTURE / "analysis.json").read_text())}
-    for key in ("alpha", "intercept", "r_squared", "alpha_ci", "median_t_grok", "cells_used"):
+    for key in ("alpha", "intercept", "r_squared", "median_t_grok", "cells_used"):
         assert ours["delay_law"]["groups"][0][key] == theirs["delay_law"]["groups"][0][key], key
+    # 0.2 made the seed-block interval the default; 0.1.0's per-cell bootstrap is interval = "cell"
+    assert ours["delay_law"]["interval"] == "seed_block"
+    assert ours["delay_law"]["groups"][0]["alpha_ci"] != theirs["delay_law"]["groups"][0]["alpha_ci"]
+    from gnorm.builtins.analyzers.delay_law import DelayLawConfig, delay_law_analyzer
+    from gnorm.store import Store
+
+    store = Store(release_store)
+    try:
+        cell = delay_law_analyzer(DelayLawConfig(min_grokked=2, interval="cell"))(store.records())
+    finally:
+        store.close()
+    assert cell.numbers["groups"][0]["alpha_ci"] == theirs["delay_law"]["groups"][0]["alpha_ci"]
 
 
 def test_rerunning_the_released_study_trains_nothing_and_changes_nothing(release_store):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter, defaultdict
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -79,10 +79,12 @@ def _reproduces(runs: Sequence[RunRecord], wc: float) -> bool:
 
 
 def seed_block_sample(cells: Sequence[tuple[int, float, Sequence[RunRecord]]], x_key: str,
-                      sources: CriticalNormSources) -> tuple[SeedBlockSample, list[str]]:
+                      sources: CriticalNormSources, time_of: Callable[[RunRecord], float | None] | None = None,
+                      ) -> tuple[SeedBlockSample, list[str]]:
     """The seed-block sample of ``cells`` ((group index, x, the runs at x) each, in fit order) and
     notes on Wc: for ``x_key`` = rho, a cell whose runs share one found Wc source has its x carried
-    through the resampled Wc; otherwise (or for any other x) x stays."""
+    through the resampled Wc; otherwise (or for any other x) x stays. ``time_of``: a run's time
+    (default its T_grok; None = censored)."""
     keys_of: dict[int, tuple[str, int]] = {}
 
     def key_of(record: RunRecord) -> tuple[str, int]:
@@ -115,8 +117,9 @@ def seed_block_sample(cells: Sequence[tuple[int, float, Sequence[RunRecord]]], x
         filled: dict[int, int] = defaultdict(int)
         for record in runs:
             j = seed_index[key_of(record)]
-            if record.t_grok is not None:
-                times[c, j, filled[j]] = record.t_grok
+            value = record.t_grok if time_of is None else time_of(record)
+            if value is not None:
+                times[c, j, filled[j]] = value
             filled[j] += 1
     keys = list(source_runs)
     free_norms = np.full((len(keys), len(seed_index)), np.nan)
