@@ -5,10 +5,11 @@ papers' cell bootstrap (``interval = "cell"``).
 
 Models: paper A's dense sweep (p = 59, 16 seeds, rho 0.85-1.25) and its p scan (p = 41/53/59/71,
 12 seeds, rho 0.85-1.15), read through gnorm's importer. Each is simulated at the seed spreads fitted
-(noise 1) and scaled (``--noise``; 2.5 gives about the spread of alpha that the reduced-protocol
-audit saw), with every cell's budget ``--budget-factor`` times the slowest cell's median delay.
+(noise 1) and scaled (``--noise``: every spread; ``--slope-scale``: the seeds' slopes besides), with
+every cell's budget ``--budget-factor`` times the slowest cell's median delay.
 
     python benchmarks/coverage.py [--studies 1000] [--seeds 6] [--rho 0.9,1.0,1.1,1.2] [--noise 1,2.5]
+                                  [--slope-scale 1] [--budget-factor 3] [--sources 0,1,2,3,4]
                                   [--reference ../shared/reference] [--json coverage.json]
 
 numpy only (no training); the numbers are the same on every run with the same options.
@@ -43,6 +44,8 @@ def main() -> None:
     parser.add_argument("--rho", default="0.9,1.0,1.1,1.2")
     parser.add_argument("--noise", default="1,2.5")
     parser.add_argument("--budget-factor", type=float, default=3.0)
+    parser.add_argument("--slope-scale", type=float, default=1.0,
+                        help="multiply the seeds' slope spread besides --noise (seed slopes dominating)")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--sources", default=",".join(str(i) for i in range(len(SOURCES))),
                         help="which models (indices into SOURCES)")
@@ -63,14 +66,16 @@ def main() -> None:
         model = model_from_records(records, rho_range, budget_factor=args.budget_factor)
         for noise in (float(v) for v in args.noise.split(",")):
             started = time.perf_counter()
-            result = interval_coverage(model.scaled(noise), rho, args.seeds, args.studies, COMPARED_INTERVALS,
+            scaled = model.scaled(noise, args.slope_scale)
+            result = interval_coverage(scaled, rho, args.seeds, args.studies, COMPARED_INTERVALS,
                                        args.resamples)
             alpha = result["alpha"]
-            print(f"| {name} | {noise:g} | {model.alpha:.2f} | {alpha['sd']:.3f} | {alpha['censored_share']:.1%} | "
+            print(f"| {name}{f', seed slopes x{args.slope_scale:g}' if args.slope_scale != 1 else ''} | {noise:g} | {model.alpha:.2f} | {alpha['sd']:.3f} | {alpha['censored_share']:.1%} | "
                   + " | ".join(f"{result[k]['coverage']:.1%}" for k in COMPARED_INTERVALS)
                   + f" | {result['cell']['mean_width']:.2f} / {result['seed_block']['mean_width']:.2f} |"
                   + f"  ({time.perf_counter() - started:.0f} s)", flush=True)
-            rows.append({"model": name, "noise": noise, "parameters": attrs.asdict(model.scaled(noise)), **result})
+            rows.append({"model": name, "noise": noise, "slope_scale": args.slope_scale,
+                         "parameters": attrs.asdict(scaled), **result})
     if args.json:
         args.json.write_text(json.dumps({"studies": args.studies, "seeds": args.seeds, "rho": rho, "rows": rows},
                                         indent=1))

@@ -47,10 +47,11 @@ class SweepModel:
     budget_factor: float = 3.0
     points: int = 360
 
-    def scaled(self, noise: float) -> "SweepModel":
-        """The same model with every seed-to-seed spread (sd_u, sd_v, sd_e, sd_w) times ``noise``."""
+    def scaled(self, noise: float, slopes: float = 1.0) -> "SweepModel":
+        """The same model with every seed-to-seed spread (sd_u, sd_v, sd_e, sd_w) times ``noise``, and
+        the seeds' slopes (sd_v) times ``slopes`` besides."""
         return attrs.evolve(self, seed_intercept_sd=self.seed_intercept_sd * noise,
-                            seed_slope_sd=self.seed_slope_sd * noise, residual_sd=self.residual_sd * noise,
+                            seed_slope_sd=self.seed_slope_sd * noise * slopes, residual_sd=self.residual_sd * noise,
                             critical_norm_sd=self.critical_norm_sd * noise)
 
 
