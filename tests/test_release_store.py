@@ -162,5 +162,18 @@ def test_the_quickstart_prints_what_0_1_0_printed(tmp_path):
     rows = [line.split() for line in ran.stdout.splitlines()]
     for row in (["(all)", "4/4", "337.5", "912.5", "52.78"], ["rho=0.9", "4/4", "387.5", "550", "47.5"],
                 ["rho=1.0", "4/4", "387.5", "737.5", "52.78"], ["rho=1.1", "4/4", "400", "1350", "58.06"],
-                ["rho=1.2", "4/4", "400", "2738", "63.34"], ["(all)", "4", "5.419", "3.784", "6.511", "0.9703", "0"]):
+                ["rho=1.2", "4/4", "400", "2738", "63.34"]):
         assert row in rows, row
+    # the delay law: alpha and R^2 as 0.1.0 printed them; its CI is now the seed-block interval, and
+    # 0.1.0's per-cell bootstrap (3.784 - 6.511) is interval = "cell"
+    [fit] = [row for row in rows if row[:3] == ["(all)", "4", "5.419"]]
+    assert fit[-2:] == ["0.9703", "0"]
+    from gnorm.builtins.analyzers.delay_law import DelayLawConfig, delay_law_analyzer
+    from gnorm.store import Store
+
+    store = Store(tmp_path)
+    try:
+        cell = delay_law_analyzer(DelayLawConfig(interval="cell"))(store.records()).numbers["groups"][0]
+    finally:
+        store.close()
+    assert [f"{v:.4g}" for v in cell["alpha_ci"]] == ["3.784", "6.511"]
