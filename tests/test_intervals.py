@@ -177,7 +177,8 @@ def test_the_analyzers_default_to_seed_block_and_cell_is_the_old_bootstrap():
     records = simulate_study(MODEL, RHO, 6, np.random.default_rng(4))
     seed_block = delay_law_analyzer(DelayLawConfig(stages=["sim/clamp"], resamples=300))(records)
     cell = delay_law_analyzer(DelayLawConfig(stages=["sim/clamp"], resamples=300, interval="cell"))(records)
-    assert seed_block.numbers["interval"] == "seed_block" and "seed-block CI" in seed_block.tables[0].columns[3]
+    assert seed_block.numbers["interval"] == "seed_block" and seed_block.tables[0].columns[3] == "95% seed-block CI low"
+    assert cell.tables[0].columns[3] == "95% CI low"  # as 0.1 printed it
     ours, old = seed_block.numbers["groups"][0], cell.numbers["groups"][0]
     assert ours["alpha"] == old["alpha"] and ours["alpha_ci"] != old["alpha_ci"]
     # the old interval, computed as 0.1 computed it

@@ -150,7 +150,7 @@ def delay_law_analyzer(config: DelayLawConfig):
                          sum(fit["censored"].values())])
         level = f"{config.confidence:.0%} {INTERVAL_NAMES[config.interval]}"
         table = Table(f"delay law: ln(median T_grok) = intercept + alpha * {config.x}",
-                      ["group", "cells", "alpha", f"{level} CI low", "high", "R^2", "censored seeds"], rows)
+                      ["group", "cells", "alpha", f"{level} low", "high", "R^2", "censored seeds"], rows)
         return Analysis("delay_law", [table], {"x": config.x, "interval": config.interval, "groups": numbers}, notes)
     return analyze
 
@@ -247,7 +247,7 @@ def shared_exponent_analyzer(config: SharedExponentConfig):
         if fit["alpha"] is not None:
             rows.append(["separate fits", fit["cells"], None, None, None, None, fit["sse_separate"]])
         table = Table(f"shared exponent: ln(median T_grok) = intercept[{', '.join(config.group_by)}] + alpha * "
-                      f"{config.x}", ["fit", "cells", "alpha", f"{level} CI low", "high", "R^2", "SSE"], rows)
+                      f"{config.x}", ["fit", "cells", "alpha", f"{level} low", "high", "R^2", "SSE"], rows)
         numbers = fit | {"groups_used": [dict(zip(config.group_by, g)) for g in fit["groups_used"]],
                          "separate_alpha": [{"group": dict(zip(config.group_by, g)), "alpha": a}
                                             for g, a in fit["separate_alpha"].items()],
