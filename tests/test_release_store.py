@@ -85,8 +85,20 @@ def test_the_released_store_is_shown_and_analyzed_with_the_numbers_it_gave(relea
     assert analyzed.returncode == 0, analyzed.stderr
     ours = {a["analyzer"]: a["numbers"] for a in json.loads((tmp_path / "analysis.json").read_text())}
     theirs = {a["analyzer"]: a["numbers"] for a in json.loads((FIXTURE / "analysis.json").read_text())}
-    for key in ("alpha", "intercept", "r_squared", "alpha_ci", "median_t_grok", "cells_used"):
+    for key in ("alpha", "intercept", "r_squared", "median_t_grok", "cells_used"):
         assert ours["delay_law"]["groups"][0][key] == theirs["delay_law"]["groups"][0][key], key
+    # 0.2 made the seed-block interval the default; 0.1.0's per-cell bootstrap is interval = "cell"
+    assert ours["delay_law"]["interval"] == "seed_block"
+    assert ours["delay_law"]["groups"][0]["alpha_ci"] != theirs["delay_law"]["groups"][0]["alpha_ci"]
+    from gnorm.builtins.analyzers.delay_law import DelayLawConfig, delay_law_analyzer
+    from gnorm.store import Store
+
+    store = Store(release_store)
+    try:
+        cell = delay_law_analyzer(DelayLawConfig(min_grokked=2, interval="cell"))(store.records())
+    finally:
+        store.close()
+    assert cell.numbers["groups"][0]["alpha_ci"] == theirs["delay_law"]["groups"][0]["alpha_ci"]
 
 
 def test_rerunning_the_released_study_trains_nothing_and_changes_nothing(release_store):
@@ -150,5 +162,18 @@ def test_the_quickstart_prints_what_0_1_0_printed(tmp_path):
     rows = [line.split() for line in ran.stdout.splitlines()]
     for row in (["(all)", "4/4", "337.5", "912.5", "52.78"], ["rho=0.9", "4/4", "387.5", "550", "47.5"],
                 ["rho=1.0", "4/4", "387.5", "737.5", "52.78"], ["rho=1.1", "4/4", "400", "1350", "58.06"],
-                ["rho=1.2", "4/4", "400", "2738", "63.34"], ["(all)", "4", "5.419", "3.784", "6.511", "0.9703", "0"]):
+                ["rho=1.2", "4/4", "400", "2738", "63.34"]):
         assert row in rows, row
+    # the delay law: alpha and R^2 as 0.1.0 printed them; its CI is now the seed-block interval, and
+    # 0.1.0's per-cell bootstrap (3.784 - 6.511) is interval = "cell"
+    [fit] = [row for row in rows if row[:3] == ["(all)", "4", "5.419"]]
+    assert fit[-2:] == ["0.9703", "0"]
+    from gnorm.builtins.analyzers.delay_law import DelayLawConfig, delay_law_analyzer
+    from gnorm.store import Store
+
+    store = Store(tmp_path)
+    try:
+        cell = delay_law_analyzer(DelayLawConfig(interval="cell"))(store.records()).numbers["groups"][0]
+    finally:
+        store.close()
+    assert [f"{v:.4g}" for v in cell["alpha_ci"]] == ["3.784", "6.511"]

@@ -1,5 +1,7 @@
 """Helpers every analyzer and report section shares: record queries, labels and grouping
-(:mod:`gnorm.analysis.records`) and the statistics of cells of seeds (:mod:`gnorm.analysis.statistics`).
+(:mod:`gnorm.analysis.records`), the statistics of cells of seeds (:mod:`gnorm.analysis.statistics`) and
+the seed-block bootstrap of the delay law (:mod:`gnorm.analysis.resampling`, records read into it by
+:mod:`gnorm.analysis.seed_blocks`; coverage simulated by :mod:`gnorm.analysis.simulation`).
 The censored (accelerated failure time) likelihoods are in :mod:`gnorm.analysis.survival`, imported
 from there by the one analyzer that fits them.
 
@@ -21,6 +23,7 @@ from gnorm.analysis.records import (  # noqa: F401
     value_order,
     varying_keys,
 )
+from gnorm.analysis.resampling import SeedBlockSample, expanded_level, seed_block_interval  # noqa: F401
 from gnorm.analysis.statistics import (  # noqa: F401
     bootstrap_cell_medians,
     bootstrap_median_interval,

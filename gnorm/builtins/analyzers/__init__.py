@@ -13,7 +13,9 @@
 * :mod:`.mediation`: ``logit_mediation``, the delay recovered at matched logit scale (figure
   ``logit_scale_collapse``);
 * :mod:`.arms`: ``arms``, T_grok per intervention arm on matched seeds, with CIs and censoring
-  (figure ``arms_test_accuracy``).
+  (figure ``arms_test_accuracy``);
+* :mod:`.replicates`: ``replicate_agreement``, how often each independent seed set's alpha falls
+  inside the others' intervals.
 
 Conventions shared by all of them (those of papers A and B):
 
@@ -25,19 +27,24 @@ Conventions shared by all of them (those of papers A and B):
 * Keys are dotted config keys (``controller.rho``, ``task.p``, ``optimizer.lr``), ``facts.<name>``
   for what a controller recorded, or ``held_norm``: the norm a clamp holds, rho * Wc (the recorded
   ``facts.held_norm``, else ``controller.rho * critical_norm``).
-* Bootstrap CIs resample seeds with replacement within each cell, censored seeds included (a
-  resample's cell delay is the median over the grokked seeds it drew; a replicate in which some cell
-  drew no grokked seed is discarded and counted). The interval is the percentile interval (the
-  papers' shared-exponent CIs are asymmetric, which a normal interval cannot be).
+* Bootstrap CIs of ``delay_law``, ``shared_exponent`` and ``levers`` resample whole seeds by default
+  (``interval = "seed_block"``: a seed's free run and all its clamp arms together, one draw for every
+  cell, Wc recomputed from the drawn free runs and carried through rho; see
+  :mod:`gnorm.analysis.resampling`); ``interval = "cell"`` resamples seeds with replacement within each
+  cell independently (the papers' bootstrap). Censored seeds are drawn too (a resample's cell delay is
+  the median over the grokked seeds it drew; a replicate in which some cell drew no grokked seed is
+  discarded and counted). The interval is a percentile interval (the papers' shared-exponent CIs are
+  asymmetric, which a normal interval cannot be).
 """
 
 from __future__ import annotations
 
 import gnorm
-from gnorm.builtins.analyzers import arms, censored_delay_law, critical_norm, delay_law, laws, levers, mediation
+from gnorm.builtins.analyzers import (arms, censored_delay_law, critical_norm, delay_law, laws, levers, mediation,
+                                      replicates)
 
 #: The family modules, in the order their analyzers are listed.
-FAMILIES = (critical_norm, delay_law, censored_delay_law, levers, laws, mediation, arms)
+FAMILIES = (critical_norm, delay_law, censored_delay_law, levers, laws, mediation, arms, replicates)
 
 
 @gnorm.hookimpl

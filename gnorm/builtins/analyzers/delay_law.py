@@ -2,13 +2,15 @@
 alpha shared by all groups (``shared_exponent``), and the report's delay-law section: the fit drawn
 with its bootstrap band per group (``delay_law[_<n>]``), the shared exponent, and the levers.
 
-Bootstrap CIs resample seeds with replacement within each cell, censored seeds included (see
-:mod:`gnorm.builtins.analyzers`).
+The CI (``interval``): ``seed_block`` (the default) resamples whole seeds, a seed's free run and all its
+clamp arms together, and carries the resampled Wc through rho (:mod:`gnorm.analysis.resampling`);
+``cell`` resamples seeds with replacement within each cell independently, censored seeds included (the
+papers' bootstrap, and gnorm's before 0.2; see :mod:`gnorm.builtins.analyzers`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import attrs
 import numpy as np
@@ -27,9 +29,13 @@ from gnorm.analysis.records import (
     value_order,
     varying_keys,
 )
+from gnorm.analysis.resampling import (SeedBlockReplicates, SeedBlockSample, expanded_level, seed_block_replicates,
+                                      seeds_per_stratum)
+from gnorm.analysis.seed_blocks import CriticalNormSources, runs_by_x, seed_block_sample
 from gnorm.analysis.statistics import bootstrap_cell_medians, median_or_none
 from gnorm.builtins.analyzers.levers import levers_subsection
-from gnorm.builtins.analyzers.options import KEYS, STAGES, at_least, confidence_level, intervals, not_empty, resample_count
+from gnorm.builtins.analyzers.options import (INTERVAL_NAMES, INTERVALS, KEYS, STAGES, at_least, confidence_level,
+                                              intervals, not_empty, resample_count)
 from gnorm.components import Analysis, RunRecord, Table
 from gnorm.figures import RHO, T_GROK_LABEL, axis_label, new_figure, palette, plain_log_ticks, styled
 from gnorm.reporting import ReportContext, ReportSection, settings_text
@@ -44,8 +50,9 @@ class DelayLawConfig:
     the absolute norm held: paper B's dose slopes). ``group_by``: keys that split the runs into groups
     with one fit each (e.g. ``["task.p"]``). ``within``: closed intervals that runs must lie in.
     Cells with fewer than ``min_grokked`` grokked seeds are dropped and reported; a group needs
-    ``min_cells`` cells left (a line through two points has no R^2). The CI resamples seeds within
-    each cell, censored ones included (see the module docstring).
+    ``min_cells`` cells left (a line through two points has no R^2). ``interval``: ``seed_block``
+    (resample whole seeds across all their cells and their free run, Wc carried through rho) or
+    ``cell`` (seeds within each cell independently, censored ones included: the papers' bootstrap).
     """
 
     x: str = attrs.field(default="controller.rho", validator=not_empty, metadata=KEYS)
@@ -57,12 +64,31 @@ class DelayLawConfig:
     resamples: int = attrs.field(default=2000, validator=resample_count)
     confidence: float = attrs.field(default=0.95, validator=confidence_level)
     seed: int = attrs.field(default=0, validator=at_least(0))
+    interval: str = attrs.field(default="seed_block", validator=attrs.validators.in_(INTERVALS))
+
+
+#: Builds the seed-block sample of the cells (group key, x) a fit kept, with notes on their Wc.
+SeedBlocks = Callable[[Sequence[tuple[Any, float]]], tuple[SeedBlockSample, list[str]]]
+
+
+def seed_blocks_of(groups: dict[Any, dict[float, list[RunRecord]]], x_key: str,
+                   records: Sequence[RunRecord]) -> SeedBlocks:
+    """The seed-block sample builder over ``groups[key][x]`` runs; Wc sources are looked up among all
+    ``records`` (the free runs need not be among the runs fitted)."""
+    sources = CriticalNormSources(records)
+    order = {key: i for i, key in enumerate(groups)}
+
+    def build(kept: Sequence[tuple[Any, float]]) -> tuple[SeedBlockSample, list[str]]:
+        return seed_block_sample([(order[key], x, groups[key][x]) for key, x in kept], x_key, sources)
+    return build
 
 
 def fit_delay_law(cells: dict[float, list[int | None]], min_grokked: int, resamples: int, level: float,
-                  seed: int = 0, min_cells: int = 3) -> dict[str, Any]:
+                  seed: int = 0, min_cells: int = 3, seed_blocks: Callable[[list[float]], SeedBlockSample] | None = None,
+                  ) -> dict[str, Any]:
     """The delay law over the cells with >= min_grokked grokked seeds: OLS of ln(median T_grok) on x,
-    alpha = slope, R^2 = 1 - SSE/SST, and a bootstrap percentile CI of alpha."""
+    alpha = slope, R^2 = 1 - SSE/SST, and a bootstrap percentile CI of alpha: seed-block when
+    ``seed_blocks`` (kept x values -> their sample) is given, else seeds within each cell."""
     ordered = dict(sorted(cells.items()))
     grokked = {x: sum(t is not None for t in times) for x, times in ordered.items()}
     kept = {x: times for x, times in ordered.items() if grokked[x] >= min_grokked}
@@ -76,12 +102,18 @@ def fit_delay_law(cells: dict[float, list[int | None]], min_grokked: int, resamp
     xs = np.array(list(kept), float)
     medians = [median_or_none(t) for t in kept.values()]
     fit = delay_law_fit(xs, medians)
-    replicates = bootstrap_cell_medians(list(kept.values()), resamples, seed)
-    usable = ~np.isnan(replicates).any(axis=0)
-    alphas = ols_slopes(xs, np.log(replicates[:, usable]))
+    if seed_blocks is not None:
+        sample = seed_blocks(list(kept))
+        blocks = seed_block_replicates(sample, resamples, seed)
+        alphas, discarded = blocks.slopes, blocks.discarded
+        level = expanded_level(level, seeds_per_stratum(sample))
+    else:
+        replicates = bootstrap_cell_medians(list(kept.values()), resamples, seed)
+        usable = ~np.isnan(replicates).any(axis=0)
+        alphas, discarded = ols_slopes(xs, np.log(replicates[:, usable])), int((~usable).sum())
     low, high = percentile_interval(alphas, level) if alphas.size else (None, None)
     return result | {"alpha": fit.slope, "intercept": fit.intercept, "r_squared": fit.r_squared,
-                     "alpha_ci": [low, high], "bootstrap_discarded": int((~usable).sum()),
+                     "alpha_ci": [low, high], "bootstrap_discarded": discarded,
                      "median_t_grok": dict(zip(kept, medians))}
 
 
@@ -89,12 +121,20 @@ def delay_law_analyzer(config: DelayLawConfig):
     def analyze(records: Sequence[RunRecord]) -> Analysis:
         chosen = select(records, config.stages, config.within)
         groups, pooled = t_grok_by_x(chosen, config.x, config.group_by)
+        blocks = seed_blocks_of(runs_by_x(chosen, config.x, config.group_by), config.x, records)
         rows, numbers, notes = [], [], []
         for key in sorted(groups, key=value_order):
             cells = groups[key]
+            wc_notes: list[str] = []
+
+            def sample_of(kept: list[float], key: tuple = key) -> SeedBlockSample:
+                sample, found = blocks([(key, x) for x in kept])
+                wc_notes.extend(found)
+                return sample
             fit = fit_delay_law(cells, config.min_grokked, config.resamples, config.confidence, config.seed,
-                                config.min_cells)
+                                config.min_cells, sample_of if config.interval == "seed_block" else None)
             label = group_label(config.group_by, key)
+            notes += [f"{label}: {note}" for note in wc_notes]
             numbers.append({"group": dict(zip(config.group_by, key)), "label": label} | fit)
             notes += pooling_notes(label, config.x, pooled[key])
             for x, grokked in fit["cells_dropped"].items():
@@ -108,10 +148,10 @@ def delay_law_analyzer(config: DelayLawConfig):
             low, high = fit.get("alpha_ci", (None, None))
             rows.append([label, len(fit["cells_used"]), fit["alpha"], low, high, fit.get("r_squared"),
                          sum(fit["censored"].values())])
-        level = f"{config.confidence:.0%}"
+        level = f"{config.confidence:.0%} {INTERVAL_NAMES[config.interval]}"
         table = Table(f"delay law: ln(median T_grok) = intercept + alpha * {config.x}",
-                      ["group", "cells", "alpha", f"{level} CI low", "high", "R^2", "censored seeds"], rows)
-        return Analysis("delay_law", [table], {"x": config.x, "groups": numbers}, notes)
+                      ["group", "cells", "alpha", f"{level} low", "high", "R^2", "censored seeds"], rows)
+        return Analysis("delay_law", [table], {"x": config.x, "interval": config.interval, "groups": numbers}, notes)
     return analyze
 
 
@@ -131,10 +171,12 @@ class SharedExponentConfig(DelayLawConfig):
 
 
 def fit_shared_exponent(groups: dict[Any, dict[float, list[int | None]]], min_grokked: int, min_cells: int,
-                        resamples: int, level: float, seed: int = 0) -> dict[str, Any]:
+                        resamples: int, level: float, seed: int = 0, seed_blocks: SeedBlocks | None = None,
+                        ) -> dict[str, Any]:
     """Shared-slope OLS of ln(median T_grok) on x with per-group intercepts over the usable cells
     (>= min_grokked grokked seeds) of the groups with >= min_cells of them; bootstrap percentile CI
-    of the shared alpha (seeds resampled within each cell, censored included)."""
+    of the shared alpha: seed-block when ``seed_blocks`` ((group, x) cells -> their sample) is given,
+    else seeds resampled within each cell, censored included."""
     xs, times, labels, dropped_groups, separate_sse, separate_alpha, used = [], [], [], {}, 0.0, {}, {}
     for group, cells in sorted(groups.items(), key=lambda item: value_order(item[0])):
         kept = {x: t for x, t in sorted(cells.items()) if sum(v is not None for v in t) >= min_grokked}
@@ -156,10 +198,17 @@ def fit_shared_exponent(groups: dict[Any, dict[float, list[int | None]]], min_gr
         return result | {"alpha": None}
     y = np.log([median_or_none(t) for t in times])
     fit = shared_slope_fit(xs, y, labels)
-    design, _ = shared_slope_design(xs, labels)
-    replicates = bootstrap_cell_medians(times, resamples, seed)
-    usable = ~np.isnan(replicates).any(axis=0)
-    alphas = (np.linalg.pinv(design) @ np.log(replicates[:, usable]))[0]
+    wc_notes: list[str] = []
+    if seed_blocks is not None:
+        sample, wc_notes = seed_blocks(list(zip(labels, xs)))
+        blocks = seed_block_replicates(sample, resamples, seed)
+        alphas, discarded = blocks.slopes, blocks.discarded
+        level = expanded_level(level, seeds_per_stratum(sample))
+    else:
+        design, _ = shared_slope_design(xs, labels)
+        replicates = bootstrap_cell_medians(times, resamples, seed)
+        usable = ~np.isnan(replicates).any(axis=0)
+        alphas, discarded = (np.linalg.pinv(design) @ np.log(replicates[:, usable]))[0], int((~usable).sum())
     low, high = percentile_interval(alphas, level) if alphas.size else (None, None)
     n, count = len(y), len(separate_alpha)
     residual_df = n - 2 * count
@@ -168,16 +217,18 @@ def fit_shared_exponent(groups: dict[Any, dict[float, list[int | None]]], min_gr
     return result | {"alpha": fit.slope, "alpha_ci": [low, high], "r_squared": fit.r_squared,
                      "within_r_squared": fit.within_r_squared, "intercepts": dict(zip(fit.groups, fit.intercepts)),
                      "sse_shared": fit.sse, "sse_separate": separate_sse, "f_statistic": f_statistic,
-                     "f_df": [count - 1, residual_df], "cells": n, "bootstrap_discarded": int((~usable).sum())}
+                     "f_df": [count - 1, residual_df], "cells": n, "bootstrap_discarded": discarded,
+                     "wc_notes": wc_notes}
 
 
 def shared_exponent_analyzer(config: SharedExponentConfig):
     def analyze(records: Sequence[RunRecord]) -> Analysis:
         chosen = select(records, config.stages, config.within)
         groups, pooled = t_grok_by_x(chosen, config.x, config.group_by)
+        blocks = seed_blocks_of(runs_by_x(chosen, config.x, config.group_by), config.x, records)
         fit = fit_shared_exponent(groups, config.min_grokked, config.min_cells, config.resamples,
-                                  config.confidence, config.seed)
-        notes = [note for key in groups for note in pooling_notes(group_label(config.group_by, key), config.x,
+                                  config.confidence, config.seed, blocks if config.interval == "seed_block" else None)
+        notes = fit.pop("wc_notes", []) + [note for key in groups for note in pooling_notes(group_label(config.group_by, key), config.x,
                                                                    pooled[key])]
         for group, usable in fit["groups_dropped"].items():
             notes.append(f"{group_label(config.group_by, group)}: left out, {usable} cells with "
@@ -188,7 +239,7 @@ def shared_exponent_analyzer(config: SharedExponentConfig):
                 if grokked < config.min_grokked:
                     notes.append(f"{group_label(config.group_by, group)}: dropped {config.x}={x} "
                                  f"({grokked}/{len(times)} seeds grokked)")
-        level = f"{config.confidence:.0%}"
+        level = f"{config.confidence:.0%} {INTERVAL_NAMES[config.interval]}"
         low, high = fit.get("alpha_ci", (None, None))
         rows = [["shared", fit.get("cells"), fit["alpha"], low, high, fit.get("r_squared"), fit.get("sse_shared")]]
         rows += [[f"separate: {group_label(config.group_by, g)}", fit["cells_per_group"][g], a, None, None, None, None]
@@ -196,7 +247,7 @@ def shared_exponent_analyzer(config: SharedExponentConfig):
         if fit["alpha"] is not None:
             rows.append(["separate fits", fit["cells"], None, None, None, None, fit["sse_separate"]])
         table = Table(f"shared exponent: ln(median T_grok) = intercept[{', '.join(config.group_by)}] + alpha * "
-                      f"{config.x}", ["fit", "cells", "alpha", f"{level} CI low", "high", "R^2", "SSE"], rows)
+                      f"{config.x}", ["fit", "cells", "alpha", f"{level} low", "high", "R^2", "SSE"], rows)
         numbers = fit | {"groups_used": [dict(zip(config.group_by, g)) for g in fit["groups_used"]],
                          "separate_alpha": [{"group": dict(zip(config.group_by, g)), "alpha": a}
                                             for g, a in fit["separate_alpha"].items()],
@@ -206,7 +257,7 @@ def shared_exponent_analyzer(config: SharedExponentConfig):
                                              for g, c in fit["cells_per_group"].items()],
                          "groups_dropped": [{"group": dict(zip(config.group_by, g)), "usable_cells": c}
                                             for g, c in fit["groups_dropped"].items()]}
-        return Analysis("shared_exponent", [table], numbers | {"x": config.x}, notes)
+        return Analysis("shared_exponent", [table], numbers | {"x": config.x, "interval": config.interval}, notes)
     return analyze
 
 # ---------------------------------------------------------------------------------------------------
@@ -243,6 +294,17 @@ def delay_law_band(times: dict[float, list[int | None]], resamples: int, level: 
     intercepts = replicates.mean(axis=0) - slopes * xs.mean()
     grid = np.linspace(xs.min(), xs.max(), points)
     predicted = intercepts[None, :] + grid[:, None] * slopes[None, :]
+    bounds = np.array([percentile_interval(row, level) for row in predicted])
+    return grid, np.exp(bounds[:, 0]), np.exp(bounds[:, 1])
+
+
+def seed_block_band(replicates: SeedBlockReplicates, x_range: tuple[float, float], level: float,
+                    points: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seed-block band of one group's fitted delay law: each replicate's line ln T = ybar* + alpha* (x -
+    xbar*) through its centroid, predicted on a grid of x; the band is the central ``level`` percentile
+    interval at each x."""
+    grid = np.linspace(*x_range, points)
+    predicted = replicates.y_mean[0][None, :] + (grid[:, None] - replicates.x_mean[0][None, :]) * replicates.slopes
     bounds = np.array([percentile_interval(row, level) for row in predicted])
     return grid, np.exp(bounds[:, 0]), np.exp(bounds[:, 1])
 
@@ -367,13 +429,20 @@ def delay_law_groups(records: Sequence[RunRecord], config: DelayLawConfig, analy
     if not any(len(cells) >= 2 for cells in times.values()):
         return None
     group_by = list(config.group_by)
+    swept = [r for r in select(records, config.stages, config.within) if numeric(record_value(r, config.x))]
+    blocks = seed_blocks_of(runs_by_x(swept, config.x, group_by), config.x, records)
     groups = []
     for fit in analysis.numbers["groups"]:
         key = tuple(fit["group"].get(k) for k in group_by)
         cells = dict(sorted(times[key].items()))
         used = fit["cells_used"] if fit["alpha"] is not None else []
-        band = (delay_law_band({x: cells[x] for x in used}, config.resamples, config.confidence, config.seed)
-                if fit["alpha"] is not None else None)
+        band = None
+        if fit["alpha"] is not None and config.interval == "seed_block":
+            sample = blocks([(key, x) for x in used])[0]
+            band = seed_block_band(seed_block_replicates(sample, config.resamples, config.seed), (min(used), max(used)),
+                                   expanded_level(config.confidence, seeds_per_stratum(sample)))
+        elif fit["alpha"] is not None:
+            band = delay_law_band({x: cells[x] for x in used}, config.resamples, config.confidence, config.seed)
         groups.append(DelayLawGroup(fit["label"], cells, used, budgets[key], fit["alpha"], fit.get("intercept"),
                                     fit.get("r_squared"), tuple(fit.get("alpha_ci", (None, None))), band))
     return DelayLawResult(analysis, groups, group_by, config.confidence, config.x)
@@ -417,8 +486,9 @@ def delay_law_section(config: DelayLawConfig, analysis: Analysis, context: Repor
         section.figure(name, delay_law_figure(result.groups[start:start + GROUPS_PER_FIGURE], config.x,
                                               result.confidence),
                        f"T_grok (log scale) against {config.x}: cell medians (bars: IQR over grokked seeds), the "
-                       f"fitted delay law and its {result.confidence:.0%} bootstrap band (seeds resampled within "
-                       "cells)")
+                       f"fitted delay law and its {result.confidence:.0%} bootstrap band ("
+                       + ("whole seeds resampled, Wc carried through" if config.interval == "seed_block"
+                          else "seeds resampled within cells") + ")")
     records = context.records
     if from_file:  # the file's settings: its own shared_exponent / levers tables, if any, follow
         records = select(records, config.stages, config.within)

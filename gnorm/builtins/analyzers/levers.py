@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import attrs
 import numpy as np
@@ -15,11 +15,15 @@ from matplotlib.patches import Rectangle
 
 import gnorm
 from gnorm.analysis.records import group_label, group_records, numeric, record_value, select, value_order
-from gnorm.analysis.statistics import median_or_none
-from gnorm.builtins.analyzers.options import KEYS, STAGES, at_least, intervals, not_empty
+from gnorm.analysis.resampling import expanded_level, resampled_log_ratio, seeds_per_stratum
+from gnorm.analysis.seed_blocks import CriticalNormSources, seed_block_sample
+from gnorm.analysis.statistics import bootstrap_cell_medians, median_or_none
+from gnorm.builtins.analyzers.options import (INTERVAL_NAMES, INTERVALS, KEYS, STAGES, at_least, confidence_level,
+                                              intervals, not_empty, resample_count)
 from gnorm.components import Analysis, RunRecord, Table
 from gnorm.figures import LR, RHO, axis_label, new_figure, plain_log_ticks, styled
 from gnorm.reporting import ReportSection, slug
+from gnorm.science import percentile_interval
 
 
 @attrs.frozen
@@ -34,7 +38,11 @@ class LeversConfig:
     T(rho 1.30) / T(rho 0.85) = 18.7x at lr 1e-3 and its lr lever T(lr 1e-3) / T(lr 8e-3) = 2.54x at
     rho 0.85. ``delay_from`` (a key, e.g. ``controller.t_start``) measures each seed's delay from that
     step instead of from step 0: T = median(T_grok - t_from) (paper B's same-state fork, 3.36x).
-    Cells with fewer than ``min_grokked`` grokked seeds are left out and reported.
+    Cells with fewer than ``min_grokked`` grokked seeds are left out and reported. Each ratio has a
+    bootstrap CI (``interval``, ``resamples``, ``confidence``, ``seed``): ``seed_block`` resamples whole
+    seeds across both cells (and the free run that set a rho clamp's Wc: for the rho lever the log
+    ratio is carried to the nominal rho values, see :func:`gnorm.analysis.resampling.resampled_log_ratio`);
+    ``cell`` resamples each cell's seeds independently.
     """
 
     x: str = attrs.field(default="controller.rho", validator=not_empty, metadata=KEYS)
@@ -44,6 +52,35 @@ class LeversConfig:
     reference: dict[str, float] = attrs.field(factory=dict, metadata=KEYS)
     delay_from: str = attrs.field(default="", metadata=KEYS)
     min_grokked: int = attrs.field(default=3, validator=at_least(1))
+    interval: str = attrs.field(default="seed_block", validator=attrs.validators.in_(INTERVALS))
+    resamples: int = attrs.field(default=2000, validator=resample_count)
+    confidence: float = attrs.field(default=0.95, validator=confidence_level)
+    seed: int = attrs.field(default=0, validator=at_least(0))
+
+
+def ratio_interval(log_ratios: np.ndarray, level: float) -> dict[str, list[float | None]]:
+    """The percentile interval of the replicates' ratio exp(log_ratio) (``ratio_ci``) and of the lever
+    max(ratio, 1 / ratio) read off it (``lever_ci``: the ratio's interval, inverted when the ratio is
+    below 1)."""
+    if not log_ratios.size:
+        return {"ratio_ci": [None, None], "lever_ci": [None, None]}
+    low, high = np.exp(percentile_interval(log_ratios, level))
+    lever = [low, high] if np.median(log_ratios) >= 0 else [1.0 / high, 1.0 / low]
+    return {"ratio_ci": [float(low), float(high)], "lever_ci": [float(lever[0]), float(lever[1])]}
+
+
+def lever_interval(config: LeversConfig, slow: tuple[Any, list[RunRecord]], fast: tuple[Any, list[RunRecord]],
+                   x_key: str, sources: CriticalNormSources, delay_of: Callable[[RunRecord], float | None],
+                   ) -> dict[str, list[float | None]]:
+    """The CI of T(slow) / T(fast) between two cells ((x, runs) each) under ``config.interval``."""
+    if config.interval == "cell":
+        medians = bootstrap_cell_medians([[delay_of(r) for r in runs] for _, runs in (fast, slow)],
+                                         config.resamples, config.seed)
+        log_ratios = np.log(medians[1] / medians[0])
+        return ratio_interval(log_ratios[np.isfinite(log_ratios)], config.confidence)
+    sample, _ = seed_block_sample([(0, fast[0], fast[1]), (0, slow[0], slow[1])], x_key, sources, delay_of)
+    log_ratios, _ = resampled_log_ratio(sample, 0, 1, config.resamples, config.seed)
+    return ratio_interval(log_ratios, expanded_level(config.confidence, seeds_per_stratum(sample)))
 
 
 def delay_ratio(slow: float, fast: float) -> dict[str, float]:
@@ -56,13 +93,19 @@ def levers_analyzer(config: LeversConfig):
     def analyze(records: Sequence[RunRecord]) -> Analysis:
         chosen = select(records, config.stages, config.within)
         cells: dict[tuple[float, float], list[int | None]] = defaultdict(list)
+        runs: dict[tuple[float, float], list[RunRecord]] = defaultdict(list)
+
+        def delay_of(record: RunRecord) -> float | None:
+            start = record_value(record, config.delay_from) if config.delay_from else 0
+            return None if record.t_grok is None else record.t_grok - start
         for record in chosen:
             x = record_value(record, config.x)
             a = record_value(record, config.across) if config.across else 0.0
             start = record_value(record, config.delay_from) if config.delay_from else 0
             if isinstance(x, (int, float)) and isinstance(a, (int, float)) and isinstance(start, (int, float)):
-                delay = None if record.t_grok is None else record.t_grok - start
-                cells[(round(float(x), 9), round(float(a), 12))].append(delay)
+                cells[(round(float(x), 9), round(float(a), 12))].append(delay_of(record))
+                runs[(round(float(x), 9), round(float(a), 12))].append(record)
+        sources = CriticalNormSources(records)
         notes, delays = [], {}
         for (x, a), times in sorted(cells.items()):
             grokked = sum(t is not None for t in times)
@@ -81,13 +124,18 @@ def levers_analyzer(config: LeversConfig):
             row = [x for x in xs if (x, a) in delays]
             if len(row) >= 2:
                 x_rows.append({"at": a, "from": row[0], "to": row[-1], "t_from": delays[(row[0], a)],
-                               "t_to": delays[(row[-1], a)]} | delay_ratio(delays[(row[-1], a)], delays[(row[0], a)]))
+                               "t_to": delays[(row[-1], a)]} | delay_ratio(delays[(row[-1], a)], delays[(row[0], a)])
+                              | lever_interval(config, (row[-1], runs[(row[-1], a)]), (row[0], runs[(row[0], a)]),
+                                               config.x, sources, delay_of))
         for x in xs if config.across else []:
             column = [a for a in acrosses if (x, a) in delays]
             if len(column) >= 2:
                 across_rows.append({"at": x, "from": column[0], "to": column[-1], "t_from": delays[(x, column[0])],
                                     "t_to": delays[(x, column[-1])]}
-                                   | delay_ratio(delays[(x, column[0])], delays[(x, column[-1])]))
+                                   | delay_ratio(delays[(x, column[0])], delays[(x, column[-1])])
+                                   | lever_interval(config, (column[0], runs[(x, column[0])]),
+                                                    (column[-1], runs[(x, column[-1])]), config.across, sources,
+                                                    delay_of))
         ref_x = config.reference.get(config.x, xs[0] if xs else None)
         ref_a = config.reference.get(config.across, acrosses[0] if acrosses else None)
         x_lever = next((r for r in x_rows if ref_a is not None
@@ -95,22 +143,24 @@ def levers_analyzer(config: LeversConfig):
         across_lever = next((r for r in across_rows if ref_x is not None
                              and math.isclose(r["at"], ref_x, rel_tol=1e-6)), None)
         numbers = {"x": config.x, "across": config.across, "delay_from": config.delay_from or None,
+                   "interval": config.interval,
                    "reference": {config.x: ref_x, config.across: ref_a},
                    "x_lever": x_lever["lever"] if x_lever else None,
                    "across_lever": across_lever["lever"] if across_lever else None,
                    "x_levers": x_rows, "across_levers": across_rows,
                    "median_t_grok": [{"x": x, "across": a, "median_t_grok": t} for (x, a), t in delays.items()]}
         since = f" (T measured from {config.delay_from})" if config.delay_from else ""
+        columns = ["at", "from", "to", "T from", "T to", "ratio", "lever",
+                   f"{config.confidence:.0%} {INTERVAL_NAMES[config.interval]} low", "high"]
         tables = [Table(f"{config.x} lever: T(max {config.x}) / T(min {config.x})" + since +
-                        (f" at each {config.across}" if config.across else ""),
-                        ["at", "from", "to", "T from", "T to", "ratio", "lever"],
+                        (f" at each {config.across}" if config.across else ""), columns,
                         [[r["at"] if config.across else "-", r["from"], r["to"], r["t_from"], r["t_to"], r["ratio"],
-                          r["lever"]] for r in x_rows])]
+                          r["lever"], *r["lever_ci"]] for r in x_rows])]
         if config.across:
             tables.append(Table(f"{config.across} lever: T(min {config.across}) / T(max {config.across}) "
-                                f"at each {config.x}", ["at", "from", "to", "T from", "T to", "ratio", "lever"],
-                                [[r["at"], r["from"], r["to"], r["t_from"], r["t_to"], r["ratio"], r["lever"]]
-                                 for r in across_rows]))
+                                f"at each {config.x}", columns,
+                                [[r["at"], r["from"], r["to"], r["t_from"], r["t_to"], r["ratio"], r["lever"],
+                                  *r["lever_ci"]] for r in across_rows]))
         return Analysis("levers", tables, numbers, notes)
     return analyze
 

@@ -44,6 +44,11 @@ def not_empty(instance, attribute, value) -> None:
         raise ValueError(f"'{attribute.name}' must not be empty")
 
 
+#: The bootstrap intervals of the delay-law fits (``interval``): whole seeds across all their cells and
+#: their free run (Wc carried through), or seeds within each cell independently (the papers' bootstrap).
+INTERVALS = ("seed_block", "cell")
+#: How a table's CI column names each interval.
+INTERVAL_NAMES = {"seed_block": "seed-block CI", "cell": "CI"}
 #: The most bootstrap resamples an analyzer may draw.
 MAX_RESAMPLES = 1_000_000
 #: Field metadata: the option names stages of the file, or run keys (checked when the file is read).
