@@ -37,7 +37,7 @@ def list_command(as_json: bool) -> None:
 
 @examples.command()
 @click.argument("name", shell_complete=example_names)
-@click.argument("directory", required=False, default=".", type=click.Path(file_okay=False))
+@click.argument("directory", required=False, default=".", type=click.Path())
 @click.option("--force", is_flag=True, help="Replace a file of that name already in DIRECTORY.")
 def copy(name: str, directory: str, force: bool) -> None:
     """Copy the example NAME (see gnorm examples list) into DIRECTORY (default: here), under its own

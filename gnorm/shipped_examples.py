@@ -72,7 +72,7 @@ def toml_description(text: str) -> str:
 
 
 def notebook_description(text: str) -> str:
-    """The first sentence of a notebook's first Markdown cell, without heading marks."""
+    """A notebook's first Markdown cell's heading, or else its first sentence."""
     try:
         cells = json.loads(text).get("cells", [])
     except (ValueError, AttributeError):
@@ -80,8 +80,10 @@ def notebook_description(text: str) -> str:
     for cell in cells:
         if isinstance(cell, dict) and cell.get("cell_type") == "markdown":
             source = cell.get("source", "")
-            source = "".join(source) if isinstance(source, list) else str(source)
-            return first_sentence([line.lstrip("#").strip() or "" for line in source.splitlines()])
+            lines = ("".join(source) if isinstance(source, list) else str(source)).strip().splitlines()
+            if lines and lines[0].startswith("#"):  # a heading is the description
+                return lines[0].lstrip("#").strip()
+            return first_sentence(lines)
     return ""
 
 
