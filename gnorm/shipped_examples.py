@@ -38,11 +38,13 @@ class Example:
 
 def examples_root() -> Path:
     """The folder holding the examples: ``gnorm/examples`` inside an installed package, else the
-    ``examples/`` folder beside the ``gnorm`` package in a source tree (an editable install)."""
+    ``examples/`` folder beside the ``gnorm`` package in a source tree (an editable install; the tree
+    is known by its ``pyproject.toml``)."""
     package = Path(__file__).resolve().parent
-    for candidate in (package / PACKAGED_FOLDER, package.parent / "examples"):
-        if candidate.is_dir():
-            return candidate
+    if (package / PACKAGED_FOLDER).is_dir():
+        return package / PACKAGED_FOLDER
+    if (package.parent / "examples").is_dir() and (package.parent / "pyproject.toml").is_file():
+        return package.parent / "examples"
     raise UserError(f"gnorm's examples are not installed (looked in {package / PACKAGED_FOLDER} and "
                     f"{package.parent / 'examples'}); reinstall gnorm from its wheel or sdist")
 

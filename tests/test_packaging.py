@@ -62,6 +62,19 @@ def test_a_source_tree_finds_the_repositorys_examples_folder():
     assert examples_root() == EXAMPLES
 
 
+def test_an_installed_package_finds_its_own_examples_and_a_broken_install_says_so(tmp_path, monkeypatch):
+    import gnorm.shipped_examples as shipped
+
+    site = tmp_path / "site-packages"
+    (site / "gnorm").mkdir(parents=True)
+    (site / "examples").mkdir()  # some other distribution's folder beside gnorm: not gnorm's examples
+    monkeypatch.setattr(shipped, "__file__", str(site / "gnorm" / "shipped_examples.py"))
+    with pytest.raises(UserError, match="gnorm's examples are not installed"):
+        examples_root()
+    (site / "gnorm" / "examples").mkdir()
+    assert examples_root() == site / "gnorm" / "examples"
+
+
 def test_a_description_is_the_first_sentence_of_the_header():
     text = ("# Paper B, Figure 6: same-state forks. Every arm starts from the identical state\n"
             "# its seed reaches.\n#\n# More.\n[experiment]\n")
@@ -167,9 +180,10 @@ def test_pyproject_lists_every_package_and_every_example_folder_named_like_one()
     packages = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "gnorm").rglob("__init__.py")}
     assert sorted(packages - listed) == [], "add these to [tool.setuptools] packages in pyproject.toml"
     folders = {"gnorm.examples." + ".".join(p.relative_to(EXAMPLES).parts) for p in EXAMPLES.rglob("*")
-               if p.is_dir() and all(part.isidentifier() for part in p.relative_to(EXAMPLES).parts)
-               and any(p.glob("*.toml")) | any(p.glob("*.ipynb"))}
+               if p.is_dir() and all(part.isidentifier() for part in p.relative_to(EXAMPLES).parts)}
     assert sorted(folders - listed) == [], "add these to [tool.setuptools] packages (and package-data) in pyproject"
+    data = PYPROJECT["tool"]["setuptools"]["package-data"]
+    assert sorted(folder for folder in folders if "*.ipynb" not in data.get(folder, ())) == []
     assert PYPROJECT["tool"]["setuptools"]["package-dir"] == {"gnorm.examples": "examples"}
     assert PYPROJECT["project"]["license-files"] == ["LICENSE"]
     assert "Copyright (c) 2026 the gnorm authors" in (REPO / "LICENSE").read_text()
