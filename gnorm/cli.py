@@ -26,6 +26,7 @@ import attrs
 import click
 
 from gnorm import __version__
+from gnorm.cli_examples import examples
 from gnorm.completion import component_names
 from gnorm.errors import Problem, UserError, write_failure
 
@@ -588,9 +589,7 @@ def import_(folders: tuple[str, ...], out_dir: str) -> None:
             click.echo(f"imported {len(records)} runs from {folder}")
 
 
-from gnorm.cli_examples import examples  # noqa: E402  (its own module: gnorm examples list / copy)
-
-main.add_command(examples)
+main.add_command(examples)  # gnorm examples list / copy, in its own module
 
 if __name__ == "__main__":
     main()
