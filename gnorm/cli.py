@@ -1,5 +1,5 @@
-"""The ``gnorm`` command: run | validate | plugins | show | analyze | export | report | import, and the
-commands plugins add through ``gnorm_commands`` (gnorm-bench adds ``bench``).
+"""The ``gnorm`` command: run | validate | plugins | show | analyze | export | report | import | examples,
+and the commands plugins add through ``gnorm_commands`` (gnorm-bench adds ``bench``).
 
 Every command answers bad input with one line per problem (``error: <where>: <key>: <message>``) and
 exit status 2, and a Ctrl-C anywhere with one ``interrupted`` line and exit status 130. Reading
@@ -26,6 +26,8 @@ import attrs
 import click
 
 from gnorm import __version__
+from gnorm.cli_examples import examples
+from gnorm.completion import component_names
 from gnorm.errors import Problem, UserError, write_failure
 
 if TYPE_CHECKING:
@@ -197,7 +199,7 @@ def _output_file(option: str, path: Path) -> Path:
     return path
 
 
-@click.group(cls=GnormGroup)
+@click.group(cls=GnormGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gnorm")
 def main() -> None:
     """Run and analyse weight-norm interventions in grokking."""
@@ -276,7 +278,7 @@ def _with_executor_options(experiment: Experiment, name: str | None, options: di
               help="Override any key of the file, e.g. --set task.p=59 --set stage.clamp.seeds=2 (a stage by "
                    "name or 0-based index; repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the expanded list of runs and exit.")
-@click.option("--executor", "executor_name", metavar="NAME",
+@click.option("--executor", "executor_name", metavar="NAME", shell_complete=component_names("executor"),
               help="Where cells train (default: the file's [executor] table, else local); see gnorm plugins. "
                    "Executors may add options of their own, listed below.")
 @reports_user_errors
@@ -490,7 +492,7 @@ def _known_analyzers(registry: Registry, names: tuple[str, ...]) -> None:
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--analyzer", "names", multiple=True, help="Analyzer to run (repeatable; default: the file's "
-              "[[analysis]] tables, else critical_norm and delay_law).")
+              "[[analysis]] tables, else critical_norm and delay_law).", shell_complete=component_names("analyzer"))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write every number to this file.")
 @reports_user_errors
 def analyze(directory: str, names: tuple[str, ...], json_path: str | None) -> None:
@@ -602,6 +604,7 @@ def import_(folders: tuple[str, ...], out_dir: str) -> None:
 from gnorm.cli_plan import plan  # noqa: E402  (gnorm plan: its own module)
 
 main.add_command(plan)
+main.add_command(examples)  # gnorm examples list / copy, in its own module
 
 if __name__ == "__main__":
     main()

@@ -4,18 +4,17 @@ Figures are built as ``matplotlib.figure.Figure`` objects on the non-interactive
 than through ``pyplot``: nothing here selects a process-wide backend or keeps figures in pyplot's
 global registry, so importing this module never changes how a user's own notebook plots. A figure
 function decorated with :func:`styled` draws under gnorm's fonts and grid without touching the
-global rcParams.
+global rcParams. matplotlib itself is imported when a figure is drawn, not with this module (the
+analyzers import it, and listing them must stay quick).
 """
 
 from __future__ import annotations
 
 from functools import wraps
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import matplotlib
-from matplotlib import ticker
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 RHO = "controller.rho"
 LR = "optimizer.lr"
@@ -37,6 +36,9 @@ STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fo
 
 def new_figure(width: float, height: float) -> Figure:
     """A constrained-layout figure on its own Agg canvas (never in pyplot's registry)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
@@ -46,6 +48,8 @@ def styled(function: Callable[..., Figure]) -> Callable[..., Figure]:
     """Build the figure under gnorm's style (fonts, grid) without touching the global rcParams."""
     @wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Figure:
+        import matplotlib
+
         with matplotlib.rc_context(STYLE):
             return function(*args, **kwargs)
     return wrapper
@@ -58,6 +62,8 @@ def axis_label(key: str) -> str:
 
 def palette(count: int, numeric: bool) -> list[Any]:
     """Ordered colours (viridis without its pale end) for a numeric sweep, tab10 for categories."""
+    import matplotlib
+
     if numeric:
         colormap = matplotlib.colormaps["viridis"]
         return [colormap(0.85 * i / max(count - 1, 1)) for i in range(count)]
@@ -67,6 +73,8 @@ def palette(count: int, numeric: bool) -> list[Any]:
 
 def plain_log_ticks(axis: Any) -> None:
     """Log axis ticked at 1, 2, 5 x 10^k and labelled with plain numbers (2,000 rather than 2x10^3)."""
+    from matplotlib import ticker
+
     axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 1 else f"{value:g}"))
     axis.set_minor_formatter(ticker.NullFormatter())

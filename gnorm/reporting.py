@@ -22,12 +22,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import attrs
-from matplotlib.figure import Figure
 
 from gnorm.components import Analysis, RunRecord, Table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @attrs.frozen(eq=False)

@@ -1,17 +1,19 @@
 """The science as small pure functions: norms, schedules, crossing times, fits.
 
-Each docstring states the formula it computes.
+Each docstring states the formula it computes. The tensor functions import torch where they run, so
+that the analyses (and ``gnorm plugins``, which imports the analyzers) never wait for it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 
 def weight_norm(norm_tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -19,6 +21,8 @@ def weight_norm(norm_tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
     ||W||_m = sqrt( sum_k ||W_k[m]||_F^2 ), summed over the tensors in the norm (E, W1, W2 for the MLP).
     """
+    import torch
+
     squares = [tensor.detach().pow(2).flatten(1).sum(1) for tensor in norm_tensors]
     return torch.stack(squares).sum(0).sqrt()
 
@@ -28,6 +32,8 @@ def rescale_to_norm(norm_tensors: Sequence[torch.Tensor], target: torch.Tensor |
 
     W_k[m] <- W_k[m] * target_m / ||W||_m, in place. Returns the norms before rescaling.
     """
+    import torch
+
     before = weight_norm(norm_tensors)
     scale = torch.as_tensor(target, dtype=before.dtype, device=before.device) / before
     for tensor in norm_tensors:
@@ -38,12 +44,16 @@ def rescale_to_norm(norm_tensors: Sequence[torch.Tensor], target: torch.Tensor |
 def cross_entropy_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-example cross-entropy of logits z (N, C) against integer labels y (N): -log softmax(z)_y
     = log sum_c exp(z_c) - z_y."""
+    import torch.nn.functional as F
+
     return F.cross_entropy(logits, labels, reduction="none")
 
 
 def mse_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-example squared error to the one-hot label (paper B), mean over the C classes:
     (1/C) sum_c (z_c - [c = y])^2."""
+    import torch.nn.functional as F
+
     one_hot = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
     return (logits - one_hot).pow(2).mean(-1)
 
@@ -51,6 +61,8 @@ def mse_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def stablemax_scores(logits: torch.Tensor) -> torch.Tensor:
     """StableMax's positive scores (Prieto et al. 2025), elementwise: s(x) = x + 1 for x >= 0 and
     1 / (1 - x) for x < 0 (continuous with slope 1 at 0, linear rather than exponential growth)."""
+    import torch
+
     negative = logits.clamp(max=0.0)  # the 1/(1-x) branch never sees x > 0, so its gradient stays finite
     return torch.where(logits >= 0, logits + 1, 1 / (1 - negative))
 
@@ -70,6 +82,8 @@ def stablemax_cross_entropy_losses(logits: torch.Tensor, labels: torch.Tensor) -
 def clip_rows(tensor: torch.Tensor, max_row_norm: float) -> None:
     """Per-row L2 clipping in place; a row is a vector along the last axis (a 1-D tensor per member is
     one row): r <- r * min(1, max_row_norm / ||r||_2)."""
+    import torch
+
     row_norms = tensor.norm(dim=-1, keepdim=True)
     tensor.mul_((max_row_norm / row_norms.clamp_min(torch.finfo(tensor.dtype).tiny)).clamp(max=1.0))
 
@@ -79,6 +93,8 @@ def allocated_shares(group_share: torch.Tensor, partner_share: torch.Tensor,
     """Paper B's layer allocation: a group's share s_g = ||W_g||^2 / ||W||^2 of the squared norm moves
     to S_g = clip(s_g (1 + allocation), 0, s_g + s_p), and the partner's share s_p absorbs the change,
     S_p = s_g + s_p - S_g, so the total share is unchanged. Returns (S_g, S_p)."""
+    import torch
+
     pooled = group_share + partner_share
     target = torch.minimum((group_share * (1 + allocation)).clamp_min(0), pooled)
     return target, pooled - target

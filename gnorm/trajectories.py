@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
 import numpy as np
-from matplotlib import ticker
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 from gnorm.analysis.records import group_label, numeric, record_value, records_by_cell, value_order
 from gnorm.analysis.statistics import nanmedian_over_seeds
@@ -26,6 +23,9 @@ from gnorm.components import RunRecord
 from gnorm.figures import NORM_LABEL, RHO, STEP_LABEL, new_figure, palette, styled
 from gnorm.reporting import ReportContext, ReportSection, slug
 from gnorm.science import critical_norm
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Most trajectory figures drawn per stage; the rest are named in the report.
 MAX_TRAJECTORY_FIGURES = 6
@@ -87,6 +87,9 @@ def trajectory_figure(title: str, cells: Sequence[CellCurves], reference: str = 
     dotted line at each cell's ``reference_norm`` (``reference`` names it), a dash-dot line at
     ``t_start``. ``seed_means``: the rows are released means over seeds, drawn as they are. Without
     accuracies (paper B released none) only the norm panel is drawn."""
+    from matplotlib import ticker
+    from matplotlib.lines import Line2D
+
     with_accuracy = any(_has_data(c.test_acc) or _has_data(c.train_acc) for c in cells)
     figure = new_figure(9.5, 6.4 if with_accuracy else 4.2)
     if with_accuracy:

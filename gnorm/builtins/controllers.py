@@ -4,13 +4,17 @@ clipping, an initial rescale). Each class's docstring states what it does to the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
-import torch
 
 import gnorm
 from gnorm.components import ControllerContext
 from gnorm.errors import Problem, UserError
 from gnorm.science import allocated_shares, clip_rows, held_norm, rescale_to_norm, weight_norm
+
+if TYPE_CHECKING:
+    import torch
 
 
 @attrs.frozen
@@ -48,6 +52,8 @@ class Clamp:
         self.held_norm = held_norm(config.rho, context.critical_norm)
 
     def after_step(self, step: int, norm_tensors: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        import torch
+
         if step < self.t_start:
             return None
         before = rescale_to_norm(norm_tensors, self.held_norm)
@@ -144,6 +150,8 @@ class GroupClamp:
         self.held_norm = held_norm(config.rho, self.group_critical_norm)
 
     def after_step(self, step: int, norm_tensors: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        import torch
+
         if step < self.t_start:
             return None
         total_before = weight_norm(norm_tensors) if step == self.t_start else None
@@ -227,6 +235,8 @@ class LayerAllocation:
         self.held_shares: torch.Tensor | None = None  # (members, parts)
 
     def after_step(self, step: int, norm_tensors: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        import torch
+
         if step < self.t_start:
             return None
         parts = [[norm_tensors[i] for i in positions] for positions in self.parts]

@@ -12,7 +12,6 @@ import attrs
 
 import gnorm
 from gnorm.components import ExecutorContext
-from gnorm.worker import exit_with_parent
 
 
 @attrs.frozen
@@ -54,6 +53,8 @@ class LocalExecutor(concurrent.futures.ProcessPoolExecutor):
     registry are paid once per worker. Workers ignore Ctrl-C and exit if the coordinator dies."""
 
     def __init__(self, workers: int):
+        from gnorm.worker import exit_with_parent  # the training side, imported when a pool is made
+
         super().__init__(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                          initializer=exit_with_parent, initargs=(os.getpid(),))
         self.capacity = workers

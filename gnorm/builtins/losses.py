@@ -5,15 +5,15 @@ the logits by before the loss and in evaluation."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import attrs
-import torch
 
 import gnorm
 from gnorm.science import cross_entropy_losses, mse_losses, stablemax_cross_entropy_losses
 
-Losses = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``losses(logits, labels) -> per-example losses``, on torch tensors.
+Losses = Callable[[Any, Any], Any]
 
 
 @attrs.frozen

@@ -8,11 +8,15 @@ The science is in the pure functions below; every tensor has a leading member ax
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
-import torch
 
 import gnorm
 from gnorm.components import EvaluationChunk, ObservableContext
+
+if TYPE_CHECKING:
+    import torch
 
 
 @attrs.frozen
@@ -23,12 +27,16 @@ class NoOptions:
 def logit_scale(logits: torch.Tensor) -> torch.Tensor:
     """L_m = (1/N) sum_i ||z_mi||_2 over all N examples (train and test), z_mi the logit vector of
     member m on example i as the loss sees it (after any temperature)."""
+    import torch
+
     return torch.linalg.vector_norm(logits, dim=-1).mean(dim=-1)
 
 
 def softmax_collapse_fraction(logits: torch.Tensor, labels: torch.Tensor, train_mask: torch.Tensor) -> torch.Tensor:
     """Share of member m's training examples whose correct-class probability softmax(z_mi)[y_mi] is
     exactly 1.0 in the logits' own precision (float32 or float64, as trained)."""
+    import torch
+
     correct = torch.softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     collapsed = (correct == 1.0) & train_mask
     return collapsed.sum(-1).to(logits.dtype) / train_mask.sum(-1).to(logits.dtype)
@@ -38,6 +46,8 @@ def gini(values: torch.Tensor) -> torch.Tensor:
     """Gini coefficient along the last axis of non-negative values x_1..x_n:
     G = sum_i sum_j |x_i - x_j| / (2 n^2 mean(x)) = sum_k (2k - n - 1) x_(k) / (n sum x), with x_(k) the
     k-th smallest. 0 when all are equal; (n - 1) / n when one holds everything."""
+    import torch
+
     n = values.shape[-1]
     ordered = values.sort(dim=-1).values
     weights = 2 * torch.arange(1, n + 1, dtype=values.dtype, device=values.device) - n - 1
@@ -47,6 +57,8 @@ def gini(values: torch.Tensor) -> torch.Tensor:
 def fourier_power(embedding: torch.Tensor) -> torch.Tensor:
     """Power of a token embedding E (p rows, one per residue a of Z_p; d columns) at each frequency
     k = 0..p-1 of Z_p: P_k = sum_j |sum_a E[a, j] exp(-2 pi i k a / p)|^2."""
+    import torch
+
     return torch.fft.fft(embedding, dim=-2).abs().pow(2).sum(-1)
 
 
@@ -63,6 +75,8 @@ def singular_value_entropy(matrix: torch.Tensor) -> torch.Tensor:
     q_i = s_i^2 / sum_j s_j^2 (the share of the squared Frobenius norm; 0 ln 0 = 0). At the papers'
     initialization (p = 59, d = 128) this gives 3.8435 (mean of 40 draws); their released
     ``spec_entropy_E`` at step 0 is 3.8443. Shares s_i / sum s_j would give 4.007 instead."""
+    import torch
+
     energy = torch.linalg.svdvals(matrix).pow(2)
     shares = energy / energy.sum(-1, keepdim=True)
     return -torch.special.xlogy(shares, shares).sum(-1)

@@ -5,13 +5,15 @@ gnorm.training.optimizer)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 import gnorm
 from gnorm.components import OptimizerContext
-from gnorm.training.optimizer import BatchedAdamW, BatchedSGD
+
+if TYPE_CHECKING:  # the optimizers themselves (torch) are imported when one is built
+    from gnorm.training.optimizer import BatchedAdamW, BatchedSGD
 
 
 def _unit_interval(instance: Any, attribute: Any, value: float) -> None:
@@ -60,14 +62,20 @@ class SGDConfig:
 
 
 def adamw(config: AdamWConfig, context: OptimizerContext) -> BatchedAdamW:
+    from gnorm.training.optimizer import BatchedAdamW
+
     return BatchedAdamW(context.params, context.decayed, config)
 
 
 def adam(config: AdamConfig, context: OptimizerContext) -> BatchedAdamW:
+    from gnorm.training.optimizer import BatchedAdamW
+
     return BatchedAdamW(context.params, [False] * len(context.params), config)
 
 
 def sgd(config: SGDConfig, context: OptimizerContext) -> BatchedSGD:
+    from gnorm.training.optimizer import BatchedSGD
+
     return BatchedSGD(context.params, context.decayed, config)
 
 

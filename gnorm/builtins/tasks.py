@@ -1,16 +1,22 @@
-"""Built-in tasks: modular arithmetic on pairs (a, b) mod p, and sparse parity on {-1,+1}^n."""
+"""Built-in tasks: modular arithmetic on pairs (a, b) mod p, and sparse parity on {-1,+1}^n.
+
+torch is imported where tensors are made, so registering the tasks (``gnorm plugins``) does not import it.
+"""
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+import operator
+from typing import TYPE_CHECKING, Callable
 
 import attrs
-import torch
 
 import gnorm
 from gnorm.components import InputSpec, Split
 from gnorm.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _check_fraction(instance, attribute, value) -> None:
@@ -104,6 +110,8 @@ class PrimeModularConfig:
 
 def random_split(num_examples: int, train_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random permutation of the examples: the first n_train are the training set."""
+    import torch
+
     generator = torch.Generator().manual_seed(split_seed)
     order = torch.randperm(num_examples, generator=generator)
     n_train = train_size(num_examples, train_fraction)
@@ -125,6 +133,8 @@ class ModularTask:
     def _pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, labels), built when first used: building the task to read its input shape (as the
         experiment loader does) costs nothing."""
+        import torch
+
         p = self.config.p
         a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).unbind(1)
         if self._nonzero_b:
@@ -151,6 +161,8 @@ class ModularTask:
 def modular_inverses(p: int) -> torch.Tensor:
     """inverse[b] = b^(p-2) mod p for b in [0, p) (Fermat: b * b^(p-2) = 1 mod p for prime p and b != 0;
     inverse[0] = 0 is never used)."""
+    import torch
+
     return torch.tensor([pow(b, p - 2, p) for b in range(p)])
 
 
@@ -214,6 +226,8 @@ class SparseParityTask:
         self.input_spec = InputSpec(kind="vector", length=config.n_bits)
 
     def split(self, split_seed: int) -> Split:
+        import torch
+
         c = self.config
         generator = torch.Generator().manual_seed(split_seed)
         total = c.train_size + c.test_size
@@ -226,11 +240,11 @@ class SparseParityTask:
 def gnorm_tasks() -> list[gnorm.Task]:
     return [
         gnorm.Task(name="modular_addition", summary="(a + b) mod p on all p^2 pairs",
-                   config_class=ModularConfig, factory=lambda config: ModularTask(config, torch.add)),
+                   config_class=ModularConfig, factory=lambda config: ModularTask(config, operator.add)),
         gnorm.Task(name="modular_multiplication", summary="(a * b) mod p on all p^2 pairs",
-                   config_class=ModularConfig, factory=lambda config: ModularTask(config, torch.mul)),
+                   config_class=ModularConfig, factory=lambda config: ModularTask(config, operator.mul)),
         gnorm.Task(name="modular_subtraction", summary="(a - b) mod p on all p^2 pairs",
-                   config_class=ModularConfig, factory=lambda config: ModularTask(config, torch.sub)),
+                   config_class=ModularConfig, factory=lambda config: ModularTask(config, operator.sub)),
         gnorm.Task(name="modular_division", config_class=PrimeModularConfig,
                    summary="a / b = a * b^(p-2) mod p on the p(p-1) pairs with b != 0, p prime",
                    factory=lambda config: ModularTask(config, lambda a, b: modular_quotient(a, b, config.p),

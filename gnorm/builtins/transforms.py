@@ -13,14 +13,16 @@ command for algorithmic data, ``--filter ma --window_size 100 --lamb 5.0``, uses
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import torch
 
 import gnorm
 from gnorm.components import GradientTransform, TransformContext
 from gnorm.errors import Problem, UserError
+
+if TYPE_CHECKING:
+    import torch
 
 #: The longest Grokfast-MA window a file may ask for (each member keeps ``window_size`` gradients).
 MAX_WINDOW = 10_000
@@ -60,12 +62,16 @@ class GrokfastEMA:
         self.alpha, self.lamb = config.alpha, config.lamb
 
     def init(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        import torch
+
         state = {f"ema.{name}": torch.zeros_like(p) for name, p in params.items()}
         state["started"] = torch.zeros((), dtype=torch.bool, device=_device(params))
         return state
 
     def update(self, grads: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
                params: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        import torch
+
         started = state["started"]
         new_grads, new_state = {}, {"started": torch.ones_like(started)}
         for name, g in grads.items():
@@ -103,6 +109,8 @@ class GrokfastMA:
         self.mean, self.warmup = config.filter_type == "mean", config.warmup
 
     def init(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        import torch
+
         state = {f"window.{name}": torch.zeros((self.window_size, *p.shape), dtype=p.dtype, device=p.device)
                  for name, p in params.items()}
         state["count"] = torch.zeros((), dtype=torch.int64, device=_device(params))
@@ -110,6 +118,8 @@ class GrokfastMA:
 
     def update(self, grads: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
                params: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        import torch
+
         count = state["count"] + 1
         filled = torch.clamp(count, max=self.window_size)  # |G_t|
         apply = filled == self.window_size if self.warmup else torch.ones_like(filled, dtype=torch.bool)
@@ -157,6 +167,8 @@ class OrthogonalGradient:
 
     def update(self, grads: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
                params: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        import torch
+
         new_grads = dict(grads)
         for name in self.tensors:
             g, w = grads[name], params[name]

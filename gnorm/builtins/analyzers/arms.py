@@ -9,13 +9,10 @@ seed's initialization and split are the same in every arm that shares the base c
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
 import numpy as np
-from matplotlib import ticker
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 import gnorm
 from gnorm.analysis.records import records_by_cell, select
@@ -26,6 +23,9 @@ from gnorm.figures import STEP_LABEL, new_figure, palette, styled
 from gnorm.reporting import ReportContext, ReportSection
 from gnorm.science import percentile_interval
 from gnorm.trajectories import align_trajectories
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: The bootstrap's seed: the same records always give the same intervals.
 BOOTSTRAP_SEED = 0
@@ -116,6 +116,9 @@ class ArmCurves:
 def arms_figure(arms: Sequence[ArmCurves], title: str = "Test accuracy per arm") -> Figure:
     """Each arm's median test accuracy over seeds (thick) against the step on a log axis, its seeds
     faintly, one colour per arm, and a dotted vertical line at the arm's median T_grok."""
+    from matplotlib import ticker
+    from matplotlib.lines import Line2D
+
     figure = new_figure(9.5, 4.8)
     axes = figure.subplots()
     colours = palette(len(arms), numeric=False)

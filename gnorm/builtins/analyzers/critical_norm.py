@@ -7,12 +7,10 @@ import json
 import math
 import re
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
 import numpy as np
-from matplotlib import ticker
-from matplotlib.figure import Figure
 
 import gnorm
 from gnorm.analysis.records import cell_label, numeric, record_value, records_by_cell, select, series_labels, value_order
@@ -22,6 +20,9 @@ from gnorm.components import Analysis, RunRecord, Table
 from gnorm.figures import P, axis_label, new_figure, palette, styled
 from gnorm.reporting import ReportContext, ReportSection
 from gnorm.science import LineFit, coefficient_of_variation, critical_norm, ols_line, percentile_interval
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @attrs.frozen
@@ -157,6 +158,8 @@ def critical_norm_figure(points: Sequence[CriticalNormPoint], fit: LineFit | Non
     """Wc against p (or ``x_key``) on log-log axes, error bars = the CI of each cell's Wc, one colour
     per series (in the order given), the fitted power law as a line; ``single_p`` points (grey) are
     cells whose other settings ran at one p only, so they form no series of their own."""
+    from matplotlib import ticker
+
     series = list(dict.fromkeys(pt.series for pt in points))
     several = len(series) > 2
     figure = new_figure(7.5, 6.4 if several else 4.8)

@@ -10,13 +10,10 @@ papers' bootstrap, and gnorm's before 0.2; see :mod:`gnorm.builtins.analyzers`).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import attrs
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 
 import gnorm
 from gnorm.analysis.records import (
@@ -40,6 +37,9 @@ from gnorm.components import Analysis, RunRecord, Table
 from gnorm.figures import RHO, T_GROK_LABEL, axis_label, new_figure, palette, plain_log_ticks, styled
 from gnorm.reporting import ReportContext, ReportSection, settings_text
 from gnorm.science import delay_law_fit, ols_slopes, percentile_interval, shared_slope_design, shared_slope_fit
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @attrs.frozen
@@ -316,6 +316,9 @@ def delay_law_figure(groups: Sequence[DelayLawGroup], x_key: str = RHO, confiden
     censored seeds are squares, and their counts are in the group's legend entry (text next to the
     points would collide with neighbouring groups); cells left out of the fit (too few grokked seeds)
     are hollow; a cell where no seed grokked is a hollow triangle at its budget."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     several = len(groups) > 2
     figure = new_figure(8.0, 6.6 if several else 5.2)
     axes = figure.subplots()
@@ -349,6 +352,8 @@ DELAY_MARKERS = {
 
 
 def _marker_handle(kind: str) -> Line2D:
+    from matplotlib.lines import Line2D
+
     style, label = DELAY_MARKERS[kind]
     return Line2D([], [], color="0.3", ls="", label=label, **style)
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import attrs
 import numpy as np
-from matplotlib.colors import LogNorm
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 import gnorm
 from gnorm.analysis.records import group_label, group_records, numeric, record_value, select, value_order
@@ -24,6 +21,9 @@ from gnorm.components import Analysis, RunRecord, Table
 from gnorm.figures import LR, RHO, axis_label, new_figure, plain_log_ticks, styled
 from gnorm.reporting import ReportSection, slug
 from gnorm.science import percentile_interval
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @attrs.frozen
@@ -174,6 +174,9 @@ def lever_heatmap_figure(rhos: Sequence[float], lrs: Sequence[float], median: np
                          seeds: np.ndarray, title: str = "") -> Figure:
     """``median[i, j]``: median T_grok over grokked seeds at rhos[i], lrs[j] (NaN where none grokked),
     coloured on a log scale and written in each cell with grokked/seeds; empty cells are hatched."""
+    from matplotlib.colors import LogNorm
+    from matplotlib.patches import Rectangle
+
     figure = new_figure(1.6 * len(lrs) + 3.2, 0.75 * len(rhos) + 2.2)
     axes = figure.subplots()
     axes.grid(False)

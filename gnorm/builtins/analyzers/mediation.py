@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 import gnorm
 from gnorm.analysis.records import group_label, record_value, select, value_order
@@ -29,6 +27,9 @@ from gnorm.components import Analysis, RunRecord, Table
 from gnorm.figures import RHO, T_GROK_LABEL, new_figure, palette, plain_log_ticks, styled
 from gnorm.reporting import ReportContext, ReportSection
 from gnorm.science import matched_delay, ols_line, percentile_interval, r_squared, recovery_fraction
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @attrs.frozen
@@ -208,6 +209,8 @@ class CollapsePoint:
 def logit_collapse_figure(points: Sequence[CollapsePoint], norm_key: str = RHO) -> Figure:
     """T_grok (log y) against the logit scale L at grok, one colour per group and one marker per norm
     value, with each group's OLS line of ln T on L."""
+    from matplotlib.lines import Line2D
+
     groups = list(dict.fromkeys(pt.group for pt in points))
     norms = sorted({pt.norm for pt in points})
     markers = ["o", "s", "^", "D", "v", "P", "X", "*"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import attrs
-import torch
 
 import gnorm
 
@@ -30,6 +29,8 @@ class GradientClipNorm:
         return {}
 
     def update(self, grads, state, params):
+        import torch  # here, not at the top: listing plugins stays quick
+
         total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
         scale = torch.clamp(self.max_norm / (total + 1e-6), max=1.0)
         return {name: g * scale for name, g in grads.items()}, state

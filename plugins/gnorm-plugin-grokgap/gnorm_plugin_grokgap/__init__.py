@@ -15,17 +15,19 @@ T_mem) with its interquartile range; censored seeds are counted, never imputed. 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
 import numpy as np
-from matplotlib.figure import Figure
 
 import gnorm
 from gnorm.analysis import cell_label, median_or_none, records_by_cell, select
 from gnorm.components import Analysis, RunRecord, Table
 from gnorm.figures import new_figure, palette, styled
 from gnorm.reporting import ReportContext, ReportSection
+
+if TYPE_CHECKING:  # matplotlib is imported when the figure is drawn (gnorm.figures.new_figure)
+    from matplotlib.figure import Figure
 
 
 @attrs.frozen

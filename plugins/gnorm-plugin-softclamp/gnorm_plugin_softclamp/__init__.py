@@ -12,12 +12,16 @@ This one implements a single hook, ``gnorm_norm_controllers``, and adds one cont
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
-import torch
 
 import gnorm
 from gnorm.components import ControllerContext
 from gnorm.science import held_norm, rescale_to_norm, weight_norm
+
+if TYPE_CHECKING:  # torch is imported where tensors are touched: listing plugins stays quick
+    import torch
 
 
 @attrs.frozen
@@ -46,6 +50,8 @@ class SoftClamp:
         self.held_norm = held_norm(config.rho, context.critical_norm)
 
     def after_step(self, step: int, norm_tensors: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        import torch
+
         if step < self.t_start:
             return None
         before = weight_norm(norm_tensors)
