@@ -18,12 +18,10 @@ exact.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 import gnorm
 from gnorm.analysis.records import (
@@ -43,6 +41,9 @@ from gnorm.components import Analysis, RunRecord, Table
 from gnorm.figures import RHO, T_GROK_LABEL, axis_label, new_figure, palette, plain_log_ticks, styled
 from gnorm.reporting import ReportContext, ReportSection, settings_text
 from gnorm.science import delay_law_fit, shared_slope_fit
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def distribution_names(instance, attribute, value: list[str]) -> None:
@@ -340,6 +341,8 @@ def censored_delay_law_figure(runs: SurvivalRuns, numbers: dict[str, Any], x_key
     pointing up at the step they were censored; per group the chosen AFT model's median line
     exp(intercept + alpha x + sigma median(eps)) (solid) and the median-of-grokked fit (dashed).
     Seeds are spread a little along x, and groups side by side, so that equal times stay visible."""
+    from matplotlib.lines import Line2D
+
     groups = list(groups if groups is not None else runs.groups)
     figure = new_figure(8.0, 5.6 if len(groups) > 2 else 5.0)
     axes = figure.subplots()
