@@ -20,6 +20,8 @@ _COMPONENTS = ("Analyzer", "Architecture", "Executor", "ExecutorOption", "GrokCr
                "Observable", "Task")
 _COMPONENTS += ("GradientTransform",)
 _COMPONENTS += ("Loss", "Optimizer")  # issue 14: how members learn
+#: The Python API (gnorm.api): ``gnorm.open(results_dir)`` and ``gnorm.run(experiment, out=...)``.
+_API = ("Results", "open", "run")
 
 
 def __getattr__(name: str):
@@ -27,6 +29,10 @@ def __getattr__(name: str):
         from gnorm import components
 
         return getattr(components, name)
+    if name in _API:
+        from gnorm import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'gnorm' has no attribute {name!r}")
 
 
@@ -41,7 +47,10 @@ __all__ = [
     "NormController",
     "Observable",
     "Optimizer",
+    "Results",
     "Task",
     "__version__",
     "hookimpl",
+    "open",
+    "run",
 ]

@@ -145,20 +145,11 @@ def _registry() -> Registry:
 
 
 def _load(path: str, overrides: tuple[str, ...]) -> tuple[Experiment, Registry]:
-    from gnorm.loader import load_experiment
-    from gnorm.overrides import parse_override
+    from gnorm.studies import load, parse_overrides
 
-    parsed, problems = {}, []
-    for text in overrides:
-        try:
-            key, value = parse_override(text)
-            parsed[key] = value
-        except UserError as error:
-            problems += error.problems
-    if problems:
-        raise UserError(problems)
+    parsed = parse_overrides(overrides)
     registry = _registry()
-    return load_experiment(path, registry, parsed), registry
+    return load(path, registry, parsed), registry
 
 
 def _write_text(option: str, path: Path, text: str) -> None:
@@ -174,6 +165,25 @@ def _write_text(option: str, path: Path, text: str) -> None:
         except OSError:
             pass
         raise write_failure(option, path, error) from None
+
+
+#: The ``--json`` value that writes the JSON to standard output (the text for people then goes to stderr).
+STDOUT = "-"
+
+
+def _check_json_option(path: str | None) -> None:
+    """Refuse, before any work, a ``--json`` file that cannot be written (``-`` is standard output)."""
+    if path and path != STDOUT:
+        _output_file("--json", Path(path))
+
+
+def _write_json(path: str | None, data: Any) -> None:
+    """``data`` as JSON to ``--json``'s file (whole or not at all), or to standard output for ``-``."""
+    text = json.dumps(data, indent=2, default=str)
+    if path == STDOUT:
+        click.echo(text)
+    elif path:
+        _write_text("--json", Path(path), text)
 
 
 def _output_directory(option: str, path: Path) -> Path:
@@ -306,7 +316,9 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
     from gnorm.progress import Progress
     from gnorm.scheduler import run_experiment
 
-    directory = Path(out_dir or experiment.meta.output_dir or Path("runs") / experiment.meta.name)
+    from gnorm.studies import results_directory
+
+    directory = results_directory(experiment, out_dir)
     store = Store(directory, create=True)
     with store.exclusive():
         click.echo(f"gnorm {__version__}: {experiment.source} -> {directory}", err=True)
@@ -360,13 +372,13 @@ def _print_summary(store: Store, experiment: Experiment, registry: Registry) -> 
     return ran if records else None
 
 
-def _echo_analysis(analysis: Analysis) -> None:
+def _echo_analysis(analysis: Analysis, err: bool = False) -> None:
     from gnorm.tables import format_table
 
     for table in analysis.tables:
-        click.echo("\n" + format_table(table))
+        click.echo("\n" + format_table(table), err=err)
     for note in analysis.notes:
-        click.echo(f"note: {note}")
+        click.echo(f"note: {note}", err=err)
 
 
 @main.command()
@@ -387,18 +399,20 @@ def validate(experiment_file: str, overrides: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "json_path", is_flag=False, flag_value=STDOUT, metavar="[FILE|-]",
+              help="Machine-readable output, to FILE or (alone, or -) to standard output.")
 @reports_user_errors
-def plugins(as_json: bool) -> None:
+def plugins(json_path: str | None) -> None:
     """List every component: kind, name, provider package and version, summary."""
+    _check_json_option(json_path)
     registry = _registry()
     entries = [{"kind": e.component.kind, "name": e.component.name, "package": e.provider.package,
                 "version": e.provider.version, "summary": e.component.summary} for e in registry.entries()]
     entries += plugin_rows(registry)
     failures = [{"entry_point": f.entry_point, "package": f.provider.package, "version": f.provider.version,
                  "error": f.error} for f in registry.failures]
-    if as_json:
-        click.echo(json.dumps({"components": entries, "failures": failures}, indent=2))
+    if json_path:
+        _write_json(json_path, {"components": entries, "failures": failures})
         return
     from gnorm.components import Table
     from gnorm.tables import format_table
@@ -432,41 +446,41 @@ def _open(directory: str) -> Store:
 
 
 def _stored_analyses(store: Store, registry: Registry) -> list:
-    """The ``[[analysis]]`` choices of the experiment file as it was run (not as it may read now); none,
-    with a warning, where that file no longer loads here (a plugin it used is not installed)."""
-    from gnorm.loader import load_experiment
+    """The ``[[analysis]]`` choices of the experiment file as it was run (see gnorm.studies)."""
+    from gnorm.studies import stored_analyses
 
-    text, source = store.meta("experiment_toml"), store.meta("source")
-    if not (text and source):
-        return []
-    try:
-        return load_experiment(source, registry, text=text).analyses
-    except UserError as error:
-        click.echo(f"warning: the stored experiment file does not load here ({error.problems[0]}); "
-                   "using the default analyses", err=True)
-        return []
+    return stored_analyses(store, registry, lambda line: click.echo(f"warning: {line}", err=True))
 
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--json", "json_path", metavar="FILE|-", help="Also write the tables and counts as JSON to FILE, "
+              "or to standard output for - (the text then goes to standard error).")
 @reports_user_errors
-def show(directory: str) -> None:
+def show(directory: str, json_path: str | None) -> None:
     """Print a summary table per stage of the results in DIRECTORY."""
     from gnorm.analysis.records import cell_label
     from gnorm.planner import planned_cells
     from gnorm.tables import format_table, stage_summaries
 
+    _check_json_option(json_path)
+    err = json_path == STDOUT
     store = _open(directory)
     records, plan, failed = store.records(), store.plan(), store.failed_runs()
-    for table in stage_summaries(records, planned_cells(plan)):
-        click.echo(format_table(table) + "\n")
+    tables = stage_summaries(records, planned_cells(plan))
+    for table in tables:
+        click.echo(format_table(table) + "\n", err=err)
     for run in failed:
         click.echo(f"failed: [{run.stage}] {cell_label(run.cell)} seed {run.seed} after {run.attempts} attempts: "
-                   f"{run.error}")
+                   f"{run.error}", err=err)
     missing = len(plan) - len(records) - len(failed)
     click.echo(f"{len(records)}/{len(plan)} planned runs finished"
                + (f", {len(failed)} failed (run the file again to retry them)" if failed else "")
-               + (f", {missing} still to run" if missing else ""))
+               + (f", {missing} still to run" if missing else ""), err=err)
+    _write_json(json_path, {
+        "stages": [attrs.asdict(table) for table in tables],
+        "failed": [attrs.asdict(run) for run in failed],
+        "planned": len(plan), "finished": len(records), "failed_count": len(failed), "to_run": missing})
 
 
 def _known_analyzers(registry: Registry, names: tuple[str, ...]) -> None:
@@ -484,27 +498,39 @@ def _known_analyzers(registry: Registry, names: tuple[str, ...]) -> None:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--analyzer", "names", multiple=True, help="Analyzer to run (repeatable; default: the file's "
               "[[analysis]] tables, else critical_norm and delay_law).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write every number to this file.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="An analyzer option, as an [[analysis]] table would set it (repeatable); with several "
+                   "analyzers, NAME.KEY=VALUE, e.g. --set delay_law.min_seeds=3.")
+@click.option("--json", "json_path", metavar="FILE|-", help="Also write every number to FILE, or to standard "
+              "output for - (the tables then go to standard error).")
 @reports_user_errors
-def analyze(directory: str, names: tuple[str, ...], json_path: str | None) -> None:
+def analyze(directory: str, names: tuple[str, ...], settings: tuple[str, ...], json_path: str | None) -> None:
     """Run analyzers on the results in DIRECTORY."""
+    from gnorm.overrides import deep_merge
+    from gnorm.studies import (DEFAULT_ANALYZERS, analyzer_config, options_by_analyzer, parse_overrides,
+                               run_analyzer, unstructured_options)
+
     registry = _registry()
     _known_analyzers(registry, names)
-    json_file = _output_file("--json", Path(json_path)) if json_path else None
+    _check_json_option(json_path)
+    err = json_path == STDOUT
+    given = parse_overrides(settings)
     store = _open(directory)
     records = store.records()
-    chosen = [(name, registry.get("analyzer", name).config_class()) for name in names] if names else None
-    if chosen is None:
-        chosen = [(a.name, a.config) for a in _stored_analyses(store, registry)]
-        chosen = chosen or [("critical_norm", None), ("delay_law", None)]
+    chosen = [(name, None) for name in dict.fromkeys(names)]
+    chosen = chosen or [(a.name, a.config) for a in _stored_analyses(store, registry)]
+    chosen = chosen or [(name, None) for name in DEFAULT_ANALYZERS]
+    if given:
+        options = options_by_analyzer([name for name, _ in chosen], given)
+        stages = list(dict.fromkeys(stage for _, stage, _ in store.plan()))
+        chosen = [(name, analyzer_config(registry, name, deep_merge(unstructured_options(config), options[name]), "--set",
+                                         records, stages) if options[name] else config) for name, config in chosen]
     results = []
     for name, config in chosen:
-        analyzer = registry.get("analyzer", name)
-        analysis = analyzer.factory(config if config is not None else analyzer.config_class())(records)
-        _echo_analysis(analysis)
+        analysis = run_analyzer(registry, name, config, records)
+        _echo_analysis(analysis, err=err)
         results.append({"analyzer": analysis.analyzer, "numbers": analysis.numbers, "notes": analysis.notes})
-    if json_file:
-        _write_text("--json", json_file, json.dumps(results, indent=2, default=str))
+    _write_json(json_path, results)
 
 
 def _table_text(rows: list[dict[str, Any]], fmt: str) -> str:
@@ -521,12 +547,17 @@ def _table_text(rows: list[dict[str, Any]], fmt: str) -> str:
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), default="csv", show_default=True,
+              help="parquet needs pyarrow (pip install 'gnorm[parquet]').")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to write (default DIRECTORY/export).")
 @reports_user_errors
 def export(directory: str, fmt: str, out_dir: str | None) -> None:
     """Write tidy tables of DIRECTORY's runs: runs.<fmt> (one row per run) and evaluations.<fmt>
     (one row per run and evaluated step)."""
+    if fmt == "parquet":
+        from gnorm.parquet import require_pyarrow
+
+        require_pyarrow("--format")
     store = _open(directory)
     option = "--out" if out_dir else ""
     runs, evaluations = [], []
@@ -544,7 +575,12 @@ def export(directory: str, fmt: str, out_dir: str | None) -> None:
     target = _output_directory(option, Path(out_dir or Path(directory) / "export"))
     for name, rows in (("runs", runs), ("evaluations", evaluations)):
         path = target / f"{name}.{fmt}"
-        _write_text(option, path, _table_text(rows, fmt))
+        if fmt == "parquet":
+            from gnorm.parquet import write_parquet
+
+            write_parquet(option, path, rows)
+        else:
+            _write_text(option, path, _table_text(rows, fmt))
         click.echo(f"wrote {path} ({len(rows)} rows)")
 
 
