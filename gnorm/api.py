@@ -153,9 +153,9 @@ class Results:
         failed run has its cell's keys, ``error`` and ``attempts``, and no outcomes.
 
         dtypes: t_mem and t_grok are nullable integers (``Int64``; ``<NA>`` for a censored run),
-        norm_at_grok ``float64`` (NaN for a censored run); a
-        column of booleans is ``bool`` (``boolean`` where a row lacks it), of integers ``int64``
-        (``Int64`` where a row lacks it), of numbers ``float64``; other columns as pandas reads them.
+        norm_at_grok ``float64`` (NaN for a censored run); a column of booleans is ``bool``
+        (``boolean`` where a row lacks it), of integers ``int64`` (``Int64`` where a row lacks it), of
+        numbers ``float64``; other columns as pandas reads them.
         """
         from gnorm.frames import run_rows, typed_frame
 
