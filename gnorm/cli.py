@@ -446,7 +446,7 @@ def _known_analyzers(registry: Registry, names: tuple[str, ...]) -> None:
               "[[analysis]] tables, else critical_norm and delay_law).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="An analyzer option, as an [[analysis]] table would set it (repeatable); with several "
-                   "analyzers, NAME.KEY=VALUE, e.g. --set delay_law.min_seeds=3.")
+                   "analyzers, NAME.KEY=VALUE, e.g. --set delay_law.min_grokked=2.")
 @click.option("--json", "json_path", metavar="FILE|-", help="Also write every number to FILE, or to standard "
               "output for - (the tables then go to standard error).")
 @reports_user_errors

@@ -204,3 +204,17 @@ def test_toml_document_reads_back_as_the_data_it_was_written_from():
     data["stage"][1]["note"] = 'a "quoted" \\ value'
     data["experiment"]["limits"] = [float("inf"), -1.5, True]
     assert tomllib.loads(toml_document(data)) == data
+
+
+def test_on_the_released_0_1_0_store_analyze_gives_what_gnorm_analyze_prints_from_the_stored_file():
+    release = ROOT / "tests" / "fixtures" / "release-0.1.0"
+    printed = invoke("analyze", release, "--json", "-")  # the stored file's [[analysis]]: delay_law, min_grokked 2
+    assert printed.exit_code == 0, printed.output
+    with gnorm.open(release) as results:
+        analysis = results.analyze("delay_law", min_grokked=2)
+        count = len(results.records())
+    assert [entry["analyzer"] for entry in json.loads(printed.stdout)] == ["delay_law"]
+    assert json.loads(json.dumps(analysis.numbers, default=str)) == json.loads(printed.stdout)[0]["numbers"]
+    pytest.importorskip("pandas", reason="Results.runs() needs pandas (gnorm[pandas])")
+    with gnorm.open(release) as results:
+        assert len(results.runs()) == count
