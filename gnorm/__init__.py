@@ -21,6 +21,8 @@ _COMPONENTS = ("Analyzer", "Architecture", "Executor", "ExecutorOption", "GrokCr
 _COMPONENTS += ("GradientTransform",)
 _COMPONENTS += ("Loss", "Optimizer")  # issue 14: how members learn
 _COMPONENTS += ("Observer",)  # issue 15: trackers
+#: The Python API (gnorm.api): ``gnorm.open(results_dir)`` and ``gnorm.run(experiment, out=...)``.
+_API = ("Results", "open", "run")
 
 
 def __getattr__(name: str):
@@ -28,6 +30,10 @@ def __getattr__(name: str):
         from gnorm import components
 
         return getattr(components, name)
+    if name in _API:
+        from gnorm import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'gnorm' has no attribute {name!r}")
 
 
@@ -43,7 +49,10 @@ __all__ = [
     "Observable",
     "Observer",
     "Optimizer",
+    "Results",
     "Task",
     "__version__",
     "hookimpl",
+    "open",
+    "run",
 ]

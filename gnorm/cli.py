@@ -11,11 +11,8 @@ only when ``run`` parses its arguments.
 
 from __future__ import annotations
 
-import csv
 import errno
-import io
 import json
-import os
 import sqlite3
 import sys
 from functools import wraps
@@ -28,6 +25,10 @@ import click
 from gnorm import __version__
 from gnorm.cli_examples import examples
 from gnorm.completion import component_names
+# The commands' writing helpers live in gnorm.cli_output; imported under the names cli.py always used.
+from gnorm.cli_output import STDOUT, check_json_option as _check_json_option, output_directory as _output_directory
+from gnorm.cli_output import output_file as _output_file  # noqa: F401
+from gnorm.cli_output import table_text as _table_text, write_json as _write_json, write_text as _write_text
 from gnorm.errors import Problem, UserError, write_failure
 
 if TYPE_CHECKING:
@@ -147,56 +148,11 @@ def _registry() -> Registry:
 
 
 def _load(path: str, overrides: tuple[str, ...]) -> tuple[Experiment, Registry]:
-    from gnorm.loader import load_experiment
-    from gnorm.overrides import parse_override
+    from gnorm.studies import load, parse_overrides
 
-    parsed, problems = {}, []
-    for text in overrides:
-        try:
-            key, value = parse_override(text)
-            parsed[key] = value
-        except UserError as error:
-            problems += error.problems
-    if problems:
-        raise UserError(problems)
+    parsed = parse_overrides(overrides)
     registry = _registry()
-    return load_experiment(path, registry, parsed), registry
-
-
-def _write_text(option: str, path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (a temporary file, then a rename), so a full disk
-    never leaves a truncated file; a failure is one line naming ``option`` and the path."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    except OSError as error:
-        try:
-            temporary.unlink()
-        except OSError:
-            pass
-        raise write_failure(option, path, error) from None
-
-
-def _output_directory(option: str, path: Path) -> Path:
-    """``path`` made (with its parents) to write into; a failure is one line naming ``option`` (or, for
-    a default path, the path alone)."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise write_failure(option, path, error) from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise write_failure(option, path, PermissionError(errno.EACCES, "permission denied"))
-    return path
-
-
-def _output_file(option: str, path: Path) -> Path:
-    """Refuse, before any work, a file path whose directory is missing or that names a directory."""
-    if path.is_dir():
-        raise write_failure(option, path, IsADirectoryError(errno.EISDIR, "is a directory"))
-    if not path.parent.is_dir():
-        raise write_failure(option, path, FileNotFoundError(errno.ENOENT, "no such directory"))
-    return path
+    return load(path, registry, parsed), registry
 
 
 @click.group(cls=GnormGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -310,7 +266,9 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
     from gnorm.adaptive_stage import run_study
     from gnorm.progress import Progress
 
-    directory = Path(out_dir or experiment.meta.output_dir or Path("runs") / experiment.meta.name)
+    from gnorm.studies import results_directory
+
+    directory = results_directory(experiment, out_dir)
     store = Store(directory, create=True)
     with store.exclusive():
         click.echo(f"gnorm {__version__}: {experiment.source} -> {directory}", err=True)
@@ -364,13 +322,13 @@ def _print_summary(store: Store, experiment: Experiment, registry: Registry) -> 
     return ran if records else None
 
 
-def _echo_analysis(analysis: Analysis) -> None:
+def _echo_analysis(analysis: Analysis, err: bool = False) -> None:
     from gnorm.tables import format_table
 
     for table in analysis.tables:
-        click.echo("\n" + format_table(table))
+        click.echo("\n" + format_table(table), err=err)
     for note in analysis.notes:
-        click.echo(f"note: {note}")
+        click.echo(f"note: {note}", err=err)
 
 
 @main.command()
@@ -393,18 +351,20 @@ def validate(experiment_file: str, overrides: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "json_path", is_flag=False, flag_value=STDOUT, metavar="[FILE|-]",
+              help="Machine-readable output, to FILE or (alone, or -) to standard output.")
 @reports_user_errors
-def plugins(as_json: bool) -> None:
+def plugins(json_path: str | None) -> None:
     """List every component: kind, name, provider package and version, summary."""
+    _check_json_option(json_path)
     registry = _registry()
     entries = [{"kind": e.component.kind, "name": e.component.name, "package": e.provider.package,
                 "version": e.provider.version, "summary": e.component.summary} for e in registry.entries()]
     entries += plugin_rows(registry)
     failures = [{"entry_point": f.entry_point, "package": f.provider.package, "version": f.provider.version,
                  "error": f.error} for f in registry.failures]
-    if as_json:
-        click.echo(json.dumps({"components": entries, "failures": failures}, indent=2))
+    if json_path:
+        _write_json(json_path, {"components": entries, "failures": failures})
         return
     from gnorm.components import Table
     from gnorm.tables import format_table
@@ -438,44 +398,46 @@ def _open(directory: str) -> Store:
 
 
 def _stored_analyses(store: Store, registry: Registry) -> list:
-    """The ``[[analysis]]`` choices of the experiment file as it was run (not as it may read now); none,
-    with a warning, where that file no longer loads here (a plugin it used is not installed)."""
-    from gnorm.loader import load_experiment
+    """The ``[[analysis]]`` choices of the experiment file as it was run (see gnorm.studies)."""
+    from gnorm.studies import stored_analyses
 
-    text, source = store.meta("experiment_toml"), store.meta("source")
-    if not (text and source):
-        return []
-    try:
-        return load_experiment(source, registry, text=text).analyses
-    except UserError as error:
-        click.echo(f"warning: the stored experiment file does not load here ({error.problems[0]}); "
-                   "using the default analyses", err=True)
-        return []
+    return stored_analyses(store, registry, lambda line: click.echo(f"warning: {line}", err=True))
 
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--json", "json_path", metavar="FILE|-", help="Also write the tables and counts as JSON to FILE, "
+              "or to standard output for - (the text then goes to standard error).")
 @reports_user_errors
-def show(directory: str) -> None:
+def show(directory: str, json_path: str | None) -> None:
     """Print a summary table per stage of the results in DIRECTORY."""
     from gnorm.analysis.records import cell_label
     from gnorm.planner import planned_cells
     from gnorm.snapshots import summary as snapshot_summary
     from gnorm.tables import format_table, stage_summaries
 
+    _check_json_option(json_path)
+    err = json_path == STDOUT
     store = _open(directory)
     records, plan, failed = store.records(), store.plan(), store.failed_runs()
-    for table in stage_summaries(records, planned_cells(plan)):
-        click.echo(format_table(table) + "\n")
+    tables = stage_summaries(records, planned_cells(plan))
+    for table in tables:
+        click.echo(format_table(table) + "\n", err=err)
     for run in failed:
         click.echo(f"failed: [{run.stage}] {cell_label(run.cell)} seed {run.seed} after {run.attempts} attempts: "
-                   f"{run.error}")
+                   f"{run.error}", err=err)
     missing = len(plan) - len(records) - len(failed)
     click.echo(f"{len(records)}/{len(plan)} planned runs finished"
                + (f", {len(failed)} failed (run the file again to retry them)" if failed else "")
-               + (f", {missing} still to run" if missing else ""))
-    if snapshots := store.snapshots():
-        click.echo(snapshot_summary(snapshots).line())
+               + (f", {missing} still to run" if missing else ""), err=err)
+    snapshots = store.snapshots()
+    if snapshots:
+        click.echo(snapshot_summary(snapshots).line(), err=err)
+    _write_json(json_path, {
+        "stages": [attrs.asdict(table) for table in tables],
+        "failed": [attrs.asdict(run) for run in failed],
+        "planned": len(plan), "finished": len(records), "failed_count": len(failed), "to_run": missing,
+        "snapshots": attrs.asdict(snapshot_summary(snapshots)) if snapshots else None})
 
 
 def _known_analyzers(registry: Registry, names: tuple[str, ...]) -> None:
@@ -493,44 +455,45 @@ def _known_analyzers(registry: Registry, names: tuple[str, ...]) -> None:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--analyzer", "names", multiple=True, help="Analyzer to run (repeatable; default: the file's "
               "[[analysis]] tables, else critical_norm and delay_law).", shell_complete=component_names("analyzer"))
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write every number to this file.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="An analyzer option, as an [[analysis]] table would set it (repeatable); with several "
+                   "analyzers, NAME.KEY=VALUE, e.g. --set delay_law.min_grokked=2.")
+@click.option("--json", "json_path", metavar="FILE|-", help="Also write every number to FILE, or to standard "
+              "output for - (the tables then go to standard error).")
 @reports_user_errors
-def analyze(directory: str, names: tuple[str, ...], json_path: str | None) -> None:
+def analyze(directory: str, names: tuple[str, ...], settings: tuple[str, ...], json_path: str | None) -> None:
     """Run analyzers on the results in DIRECTORY."""
+    from gnorm.overrides import deep_merge
+    from gnorm.studies import (DEFAULT_ANALYZERS, analyzer_config, options_by_analyzer, parse_overrides,
+                               run_analyzer, unstructured_options)
+
     registry = _registry()
     _known_analyzers(registry, names)
-    json_file = _output_file("--json", Path(json_path)) if json_path else None
+    _check_json_option(json_path)
+    err = json_path == STDOUT
+    given = parse_overrides(settings)
     store = _open(directory)
     records = store.records()
-    chosen = [(name, registry.get("analyzer", name).config_class()) for name in names] if names else None
-    if chosen is None:
-        chosen = [(a.name, a.config) for a in _stored_analyses(store, registry)]
-        chosen = chosen or [("critical_norm", None), ("delay_law", None)]
+    chosen = [(name, None) for name in dict.fromkeys(names)]
+    chosen = chosen or [(a.name, a.config) for a in _stored_analyses(store, registry)]
+    chosen = chosen or [(name, None) for name in DEFAULT_ANALYZERS]
+    if given:
+        options = options_by_analyzer([name for name, _ in chosen], given)
+        stages = list(dict.fromkeys(stage for _, stage, _ in store.plan()))
+        chosen = [(name, analyzer_config(registry, name, deep_merge(unstructured_options(config), options[name]), "--set",
+                                         records, stages) if options[name] else config) for name, config in chosen]
     results = []
     for name, config in chosen:
-        analyzer = registry.get("analyzer", name)
-        analysis = analyzer.factory(config if config is not None else analyzer.config_class())(records)
-        _echo_analysis(analysis)
+        analysis = run_analyzer(registry, name, config, records)
+        _echo_analysis(analysis, err=err)
         results.append({"analyzer": analysis.analyzer, "numbers": analysis.numbers, "notes": analysis.notes})
-    if json_file:
-        _write_text("--json", json_file, json.dumps(results, indent=2, default=str))
-
-
-def _table_text(rows: list[dict[str, Any]], fmt: str) -> str:
-    """``rows`` as the text of a JSON list or of a CSV file with every key of any row as a column."""
-    if fmt == "json":
-        return json.dumps(rows, indent=1)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
+    _write_json(json_path, results)
 
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), default="csv", show_default=True,
+              help="parquet needs pyarrow (pip install 'gnorm[parquet]').")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to write (default DIRECTORY/export).")
 @click.option("--snapshots", "with_snapshots", is_flag=True,
               help="Also copy the weight snapshots (snapshots/) and write their index, snapshots.json.")
@@ -538,6 +501,10 @@ def _table_text(rows: list[dict[str, Any]], fmt: str) -> str:
 def export(directory: str, fmt: str, out_dir: str | None, with_snapshots: bool) -> None:
     """Write tidy tables of DIRECTORY's runs: runs.<fmt> (one row per run) and evaluations.<fmt>
     (one row per run and evaluated step); with --snapshots also the weight snapshots."""
+    if fmt == "parquet":
+        from gnorm.parquet import require_pyarrow
+
+        require_pyarrow("--format")
     store = _open(directory)
     option = "--out" if out_dir else ""
     runs, evaluations = [], []
@@ -555,7 +522,12 @@ def export(directory: str, fmt: str, out_dir: str | None, with_snapshots: bool) 
     target = _output_directory(option, Path(out_dir or Path(directory) / "export"))
     for name, rows in (("runs", runs), ("evaluations", evaluations)):
         path = target / f"{name}.{fmt}"
-        _write_text(option, path, _table_text(rows, fmt))
+        if fmt == "parquet":
+            from gnorm.parquet import write_parquet
+
+            write_parquet(option, path, rows)
+        else:
+            _write_text(option, path, _table_text(rows, fmt))
         click.echo(f"wrote {path} ({len(rows)} rows)")
     if with_snapshots:
         from gnorm.snapshots import export_snapshots

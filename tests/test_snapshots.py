@@ -461,3 +461,16 @@ def test_snapshots_travel_back_from_a_dask_worker(tmp_path):
                 process.wait(timeout=30)
     assert check_every_snapshot(tmp_path / "out") >= 4
     assert not any(worker_dir.rglob("*.pt"))
+
+
+def test_results_weights_is_the_snapshot_module_with_the_stored_test_accuracy(snapshotted):
+    """The Python API's ``gnorm.open(dir).weights(run_id, at)`` gives the module ``load_module`` gives."""
+    import gnorm
+
+    runs = stored_runs(snapshotted)
+    record, trajectory = next((r, t) for r, t in runs.values() if r.t_grok is not None)
+    with gnorm.open(snapshotted) as results:
+        module = results.weights(record.run_id, "t_grok")
+    assert isinstance(module, torch.nn.Module) and not module.training
+    split = load_split(snapshotted, record.run_id, registry=REGISTRY)
+    assert test_accuracy(module, split) == trajectory["test_acc"][trajectory["step"].index(record.t_grok)]
