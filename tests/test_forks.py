@@ -52,9 +52,9 @@ class TrunkCount:
         self.calls: list[list[int]] = []
         self.real = gnorm.worker.train_trunk
 
-    def __call__(self, job, registry):
+    def __call__(self, job, registry, **options):
         self.calls.append([run.seed for run in job.runs])
-        return self.real(job, registry)
+        return self.real(job, registry, **options)
 
 
 @pytest.fixture(scope="module")
