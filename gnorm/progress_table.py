@@ -53,7 +53,7 @@ class LiveTable:
                 table.add_column(column, justify=justify, no_wrap=True)
             for job in jobs:
                 rate, left = job.rate, job.time_left
-                table.add_row(job.label, ProgressBar(total=job.budget, completed=job.step, width=24),
+                table.add_row(Text(job.label), ProgressBar(total=job.budget, completed=job.step, width=24),
                               f"{job.step}/{job.budget}", f"{job.members_left}/{job.members}",
                               "" if rate is None else f"{rate:.3g}", "" if left is None else _duration(left))
             parts.append(table)
