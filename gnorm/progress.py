@@ -120,7 +120,8 @@ class Progress:
         self.status = ""
         self.jobs: dict[str, ActiveJob] = {}
         self.lock = threading.RLock()
-        self.table = _live_table(self) if self.live else None
+        self.table: Any = None  # the live table (gnorm.progress_table), from the first job on a terminal
+        self.table_tried = not self.live
 
     def _print(self, line: str) -> None:
         if self.table is not None:
@@ -139,6 +140,9 @@ class Progress:
         """A cell (or trunk) handed to a worker under ``key``, which its step reports carry."""
         with self.lock:
             self.jobs[key] = ActiveJob(label, budget, members)
+            if not self.table_tried:
+                self.table_tried = True
+                self.table = _live_table(self)
 
     def job_ended(self, key: str) -> None:
         """The job under ``key`` returned (or failed, or was lost): later reports for it are ignored."""
@@ -188,14 +192,21 @@ class Progress:
             self._lines_if_due(force)
 
     def close(self) -> None:
+        """The study is over: the live table (if any) gives way to the study's last line."""
         with self.lock:
             if self.table is not None:
-                self.table.stop()
-                self.table = None
+                self.stop_table()
                 if self.status:
                     print(self.status, file=self.stream, flush=True)
             elif self.live and self.status:
                 print(file=self.stream, flush=True)
+
+    def stop_table(self) -> None:
+        """Clear the live table, if one is drawn (an interrupted study stops here)."""
+        with self.lock:
+            table, self.table = self.table, None
+            if table is not None:
+                table.stop()
 
 
 def _live_table(progress: Progress) -> Any:

@@ -152,6 +152,7 @@ class Scheduler:
         except BaseException:
             getattr(self.pool, "terminate_workers", lambda: self.pool.shutdown(wait=False, cancel_futures=True))()
             self.close_channel()
+            self.progress.stop_table()
             raise
         self.pool.shutdown(wait=True)
         self.close_channel()  # after the workers are gone: none waits on a queue nobody reads

@@ -100,9 +100,9 @@ def test_on_a_terminal_without_rich_the_cell_lines_print_above_the_live_study_li
     monkeypatch.setitem(sys.modules, "gnorm.progress_table", None)  # as if rich were not installed
     stream = Terminal()
     progress = Progress(stream, every=0.0)
-    assert progress.live and progress.table is None
     progress.update(StudyCounts(0, 2, 0, 0, 5.0, 0, 2000))
     progress.job_started("1", LABEL, budget=1000, members=2)
+    assert progress.live and progress.table is None
     progress.step("1", 10, 2, 1.0)
     progress.close()
     assert stream.getvalue() == ("\rruns: 0 done, 2 running, 0 failed, 0 remaining; 5s elapsed\x1b[K"
@@ -117,9 +117,10 @@ def test_on_a_terminal_with_rich_the_active_cells_are_a_live_table():
     stream = Terminal()
     progress = Progress(stream, every=0.0)
     try:
-        assert progress.table is not None
+        assert progress.table is None  # drawn from the first job on, not for a study with nothing to train
         progress.update(StudyCounts(0, 2, 0, 0, 5.0, 0, 2000))
         progress.job_started("1", LABEL, budget=1000, members=4)
+        assert progress.table is not None
         progress.step("1", 100, 4, 10.0)
         progress.step("1", 200, 3, 12.0)
         drawn = Console(file=io.StringIO(), width=120, force_terminal=False)
