@@ -151,11 +151,11 @@ def test_a_study_interrupted_after_the_trunk_resumes_without_training_it_again(t
     monkeypatch.setattr(gnorm.worker, "train_trunk", count)
     real_train_cell, cells = gnorm.worker.train_cell, []
 
-    def interrupted_in_second_cell(job, *args):
+    def interrupted_in_second_cell(job, *args, **options):
         cells.append(job.runs[0].stage)
         if len(cells) == 2:
             raise KeyboardInterrupt
-        return real_train_cell(job, *args)
+        return real_train_cell(job, *args, **options)
 
     monkeypatch.setattr(gnorm.worker, "train_cell", interrupted_in_second_cell)
     with pytest.raises(KeyboardInterrupt):

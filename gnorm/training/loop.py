@@ -59,7 +59,7 @@ def train_cell(job: CellJob, parts: CellParts, on_finished: OnFinished,
     """Train every run of ``job`` together until each has grokked (when the schedule stops on grok) or
     the budget is spent, from the job's checkpoint where it has one; ``on_finished`` receives each run
     as soon as it is done, ``on_progress`` each evaluation (step, members evaluated), ``report`` the
-    step and the members still training at most every ``REPORT_SECONDS``."""
+    step and the members still training after the first step, then at most every ``REPORT_SECONDS``."""
     checkpoints = Checkpoints.for_job(job, parts.ensemble.labels.device)
     finished: list[dict[str, Any]] = []  # the runs done in this job, as a checkpoint keeps them
 
@@ -91,10 +91,9 @@ def train(job: CellJob, parts: CellParts, logs: list[RunLog], start: int, finish
           report: Report = no_report) -> list[RunLog]:
     """Steps ``start + 1`` to ``max_steps``: an AdamW step on every member's gradient, then the
     controller, then ``report`` after the first step and whenever ``REPORT_SECONDS`` have passed since
-    it last heard; at each
-    scheduled evaluation, every member evaluated, those done handed to ``finish`` and dropped, and
-    ``checkpoint`` given the chance to save. Returns the logs of the members still training at the end
-    (none when all finished early)."""
+    it last heard; at each scheduled evaluation, every member evaluated, those done handed to
+    ``finish`` and dropped, and ``checkpoint`` given the chance to save. Returns the logs of the
+    members still training at the end (none when all finished early)."""
     ensemble, optimizer, controller = parts.ensemble, parts.optimizer, parts.controller
     first = job.runs[0]
     schedule = set(evaluation_steps(first).tolist())
