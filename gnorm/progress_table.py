@@ -61,7 +61,9 @@ class LiveTable:
         return Group(*parts)
 
     def print(self, line: str) -> None:
+        """``line`` above the table, then the table redrawn (a cell that just ended leaves it now)."""
         self.console.print(Text(line))
+        self.live.refresh()
 
     def stop(self) -> None:
         self.live.stop()
