@@ -139,6 +139,9 @@ class Executor(Component):
     coordinator's plugin registry (so plugins registered in-process work); other executors' workers
     build the registry themselves (gnorm's built-ins, then the ``gnorm`` entry points).
 
+    The pool may offer ``progress_channel(receive)`` for step progress from its tasks (see
+    gnorm.progress_channels); without it, cells show their start and end only.
+
     ``options``: command-line options this executor adds to ``gnorm run``, each setting one key of the
     ``[executor]`` table (see :class:`ExecutorOption`); the dask plugin declares ``--scheduler``::
 

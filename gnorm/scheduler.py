@@ -95,15 +95,43 @@ class Scheduler:
         self.lifecycle = Lifecycle(hook_listeners(registry), lambda line: progress.cell("warning", line))
         self.declared_capacity: int | None = None
         self.capacity = 0
+        self.channel: Any = None  # the pool's progress channel (gnorm.progress_channels), where it has one
+        self.progress_keys: dict[Future, str] = {}
+        self.submitted = 0
 
     # -- the pool
 
     def make_pool(self) -> Any:
         return self.component.factory(self.choice.config, ExecutorContext(self.registry, self.choice.threads))
 
+    def open_channel(self) -> None:
+        """The pool's step-progress channel, where it offers one (``progress_channel``); progress that
+        cannot start leaves the study without step lines, never stops it."""
+        self.close_channel()
+        try:
+            self.channel = getattr(self.pool, "progress_channel", lambda receive: None)(self.progress.step)
+        except Exception:
+            self.channel = None
+
+    def close_channel(self) -> None:
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            try:
+                channel.close()
+            except Exception:
+                pass
+
+    def reporter(self, label: str, budget: int, members: int) -> tuple[str, Any]:
+        """A key for the next job, the display told of it, and its ``report`` (None without a channel)."""
+        self.submitted += 1
+        key = f"{self.submitted}"
+        self.progress.job_started(key, label, budget, members)
+        return key, None if self.channel is None else self.channel.reporter(key)
+
     def run(self) -> list[str]:
         """Submit, wait, store, until every cell is settled; the problems to report."""
         self.pool = self.make_pool()
+        self.open_channel()
         self.declared_capacity = getattr(self.pool, "capacity", None)
         self.capacity = self.declared_capacity or len(self.waiting)
         try:
@@ -119,6 +147,7 @@ class Scheduler:
                 broken = False
                 for future in done:
                     job, its_pool = self.in_flight.pop(future)
+                    self.progress.job_ended(self.progress_keys.pop(future, ""))
                     if future.cancelled() or isinstance(future.exception(), BrokenExecutor):
                         self.lost(job, "cancelled" if future.cancelled() else _one_line(future.exception()))
                         broken |= its_pool is self.pool
@@ -131,10 +160,14 @@ class Scheduler:
                 if broken:  # the jobs the dead pool still held come back cancelled or broken, and are retried
                     self.pool.shutdown(wait=False, cancel_futures=True)
                     self.pool = self.make_pool()
+                    self.open_channel()
         except BaseException:
             getattr(self.pool, "terminate_workers", lambda: self.pool.shutdown(wait=False, cancel_futures=True))()
+            self.close_channel()
+            self.progress.stop_table()
             raise
         self.pool.shutdown(wait=True)
+        self.close_channel()  # after the workers are gone: none waits on a queue nobody reads
         self.report(force=True)
         self.progress.close()
         if self.failed_lines:
@@ -217,8 +250,9 @@ class Scheduler:
         attempt = f", attempt {item.attempts}" if item.attempts > 1 else ""
         wc = "" if item.critical_norm is None else f", Wc {item.critical_norm:.4g}"
         self.progress.cell(item.label, f"started ({len(item.runs)} seeds{wc}{attempt})")
-        self.in_flight[self.pool.submit(train_cell_task, job, self.choice.threads, self.shared_registry)] = (
-            item, self.pool)
+        key, report = self.reporter(item.label, item.runs[0].training.max_steps, len(item.runs))
+        future = self.pool.submit(train_cell_task, job, self.choice.threads, self.shared_registry, report)
+        self.in_flight[future], self.progress_keys[future] = (item, self.pool), key
 
     @property
     def shared_registry(self) -> Registry | None:
@@ -293,8 +327,9 @@ class Scheduler:
         """Train the trunks of ``job`` on a worker, like a cell."""
         self.trunks_in_flight.update(run.trunk_id for run in job.runs)
         self.progress.cell(label, f"training its trunk ({len(job.runs)} seeds to step {job.runs[0].fork.at_step})")
-        self.in_flight[self.pool.submit(train_trunk_task, job, self.choice.threads, self.shared_registry)] = (
-            job, self.pool)
+        key, report = self.reporter(f"{label} trunk", job.runs[0].fork.at_step, len(job.runs))
+        future = self.pool.submit(train_trunk_task, job, self.choice.threads, self.shared_registry, report)
+        self.in_flight[future], self.progress_keys[future] = (job, self.pool), key
 
     def trunk_returned(self, job: TrunkJob, future: Future) -> None:
         """A trunk job's states, stored under ``trunks/`` before any arm uses them; when it raised,

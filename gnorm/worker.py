@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import attrs
 import torch
@@ -30,6 +30,9 @@ from gnorm.training.build import train_cell, train_trunk
 from gnorm.training.jobs import CellJob, TrunkJob
 from gnorm.training.runlog import RunLog
 from gnorm.training.snapshots import settled
+
+#: report(step, members_left): how far a task's training is (see gnorm.progress_channels).
+Report = Callable[[int, int], None]
 
 
 @attrs.frozen
@@ -81,11 +84,13 @@ def keep_freed_memory() -> bool:
     return all(accepted)
 
 
-def train_cell_task(job: CellJob, threads: int, registry: Registry | None = None) -> list[RunResult]:
+def train_cell_task(job: CellJob, threads: int, registry: Registry | None = None,
+                    report: Report | None = None) -> list[RunResult]:
     """Train one cell with ``threads`` torch threads (in a process whose allocator keeps freed
     memory, see ``keep_freed_memory``); return every run's result in the order the runs finished.
     ``registry`` is given by in-process executors; elsewhere this process builds its own from the
-    ``gnorm`` entry points (once, then reused by later tasks in the same worker)."""
+    ``gnorm`` entry points (once, then reused by later tasks in the same worker). ``report(step,
+    members_left)``, where given, hears how far training is (see ``gnorm.progress_channels``)."""
     keep_freed_memory()
     registry = registry if registry is not None else default_registry()
     results: list[RunResult] = []
@@ -95,18 +100,33 @@ def train_cell_task(job: CellJob, threads: int, registry: Registry | None = None
                                  settled(log.snapshots, record.t_mem, record.t_grok)))
 
     with torch_threads(threads):
-        train_cell(job, registry, finished)
+        train_cell(job, registry, finished, report=never_raising(report))
     return results
 
 
-def train_trunk_task(job: TrunkJob, threads: int, registry: Registry | None = None) -> list[TrunkState]:
+def train_trunk_task(job: TrunkJob, threads: int, registry: Registry | None = None,
+                     report: Report | None = None) -> list[TrunkState]:
     """Train the trunks of ``job``'s runs with ``threads`` torch threads, exactly as a cell task would
-    train a cell (``registry`` as for ``train_cell_task``); return each run's state at the fork step,
-    in order."""
+    train a cell (``registry`` and ``report`` as for ``train_cell_task``); return each run's state at
+    the fork step, in order."""
     keep_freed_memory()
     registry = registry if registry is not None else default_registry()
     with torch_threads(threads):
-        return train_trunk(job, registry)
+        return train_trunk(job, registry, report=never_raising(report))
+
+
+def never_raising(report: Report | None) -> Report:
+    """``report`` as the loop calls it: an update it cannot take is dropped, never an error in training."""
+    if report is None:
+        return lambda step, members_left: None
+
+    def guarded(step: int, members_left: int) -> None:
+        try:
+            report(step, members_left)
+        except Exception:
+            pass
+
+    return guarded
 
 
 def exit_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:

@@ -52,9 +52,9 @@ class TrunkCount:
         self.calls: list[list[int]] = []
         self.real = gnorm.worker.train_trunk
 
-    def __call__(self, job, registry):
+    def __call__(self, job, registry, **options):
         self.calls.append([run.seed for run in job.runs])
-        return self.real(job, registry)
+        return self.real(job, registry, **options)
 
 
 @pytest.fixture(scope="module")
@@ -151,11 +151,11 @@ def test_a_study_interrupted_after_the_trunk_resumes_without_training_it_again(t
     monkeypatch.setattr(gnorm.worker, "train_trunk", count)
     real_train_cell, cells = gnorm.worker.train_cell, []
 
-    def interrupted_in_second_cell(job, *args):
+    def interrupted_in_second_cell(job, *args, **options):
         cells.append(job.runs[0].stage)
         if len(cells) == 2:
             raise KeyboardInterrupt
-        return real_train_cell(job, *args)
+        return real_train_cell(job, *args, **options)
 
     monkeypatch.setattr(gnorm.worker, "train_cell", interrupted_in_second_cell)
     with pytest.raises(KeyboardInterrupt):

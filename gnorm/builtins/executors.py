@@ -12,6 +12,7 @@ import attrs
 
 import gnorm
 from gnorm.components import ExecutorContext
+from gnorm.progress_channels import QUEUE_SIZE, DirectChannel, QueueChannel, Receive, install_worker_queue
 
 
 @attrs.frozen
@@ -24,6 +25,10 @@ class SerialExecutor(concurrent.futures.Executor):
     (``capacity = 1``), so the coordinator stores a cell before it starts the next."""
 
     capacity = 1
+
+    def progress_channel(self, receive: Receive) -> DirectChannel:
+        """Step progress as a plain call (tasks train in this process)."""
+        return DirectChannel(receive)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -50,14 +55,20 @@ class LocalConfig:
 
 class LocalExecutor(concurrent.futures.ProcessPoolExecutor):
     """A ``spawn`` process pool whose workers live for the whole study, so torch's import and the plugin
-    registry are paid once per worker. Workers ignore Ctrl-C and exit if the coordinator dies."""
+    registry are paid once per worker. Workers ignore Ctrl-C and exit if the coordinator dies. Step
+    progress comes back through one bounded queue that each worker is handed when it starts (a spawned
+    process inherits it then; a queue cannot travel inside a task)."""
 
     def __init__(self, workers: int):
-        from gnorm.worker import exit_with_parent  # the training side, imported when a pool is made
-
-        super().__init__(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                         initializer=exit_with_parent, initargs=(os.getpid(),))
+        context = multiprocessing.get_context("spawn")
+        self.progress_queue = context.Queue(maxsize=QUEUE_SIZE)
+        super().__init__(max_workers=workers, mp_context=context, initializer=start_local_worker,
+                         initargs=(os.getpid(), self.progress_queue))
         self.capacity = workers
+
+    def progress_channel(self, receive: Receive) -> QueueChannel:
+        """Step progress from every worker of this pool, through its queue."""
+        return QueueChannel(self.progress_queue, receive)
 
     def terminate_workers(self) -> None:
         """Stop every worker now (an interrupted study): running cells are lost, stored runs are not."""
@@ -68,6 +79,15 @@ class LocalExecutor(concurrent.futures.ProcessPoolExecutor):
                 process.terminate()
         for process in processes:
             process.join(timeout=10)
+
+
+def start_local_worker(parent_pid: int, progress_queue: Any) -> None:
+    """A local pool's worker initializer: leave Ctrl-C to the coordinator and exit with it
+    (``gnorm.worker.exit_with_parent``), and send step progress through ``progress_queue``."""
+    from gnorm.worker import exit_with_parent
+
+    exit_with_parent(parent_pid)
+    install_worker_queue(progress_queue)
 
 
 def local_executor(config: LocalConfig, context: ExecutorContext) -> LocalExecutor:

@@ -29,19 +29,20 @@ UNDECLARED_AT_GROK = ("logit_scale",)
 
 
 def train_cell(job: CellJob, registry: Registry, on_finished: Callable[[RunRecord, RunLog], None],
-               on_progress: Callable[[int, int], None] = lambda step, active: None) -> None:
+               on_progress: Callable[[int, int], None] = lambda step, active: None,
+               report: loop.Report = loop.no_report) -> None:
     """Build the cell's components from ``registry`` and train it (see gnorm.training.loop.train_cell),
     under the numerics its runs ask for."""
     with numerics(job.runs[0].training):
-        loop.train_cell(job, build_cell(job, registry), on_finished, on_progress)
+        loop.train_cell(job, build_cell(job, registry), on_finished, on_progress, report)
 
 
-def train_trunk(job: TrunkJob | CellJob, registry: Registry) -> list[TrunkState]:
+def train_trunk(job: TrunkJob | CellJob, registry: Registry, report: loop.Report = loop.no_report) -> list[TrunkState]:
     """Build a fork's trunk from ``registry`` and train it (see gnorm.training.loop.train_trunk): each
     run's state at ``fork.at_step``, in order. (A CellJob stands for the trunk of its runs.)"""
     job = job if isinstance(job, TrunkJob) else TrunkJob(job.runs)
     with numerics(job.runs[0].training):
-        return loop.train_trunk(job, build_trunk(job, registry))
+        return loop.train_trunk(job, build_trunk(job, registry), report)
 
 
 def build_cell(job: CellJob, registry: Registry) -> loop.CellParts:

@@ -9,6 +9,7 @@ their results arrive.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import attrs
@@ -27,6 +28,15 @@ from gnorm.training.snapshots import take_snapshots
 from gnorm.training.transforms import GradientTransformChain
 
 OnFinished = Callable[[RunRecord, RunLog], None]
+#: report(step, members_left): how far training is, after the first step, then at most once per
+#: ``REPORT_SECONDS``.
+Report = Callable[[int, int], None]
+#: Wall-clock seconds between two calls of ``report`` (reading the clock is the loop's only cost).
+REPORT_SECONDS = 0.5
+
+
+def no_report(step: int, members_left: int) -> None:
+    """The ``report`` of callers that do not follow progress."""
 
 
 @attrs.define
@@ -48,10 +58,12 @@ class CellParts:
 
 
 def train_cell(job: CellJob, parts: CellParts, on_finished: OnFinished,
-               on_progress: Callable[[int, int], None] = lambda step, active: None) -> None:
+               on_progress: Callable[[int, int], None] = lambda step, active: None,
+               report: Report = no_report) -> None:
     """Train every run of ``job`` together until each has grokked (when the schedule stops on grok) or
     the budget is spent, from the job's checkpoint where it has one; ``on_finished`` receives each run
-    as soon as it is done."""
+    as soon as it is done, ``on_progress`` each evaluation (step, members evaluated), ``report`` the
+    step and the members still training after the first step, then at most every ``REPORT_SECONDS``."""
     checkpoints = Checkpoints.for_job(job, parts.ensemble.labels.device)
     finished: list[dict[str, Any]] = []  # the runs done in this job, as a checkpoint keeps them
 
@@ -65,34 +77,40 @@ def train_cell(job: CellJob, parts: CellParts, on_finished: OnFinished,
 
     saved = checkpoints.load()
     start, logs = begin(job, parts) if saved is None else resume(job, saved, parts, finish)
-    for log in train(job, parts, logs, start, finish, on_progress, checkpoint):
+    for log in train(job, parts, logs, start, finish, on_progress, checkpoint, report):
         on_finished(log.record(job.critical_norm, parts.ensemble.is_compiled, parts.at_grok), log)
 
 
-def train_trunk(job: TrunkJob, parts: CellParts) -> list[TrunkState]:
+def train_trunk(job: TrunkJob, parts: CellParts, report: Report = no_report) -> list[TrunkState]:
     """The trunk of a forked cell, trained by the same loop as any cell (``job.as_cell()``: no
     evaluations, so no member leaves early); returns every member's state at ``fork.at_step``."""
     cell = job.as_cell()
     logs = [RunLog(run) for run in cell.runs]
     first_call(parts, logs, 0)
-    train(cell, parts, logs, 0, lambda record, log: None, lambda step, active: None, lambda step, logs: None)
+    train(cell, parts, logs, 0, lambda record, log: None, lambda step, active: None, lambda step, logs: None, report)
     return [parts.ensemble.member_state(parts.optimizer, position) for position in range(parts.ensemble.size)]
 
 
 def train(job: CellJob, parts: CellParts, logs: list[RunLog], start: int, finish: OnFinished,
-          on_progress: Callable[[int, int], None], checkpoint: Callable[[int, list[RunLog]], None]) -> list[RunLog]:
+          on_progress: Callable[[int, int], None], checkpoint: Callable[[int, list[RunLog]], None],
+          report: Report = no_report) -> list[RunLog]:
     """Steps ``start + 1`` to ``max_steps``: an AdamW step on every member's gradient, then the
-    controller; at each scheduled evaluation, every member evaluated, those done handed to ``finish``
-    and dropped, and ``checkpoint`` given the chance to save. Returns the logs of the members still
-    training at the end (none when all finished early)."""
+    controller, then ``report`` after the first step and whenever ``REPORT_SECONDS`` have passed since
+    it last heard; at each scheduled evaluation, every member evaluated, those done handed to
+    ``finish`` and dropped, and ``checkpoint`` given the chance to save. Returns the logs of the
+    members still training at the end (none when all finished early)."""
     ensemble, optimizer, controller = parts.ensemble, parts.optimizer, parts.controller
     first = job.runs[0]
     schedule = set(evaluation_steps(first).tolist())
+    report_at = time.monotonic()
     for step in range(start + 1, first.training.max_steps + 1):
         grads = parts.transforms.update(ensemble.gradients(ensemble.batches.at(step)), ensemble.params)
         optimizer.step(ensemble.parameters, grads)
         with torch.no_grad():
             record_facts(logs, controller.after_step(step, ensemble.norm_tensors))
+        if (now := time.monotonic()) >= report_at:  # no host sync: the step count is the loop's own
+            report(step, len(logs))
+            report_at = now + REPORT_SECONDS
         if step not in schedule:
             continue
         done = evaluate(parts, logs, step, first.evaluation.stop_when_grokked)

@@ -7,12 +7,19 @@ from entry points, like the ``local`` executor's workers.
 Worker loss: when a worker dies, the scheduler gives the cells it held to other workers (dask's own
 rescheduling); a cell that keeps failing reaches gnorm as an error, and gnorm retries it
 ``[executor] retries`` times before it stores its runs as failed.
+
+Step progress: each task's reporter logs a worker event on a topic of this study
+(``Worker.log_event``), which the scheduler forwards to the coordinator's client, subscribed with
+``Client.subscribe_topic``: dask's structured events, sent over the connections dask already keeps
+(no queue or actor on the scheduler to manage). An event that cannot be logged is dropped.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import os
+import time
+import uuid
 from typing import Any, Callable
 
 import attrs
@@ -63,6 +70,10 @@ class DaskExecutor(concurrent.futures.Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         return self.executor.submit(fn, *args, **kwargs)
 
+    def progress_channel(self, receive: Callable[[str, int, int, float], None]) -> DaskProgressChannel:
+        """Step progress from the cluster's workers, as events on a topic of this study."""
+        return DaskProgressChannel(self.client, receive)
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self.executor.shutdown(wait=wait and not cancel_futures)
         self.client.close()
@@ -72,6 +83,49 @@ class DaskExecutor(concurrent.futures.Executor):
     def terminate_workers(self) -> None:
         """An interrupted study: cancel its tasks, leave a shared cluster's workers running."""
         self.shutdown(wait=False, cancel_futures=True)
+
+
+@attrs.frozen
+class DaskProgressReporter:
+    """Runs in a dask worker's task: each update is an event ``[key, step, members_left, seconds]`` on
+    ``topic``, logged on the worker that runs the task (never raises; outside a worker it drops)."""
+
+    topic: str
+    key: str
+
+    def __call__(self, step: int, members_left: int) -> None:
+        try:
+            from distributed import get_worker
+
+            get_worker().log_event(self.topic, [self.key, step, members_left, time.monotonic()])
+        except Exception:
+            pass
+
+
+class DaskProgressChannel:
+    """The coordinator's side: ``receive`` is called (in the client's event-loop thread) for every
+    event of this study's topic; ``close`` unsubscribes."""
+
+    def __init__(self, client: Any, receive: Callable[[str, int, int, float], None]):
+        self.client, self.receive = client, receive
+        self.topic = f"gnorm-progress-{uuid.uuid4().hex}"
+        client.subscribe_topic(self.topic, self.handle)
+
+    def handle(self, event: tuple[float, Any]) -> None:
+        try:
+            key, step, members_left, seconds = event[1]
+            self.receive(key, int(step), int(members_left), float(seconds))
+        except Exception:
+            pass
+
+    def reporter(self, key: str) -> DaskProgressReporter:
+        return DaskProgressReporter(self.topic, key)
+
+    def close(self) -> None:
+        try:
+            self.client.unsubscribe_topic(self.topic)
+        except Exception:
+            pass
 
 
 @gnorm.hookimpl
