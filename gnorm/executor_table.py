@@ -58,8 +58,17 @@ def with_executor(experiment: Experiment, name: str | None, options: Mapping[str
 def executor_choice(experiment: Experiment, registry: Registry) -> ExecutorChoice:
     """Resolve the ``[executor]`` table (default ``local``); raises :class:`UserError` naming the file
     and the dotted key of every problem."""
-    source = str(experiment.source)
-    options = dict(experiment.executor)
+    choice, problems = resolve_executor_table(experiment.executor, registry, str(experiment.source))
+    if problems:
+        raise UserError(problems)
+    return choice
+
+
+def resolve_executor_table(table: Mapping[str, Any], registry: Registry,
+                           source: str) -> tuple[ExecutorChoice | None, list[Problem]]:
+    """The executor an ``[executor]`` table chooses, or every problem of the table (each naming
+    ``source`` and its dotted key), and None."""
+    options = dict(table)
     name = options.pop("name", DEFAULT_EXECUTOR)
     problems: list[Problem] = []
     own = {}
@@ -71,15 +80,13 @@ def executor_choice(experiment: Experiment, registry: Registry) -> ExecutorChoic
                                     f"expected an integer from {low} to {high}, found {describe(value)}"))
         own[key] = value
     if not isinstance(name, str):
-        raise UserError(problems + [Problem(source, "executor.name", f"expected a string, found {describe(name)}")])
+        return None, problems + [Problem(source, "executor.name", f"expected a string, found {describe(name)}")]
     try:
         component = registry.get("executor", name)
     except UnknownComponent as unknown:
-        raise UserError(problems + [Problem(source, "executor.name", str(unknown))]) from None
+        return None, problems + [Problem(source, "executor.name", str(unknown))]
     config, found = structure(options, component.config_class)
     for path, message, valid in found:
         problems.append(Problem(source, ".".join(("executor",) + path),
                                 message + (suggest(path[-1], valid + ["name", "retries", "threads"]) if valid else "")))
-    if problems:
-        raise UserError(problems)
-    return ExecutorChoice(name, config, **own)
+    return (None, problems) if problems else (ExecutorChoice(name, config, **own), [])

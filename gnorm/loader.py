@@ -23,6 +23,7 @@ from gnorm.converter import Found, converter, structure, suggest, without_index
 from gnorm.describe import describe, short
 from gnorm.errors import Problem, UserError
 from gnorm.experiment_file import parse_experiment
+from gnorm.executor_table import DEFAULT_EXECUTOR, resolve_executor_table
 from gnorm.overrides import deep_merge, flatten_sweep, merge_options, name_the_command_line, set_dotted
 from gnorm.registry import Registry, UnknownComponent
 from gnorm.runmodel import (COMPONENT_SECTIONS, MAX_NORM, MAX_RUNS, MAX_STEPS, RUN_SECTIONS, SECTION_CLASSES,
@@ -341,10 +342,15 @@ def cell_text(cell: dict[str, Any]) -> str:
 
 
 def _executor_table(loader: Loader, data: dict) -> dict[str, Any]:
-    """The ``[executor]`` table as written; resolved when the study runs (see gnorm.executor_table)."""
+    """The ``[executor]`` table as written; resolved when the study runs (see gnorm.executor_table), and
+    checked now where its executor is installed."""
     executor = data.get("executor", {})
     if not isinstance(executor, dict):
         loader.problem("executor", f"expected a table, found {describe(executor)}")
+        return executor
+    if executor.get("name", DEFAULT_EXECUTOR) in loader.registry.names("executor"):
+        # An installed executor's table is checked now too, so that a --set among it names the command line.
+        loader.problems += resolve_executor_table(executor, loader.registry, loader.source)[1]
     return executor
 
 

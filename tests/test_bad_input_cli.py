@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from builders import write_study
 from conftest import ROOT, tiny_study
 from gnorm import registry as registry_module
 from gnorm.cli import main
@@ -266,3 +267,11 @@ def test_a_folder_without_result_files_is_refused_not_imported_as_zero_runs(tmp_
 def test_a_missing_folder_is_refused_before_a_store_is_made(tmp_path):
     assert_refused(invoke("import", tmp_path / "nowhere", "--out", tmp_path / "store"), "nowhere", "no such folder")
     assert not (tmp_path / "store").exists()
+
+
+def test_a_bad_executor_option_given_by_set_names_the_command_line(tmp_path):
+    """An installed executor's table is checked when the file loads, so its --set keys name --set."""
+    path = write_study(tmp_path)
+    result = CliRunner().invoke(main, ["validate", str(path), "--set", "executor.workers=-1"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: --set: executor.workers: 'workers' must be >= 0: -1"]
