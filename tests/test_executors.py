@@ -455,6 +455,7 @@ GLIBC_DEFAULTS = {name: value for name, value in os.environ.items() if not name.
 
 
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's allocator only")
+@pytest.mark.slow  # two W1 processes: a performance property, not a result
 def test_a_worker_process_stops_page_faulting_its_activations_in_every_step():
     pytest.importorskip("gnorm_bench", reason="the W1 workload is gnorm-bench's (pip install -e plugins/gnorm-bench)")
     import subprocess

@@ -139,7 +139,8 @@ def _wait_for_runs(database, count, process, limit=120):
     raise AssertionError("no run finished in time")
 
 
-@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
+# SIGKILL under -m slow: tests/test_checkpoints.py kills `gnorm run` by default.
+@pytest.mark.parametrize("how", [signal.SIGINT, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)])
 def test_an_interrupted_study_finishes_on_rerun_without_redoing_runs(tmp_path, how):
     path = tiny_study(tmp_path, rhos="[1.1, 1.2]")
     out = tmp_path / "out"
