@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import attrs
 
@@ -77,6 +77,12 @@ def check_names(loader: Loader, config_class: type, written: dict, where: str, s
 
 def run_keys_of(runs: list[RunSpec]) -> set[str]:
     """Every dotted config key some run of the file has (one run per cell is read)."""
+    return dotted_keys(cell[0].plain() for cell in cells_of(runs))
+
+
+def dotted_keys(tables: Iterable[dict]) -> set[str]:
+    """Every dotted key of the nested ``tables``, tables included (``{"a": {"b": 1}}`` gives ``a`` and
+    ``a.b``)."""
     keys: set[str] = set()
 
     def walk(table: dict, prefix: str) -> None:
@@ -84,6 +90,6 @@ def run_keys_of(runs: list[RunSpec]) -> set[str]:
             keys.add(prefix + key)
             if isinstance(value, dict):
                 walk(value, f"{prefix}{key}.")
-    for cell in cells_of(runs):
-        walk(cell[0].plain(), "")
+    for table in tables:
+        walk(table, "")
     return keys

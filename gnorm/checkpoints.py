@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import time
 import warnings
@@ -50,6 +49,7 @@ from typing import Any, Callable, Sequence
 import attrs
 import torch
 
+from gnorm.atomic_files import write_atomically
 from gnorm.forks import state_sha256
 
 CHECKPOINT_FOLDER = "checkpoints"
@@ -117,24 +117,8 @@ class CellState:
 
 
 def write_checkpoint(path: Path, state: CellState) -> None:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, flushed and fsynced,
-    renamed over ``path``, then the folder fsynced (so the rename itself survives a crash)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(state.plain(), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    """Write ``state`` to ``path`` atomically (:func:`gnorm.atomic_files.write_atomically`)."""
+    write_atomically(path, lambda handle: torch.save(state.plain(), handle))
 
 
 def read_checkpoint(path: Path, identity: str) -> CellState | None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
 
+from gnorm.atomic_files import write_atomically
 from gnorm.converter import structure, suggest
 from gnorm.errors import Problem, UserError, write_failure
 from gnorm.runmodel import SNAPSHOT_MOMENTS, split_seed
@@ -50,26 +51,10 @@ def snapshot_sha256(data: bytes) -> str:
 
 
 def write_file_atomically(path: Path, data: bytes) -> None:
-    """``data`` at ``path``: a temporary file in the same folder, flushed and fsynced, renamed over
-    ``path``, then the folder fsynced. A file already there is kept (same name, same bytes)."""
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    """``data`` at ``path``, written atomically (:func:`gnorm.atomic_files.write_atomically`). A file
+    already there is kept (same name, same bytes)."""
+    if not path.exists():
+        write_atomically(path, lambda handle: handle.write(data))
 
 
 def write_snapshots(results_dir: str | Path, run_id: str, snapshots: Sequence[dict[str, Any]],

@@ -113,16 +113,9 @@ def analyzer_config(registry: Registry, name: str, options: Mapping[str, Any], s
 
 def record_keys(records: list[RunRecord]) -> set[str]:
     """Every dotted config key some stored run has."""
-    keys: set[str] = set()
+    from gnorm.analysis_options import dotted_keys
 
-    def walk(table: dict, prefix: str) -> None:
-        for key, value in table.items():
-            keys.add(prefix + key)
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-    for record in records:
-        walk(record.config, "")
-    return keys
+    return dotted_keys(record.config for record in records)
 
 
 def unstructured_options(config: Any) -> dict[str, Any]:
