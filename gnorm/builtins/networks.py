@@ -51,15 +51,15 @@ class MLP(torch.nn.Module):
     def hidden_input(self, x: torch.Tensor) -> torch.Tensor:
         """[E[x_1]; ...; E[x_L]] W1 + b1, computed exactly as b1 + sum_l (E W1_l)[x_l], with W1_l the l-th
         block of d rows: the vocabulary is far smaller than the batch, so projecting the vocabulary first
-        and gathering rows is the cheap order."""
+        and looking rows up is the cheap order (``F.embedding``: whole rows, where ``torch.gather`` takes
+        one index per element)."""
         if not self.tokens:
             return x @ self.w_in + self.b_in
         blocks = self.w_in.unflatten(0, (x.shape[-1], self.embedding.shape[1]))
         hidden = None
         for position in range(x.shape[-1]):
             table = self.embedding @ blocks[position]
-            rows = torch.gather(table if hidden is not None else table + self.b_in, 0,
-                                x[..., position].unsqueeze(-1).expand(*x.shape[:-1], table.shape[-1]))
+            rows = F.embedding(x[..., position], table if hidden is not None else table + self.b_in)
             hidden = rows if hidden is None else hidden.add_(rows)  # in place: one pass over the batch
         return hidden
 
@@ -136,13 +136,11 @@ class Transformer(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         streams = [self._norm(self.token_embedding + self.positions[j]) for j in range(2)]  # per-vocab tables
         last = self.token_embedding[self.equals_token] + self.positions[2]  # (d,), becomes (..., d)
-        d = last.shape[-1]
         for block in self.blocks:
             keys, values = [], []
             for j, table in enumerate(streams):
-                rows = x[..., j].unsqueeze(-1).expand(*x.shape[:-1], d)
-                keys.append(self._heads(torch.gather(table @ block.key, 0, rows)))
-                values.append(self._heads(torch.gather(table @ block.value, 0, rows)))
+                keys.append(self._heads(F.embedding(x[..., j], table @ block.key)))
+                values.append(self._heads(F.embedding(x[..., j], table @ block.value)))
             reader = self._norm(last)
             query = self._heads(reader @ block.query)
             keys.append(self._heads(reader @ block.key))
