@@ -272,16 +272,25 @@ class Maximum:
     iterations: int
 
 
+#: Iterations over which a maximization must raise the log-likelihood measurably (see ``maximize``).
+STALL_ITERATIONS = 10
+
+
 def maximize(function: Callable[[np.ndarray], tuple[float, np.ndarray]], start: np.ndarray,
              free: np.ndarray | None = None, tolerance: float = 1e-7, max_iterations: int = 200) -> Maximum:
     """Damped Newton ascent over the ``free`` parameters (the others stay at ``start``): the step
     solves (I + lambda 1) d = g, I the observed information, lambda = 0 while I is positive definite
     (else just enough to make it so), and is halved until l does not decrease. Converged when
-    max |g| < tolerance * (1 + |l|)."""
+    max |g| < tolerance * (1 + |l|). Not converged, and stopped, when l rose by less than
+    1e-9 * (1 + |l|) over the last ``STALL_ITERATIONS`` iterations (a maximum on the boundary, e.g.
+    sigma or tau going to 0, which Newton only creeps towards)."""
     theta = np.asarray(start, float).copy()
     free = np.arange(theta.size) if free is None else np.asarray(free)
     value, gradient = function(theta)
+    history = [value]
     for iteration in range(1, max_iterations + 1):
+        if len(history) > STALL_ITERATIONS and value - history[-1 - STALL_ITERATIONS] < 1e-9 * (1.0 + abs(value)):
+            return Maximum(theta, value, False, iteration - 1)
         g = gradient[free]
         if np.max(np.abs(g)) < tolerance * (1.0 + abs(value)):
             return Maximum(theta, value, True, iteration - 1)
@@ -303,6 +312,7 @@ def maximize(function: Callable[[np.ndarray], tuple[float, np.ndarray]], start: 
             return Maximum(theta, value, False, iteration)
         stalled = abs(trial_value - value) < 1e-14 * (1.0 + abs(value)) and step < 1e-6
         theta, value, gradient = trial, trial_value, trial_gradient
+        history.append(value)
         if stalled:
             return Maximum(theta, value, bool(np.max(np.abs(gradient[free])) < 1e-4 * (1.0 + abs(value))),
                            iteration)
