@@ -15,12 +15,13 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-#: The tiny study (p = 97, d = 16, H = 32, lr 5e-3, half the pairs): trains and groks in seconds.
+#: The tiny study (p = 67, d = 16, H = 32, lr 1e-2, half the pairs): every seed memorizes, then groks within a
+#: few hundred steps, later the higher the held norm; a whole study trains in seconds.
 TINY_SECTIONS: dict[str, dict[str, Any]] = {
     "experiment": {"name": "tiny", "seeds": 2},
-    "task": {"name": "modular_addition", "p": 97, "train_fraction": 0.5},
+    "task": {"name": "modular_addition", "p": 67, "train_fraction": 0.5},
     "architecture": {"name": "mlp", "embed_dim": 16, "hidden_dim": 32},
-    "optimizer": {"lr": 5e-3},
+    "optimizer": {"lr": 1e-2},
     "training": {"max_steps": 1500},
     "evaluation": {"schedule": "every", "every": 20},
 }

@@ -18,14 +18,20 @@ REFERENCE = ROOT.parent / "shared" / "reference"
 GNORM = [sys.executable, "-m", "gnorm.cli"]
 
 
-def tiny_study(tmp_path: Path, seeds: int = 2, p: int = 97, max_steps: int = 1500, critical_norm: str = '"free"',
-               rhos: str = "[0.9, 1.1]") -> Path:
-    """A study that trains and groks in seconds (p = 97, d = 16, H = 32, lr 5e-3, half the pairs): the
+def tiny_study(tmp_path: Path, seeds: int = 2, p: int = 67, max_steps: int = 1500, critical_norm: str = '"free"',
+               rhos: str = "[0.9, 1.1]", lr: float = 1e-2) -> Path:
+    """A study that trains and groks in seconds (p = 67, d = 16, H = 32, lr 1e-2, half the pairs): the
     free stage and a clamp stage taking Wc from ``critical_norm``, sweeping rho over ``rhos`` (both
-    written as TOML values, e.g. ``critical_norm="30.0"``, ``rhos="[1.1]"``). For other changes use
-    :func:`builders.write_study`."""
+    written as TOML values, e.g. ``critical_norm="30.0"``, ``rhos="[1.1]"``). Tests that must catch a
+    study while its cells train use ``SLOW_TINY`` (its cells train for a thousand steps and more). For
+    other changes use :func:`builders.write_study`."""
     return write_study(tmp_path, experiment={"seeds": seeds}, task={"p": p}, training={"max_steps": max_steps},
-                       stages=[FREE, clamp_stage(toml_literal(critical_norm), toml_literal(rhos))])
+                       optimizer={"lr": lr}, stages=[FREE, clamp_stage(toml_literal(critical_norm), toml_literal(rhos))])
+
+
+#: ``tiny_study``'s keys for a slower study (p = 97, lr 5e-3, the tiny study's old settings): its clamp cells
+#: train for about a thousand steps, so that a test can interrupt them.
+SLOW_TINY = {"p": 97, "lr": 5e-3}
 
 
 def toml_literal(text: str) -> Any:

@@ -25,7 +25,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-#: A free stage that groks in a few hundred steps (p = 97) and a clamp stage far below Wc that trains
+#: A free stage that groks in a few hundred steps (p = 67) and a clamp stage far below Wc that trains
 #: only 60 steps, so its runs are censored.
 STUDY = experiment_data(experiment={"seeds": 2}, training={"max_steps": 500},
                         stages=[FREE, {**clamp_stage(30.0, rhos=(0.9,), t_start=20), "training": {"max_steps": 60}}])
@@ -72,8 +72,8 @@ def test_runs_has_one_typed_row_per_stored_run_with_the_config_as_dotted_columns
         if not record.censored:
             assert row.t_grok == record.t_grok
     by_stage = runs.set_index("run_id")
-    assert set(by_stage["task.p"]) == {97}
-    assert set(by_stage["optimizer.lr"]) == {5e-3}
+    assert set(by_stage["task.p"]) == {67}
+    assert set(by_stage["optimizer.lr"]) == {1e-2}
     clamp = by_stage[by_stage["stage"] == "clamp"]
     assert set(clamp["controller.rho"]) == {0.9} and set(clamp["cell"]) == {"rho=0.9"}
     assert clamp["censored"].all()  # 60 steps far below Wc

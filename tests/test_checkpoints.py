@@ -21,7 +21,7 @@ import torch
 import gnorm
 import gnorm.training.loop
 from builders import FREE, write_study
-from conftest import GNORM
+from conftest import GNORM, SLOW_TINY
 from gnorm.builtins.controllers import Clamp, ClampConfig
 from gnorm.checkpoints import CHECKPOINT_FOLDER, checkpoint_path
 from gnorm.executor_table import with_executor
@@ -46,8 +46,10 @@ HELD = {"name": "held", "controller": {"name": "relative_clamp", "factor": 1.0, 
 def study(tmp_path: Path, seeds: int | tuple[int, ...] | list[int] = (0, 1), max_steps: int = 600,
           checkpoint_seconds: float = 1e-6, executor: str = "serial", held: bool = True, free: dict | None = None,
           workers: int | None = None, **sections) -> Path:
-    """The study file (the tiny study, its free stage changed by ``free``, and the held stage when
-    ``held``); ``checkpoint_seconds = 1e-6`` checkpoints at every evaluation."""
+    """The study file (the tiny study at ``SLOW_TINY``'s settings, so that its seeds grok at the steps
+    these tests name, its free stage changed by ``free``, and the held stage when ``held``);
+    ``checkpoint_seconds = 1e-6`` checkpoints at every evaluation."""
+    sections = {"task": {"p": SLOW_TINY["p"]}, "optimizer": {"lr": SLOW_TINY["lr"]}, **sections}
     return write_study(tmp_path, filename="checkpointed.toml", experiment={"name": "checkpointed", "seeds": seeds},
                        training={"max_steps": max_steps, "checkpoint_seconds": checkpoint_seconds},
                        executor={"name": executor, "workers": workers},

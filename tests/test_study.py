@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import GNORM, tiny_study
+from conftest import GNORM, SLOW_TINY, tiny_study
 from gnorm.cli import main
 from gnorm.science import critical_norm
 from gnorm.store import DATABASE, Store
@@ -142,7 +142,7 @@ def _wait_for_runs(database, count, process, limit=120):
 # SIGKILL under -m slow: tests/test_checkpoints.py kills `gnorm run` by default.
 @pytest.mark.parametrize("how", [signal.SIGINT, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)])
 def test_an_interrupted_study_finishes_on_rerun_without_redoing_runs(tmp_path, how):
-    path = tiny_study(tmp_path, rhos="[0.9, 1.0]")
+    path = tiny_study(tmp_path, rhos="[0.9, 1.0]", **SLOW_TINY)
     out = tmp_path / "out"
     process = subprocess.Popen([*GNORM, "run", str(path), "--out", str(out)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
