@@ -17,6 +17,13 @@ from gnorm.errors import UserError
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
 
 
+def scaled_normal(fan_in: int, *shape: int) -> torch.Tensor:
+    """A tensor of ``shape`` drawn N(0, 1) / sqrt(fan_in). The division is in place: the same
+    arithmetic, but on the meta device (``gnorm validate``, the loader's build checks) an out-of-place
+    division goes through torch's Python reference kernels and imports its compiler."""
+    return torch.randn(*shape).div_(math.sqrt(fan_in))
+
+
 class MLP(torch.nn.Module):
     """logits = act(... act([E[x_1]; ...; E[x_L]] W1 + b1) ... W_k + b_k) W_out + b_out, with a
     parameter-free LayerNorm on the last hidden layer when ``final_layernorm``. For vector inputs the
@@ -37,15 +44,15 @@ class MLP(torch.nn.Module):
         self.activation = ACTIVATIONS[config.activation]
         width = spec.length * config.embed_dim if self.tokens else spec.length
         if self.tokens:
-            self.embedding = torch.nn.Parameter(torch.randn(spec.vocab_size, config.embed_dim) / math.sqrt(config.embed_dim))
-        self.w_in = torch.nn.Parameter(torch.randn(width, config.hidden_dim) / math.sqrt(width))
+            self.embedding = torch.nn.Parameter(scaled_normal(config.embed_dim, spec.vocab_size, config.embed_dim))
+        self.w_in = torch.nn.Parameter(scaled_normal(width, width, config.hidden_dim))
         self.b_in = torch.nn.Parameter(torch.zeros(config.hidden_dim))
-        self.w_out = torch.nn.Parameter(torch.randn(config.hidden_dim, task.num_classes) / math.sqrt(config.hidden_dim))
+        self.w_out = torch.nn.Parameter(scaled_normal(config.hidden_dim, config.hidden_dim, task.num_classes))
         self.b_out = torch.nn.Parameter(torch.zeros(task.num_classes))
         self.deeper = [f"hidden_{k}" for k in range(2, config.num_layers + 1)]
         for name in self.deeper:
             self.register_parameter(f"w_{name}", torch.nn.Parameter(
-                torch.randn(config.hidden_dim, config.hidden_dim) / math.sqrt(config.hidden_dim)))
+                scaled_normal(config.hidden_dim, config.hidden_dim, config.hidden_dim)))
             self.register_parameter(f"b_{name}", torch.nn.Parameter(torch.zeros(config.hidden_dim)))
 
     def hidden_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,9 +90,9 @@ class TransformerBlock(torch.nn.Module):
     def __init__(self, embed_dim: int, mlp_dim: int):
         super().__init__()
         for name in ("query", "key", "value", "out"):
-            self.register_parameter(name, torch.nn.Parameter(torch.randn(embed_dim, embed_dim) / math.sqrt(embed_dim)))
-        self.mlp_in = torch.nn.Parameter(torch.randn(embed_dim, mlp_dim) / math.sqrt(embed_dim))
-        self.mlp_out = torch.nn.Parameter(torch.randn(mlp_dim, embed_dim) / math.sqrt(mlp_dim))
+            self.register_parameter(name, torch.nn.Parameter(scaled_normal(embed_dim, embed_dim, embed_dim)))
+        self.mlp_in = torch.nn.Parameter(scaled_normal(embed_dim, embed_dim, mlp_dim))
+        self.mlp_out = torch.nn.Parameter(scaled_normal(mlp_dim, mlp_dim, embed_dim))
 
 
 class Transformer(torch.nn.Module):
@@ -122,10 +129,10 @@ class Transformer(torch.nn.Module):
         d, vocab = config.embed_dim, spec.vocab_size + 1
         self.num_heads, self.layernorm = config.num_heads, config.layernorm
         self.equals_token = spec.vocab_size
-        self.token_embedding = torch.nn.Parameter(torch.randn(vocab, d) / math.sqrt(d))
+        self.token_embedding = torch.nn.Parameter(scaled_normal(d, vocab, d))
         self.positions = torch.nn.Parameter(torch.zeros(3, d))
         self.blocks = torch.nn.ModuleList(TransformerBlock(d, config.mlp_dim) for _ in range(config.num_layers))
-        self.unembedding = torch.nn.Parameter(torch.randn(d, vocab) / math.sqrt(d))
+        self.unembedding = torch.nn.Parameter(scaled_normal(d, d, vocab))
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, x.shape[-1:]) if self.layernorm == "pre" else x
