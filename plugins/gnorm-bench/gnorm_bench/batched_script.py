@@ -91,7 +91,8 @@ def main():
                     "test_accuracy": (test_logits.argmax(-1) == test_y).float().mean(1).tolist(),
                 })
     t_grok = [next((h["step"] for h in history if h["test_accuracy"][s] >= 0.9), None) for s in range(seeds)]
-    print(json.dumps({"t_grok": t_grok, "last": history[-1] if history else None}))
+    print(json.dumps({"t_grok": t_grok, "evaluated_steps": [h["step"] for h in history],
+                      "last": history[-1] if history else None}))
 
 
 if __name__ == "__main__":

@@ -89,7 +89,8 @@ def main():
                         "test_accuracy": (test_logits.argmax(-1) == test_y).float().mean().item(),
                     })
         grokked = next((h["step"] for h in history if h["test_accuracy"] >= 0.9), None)
-        results.append({"seed": seed, "t_grok": grokked, "last": history[-1] if history else None})
+        results.append({"seed": seed, "t_grok": grokked, "evaluated_steps": [h["step"] for h in history],
+                        "last": history[-1] if history else None})
     print(json.dumps(results))
 
 
