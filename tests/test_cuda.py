@@ -38,7 +38,8 @@ def test_a_seeds_initial_weights_and_split_do_not_depend_on_the_device(tmp_path)
     registry = default_registry()
     on_cpu, _ = build_ensemble(tiny_job(tmp_path / "cpu", "cpu"), registry)
     on_cuda, _ = build_ensemble(tiny_job(tmp_path / "cuda", "cuda"), registry)
-    assert on_cuda.device.type == "cuda"
+    assert on_cuda.labels.device.type == "cuda"
+    assert on_cuda.train_chunk == on_cuda.eval_chunk == on_cuda.labels.shape[0]  # one chunk on a GPU
     for name, tensor in on_cpu.params.items():
         assert torch.equal(on_cuda.params[name].cpu(), tensor), name
     assert torch.equal(on_cuda.labels.cpu(), on_cpu.labels)
