@@ -59,8 +59,9 @@ def bench(workloads: tuple[str, ...], w3_steps: int, w3_seeds: int, steps: int, 
     from gnorm_bench import bench as benchmark
 
     registry = default_registry()  # W1 uses built-in pieces only
-    click.echo(f"gnorm bench: torch {torch.__version__}, {torch.get_num_threads()} threads, W1 = p 59, "
-               f"{seeds} seeds, {steps} steps, clamp from step 500, geometric evaluation grid", err=True)
+    w1 = (f", W1 = p 59, {seeds} seeds, {steps} steps, clamp from step 500, geometric evaluation grid"
+          if "w1" in workloads else "")
+    click.echo(f"gnorm bench: torch {torch.__version__}, {torch.get_num_threads()} threads{w1}", err=True)
     workers = machine_cores()
     if bfloat16 and not cpu_computes_bfloat16():
         raise UserError("--bfloat16: this CPU's oneDNN does not compute in bfloat16 (or oneDNN is off)")
