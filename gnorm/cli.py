@@ -307,7 +307,6 @@ def _print_summary(store: Store, experiment: Experiment, registry: Registry) -> 
     """Print the stage tables and the file's ``[[analysis]]`` tables; return every analysis the report
     shows (run once, for the summary and the report alike), or None when no report is due."""
     from gnorm.planner import planned_cells
-    from gnorm.report import run_report_analyses
     from gnorm.tables import format_table, stage_summaries
 
     records = store.records()
@@ -315,6 +314,8 @@ def _print_summary(store: Store, experiment: Experiment, registry: Registry) -> 
         click.echo("\n" + format_table(table))
     if not experiment.analyses:
         return None
+    from gnorm.report import run_report_analyses  # matplotlib: only a file with analyses pays for it
+
     ran = run_report_analyses(records, registry, experiment.analyses, sections=bool(records))
     for reported in ran:
         if reported.from_file:

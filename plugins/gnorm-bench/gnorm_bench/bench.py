@@ -53,7 +53,7 @@ lr = 1e-3
 weight_decay = 1.0
 [training]
 max_steps = {steps}
-device = "cpu"
+device = "{device}"
 compile = "{compile}"
 matmul_precision = "{matmul_precision}"
 [evaluation]
@@ -68,19 +68,20 @@ controller = {{ name = "clamp", rho = {rho}, t_start = 500 }}
 
 
 def workload_file(directory: str, seeds: int, steps: int, rho: float, stop: bool, p: int = 59,
-                  compile: str = "auto", matmul_precision: str = "full") -> Path:
+                  compile: str = "auto", matmul_precision: str = "full", device: str = "cpu") -> Path:
     """The benchmark's experiment file, written into ``directory``."""
     path = Path(directory) / "bench.toml"
     path.write_text(WORKLOAD.format(seeds=seeds, p=p, steps=steps, rho=rho, stop=str(stop).lower(),
-                                    critical_norm=CRITICAL_NORM, compile=compile, matmul_precision=matmul_precision))
+                                    critical_norm=CRITICAL_NORM, compile=compile, matmul_precision=matmul_precision,
+                                    device=device))
     return path
 
 
 def workload_job(registry: Registry, seeds: int, steps: int, rho: float, stop: bool, p: int = 59,
-                 compile: str = "auto", matmul_precision: str = "full") -> CellJob:
+                 compile: str = "auto", matmul_precision: str = "full", device: str = "cpu") -> CellJob:
     """The benchmark cell, built through the same experiment-file path users take."""
     with tempfile.TemporaryDirectory() as directory:
-        path = workload_file(directory, seeds, steps, rho, stop, p, compile, matmul_precision)
+        path = workload_file(directory, seeds, steps, rho, stop, p, compile, matmul_precision, device)
         experiment = load_experiment(path, registry)
     return CellJob(experiment.runs, CRITICAL_NORM)
 
@@ -133,7 +134,7 @@ class Start:
 
 def start_of(job: CellJob, registry: Registry) -> Start:
     ensemble, task = build_ensemble(job, registry)
-    weights = [{name: tensor[i].detach().clone() for name, tensor in ensemble.params.items()}
+    weights = [{name: tensor[i].detach().cpu().clone() for name, tensor in ensemble.params.items()}
                for i in range(ensemble.size)]
     splits = [task.split(run.split_seed) for run in job.runs]
     run = job.runs[0]
@@ -491,11 +492,13 @@ def w1_report(rounds: list[list[Row]], peak_gflops: float, p: int = 59,
     return table, lines
 
 
-def bench_w2(registry: Registry, seeds: int, steps: int,
-             matmul_precision: str = "full") -> tuple[Outcome, Outcome, np.ndarray]:
-    """W2 with gnorm computing its matmuls as ``matmul_precision`` says; reference (b) in float32."""
-    job = workload_job(registry, seeds, steps, rho=0.85, stop=True, matmul_precision=matmul_precision)
-    start = start_of(job, registry)  # the precision changes neither the initial weights nor the splits
+def bench_w2(registry: Registry, seeds: int, steps: int, matmul_precision: str = "full",
+             device: str = "cpu") -> tuple[Outcome, Outcome, np.ndarray]:
+    """W2 with gnorm computing its matmuls as ``matmul_precision`` says, on ``device``; reference (b) in
+    float32 on the CPU."""
+    job = workload_job(registry, seeds, steps, rho=0.85, stop=True, matmul_precision=matmul_precision,
+                       device=device)
+    start = start_of(job, registry)  # neither the precision nor the device changes the weights or the splits
     with deterministic_algorithms():
         ours = gnorm_engine(job, registry)
         theirs = reference_batched(start, stop_when_grokked=True)

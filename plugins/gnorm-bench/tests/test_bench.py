@@ -16,7 +16,7 @@ from gnorm.training.numerics import cpu_computes_bfloat16, deterministic_algorit
 
 @pytest.mark.slow  # times every trainer: about two minutes on 2 cores
 def test_bench_prints_rates_ratios_and_targets():
-    result = CliRunner().invoke(main, ["bench", "--steps", "20", "--seeds", "2", "--reference-a-seeds", "1",
+    result = CliRunner().invoke(main, ["bench", "--workload", "w1", "--steps", "20", "--seeds", "2", "--reference-a-seeds", "1",
                                        "--no-memory", "--repeats", "2"])
     assert result.exit_code == 0, result.output
     for text in ("model-steps/s (median of 2 rounds)", "gnorm engine, one process", "reference (a)",
