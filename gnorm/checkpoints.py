@@ -72,9 +72,9 @@ def checkpoint_path(directory: str | Path, run_ids: Sequence[str]) -> Path:
 
 def job_identity(job: Any, device: str) -> str:
     """SHA-256 over what a job's results depend on, besides the state itself: each run's full
-    configuration in order (the checkpoint interval left out), Wc and the per-group Wc, the hash of
-    every start state of a forked job, the device, torch's thread count and torch's version; and the
-    job's snapshot moments where it has any (a checkpoint taken without them lacks their snapshots)."""
+    configuration in order (the checkpoint interval left out), Wc and the per-group Wc (each cell's,
+    for a job of several cells), the hash of every start state of a forked job, the device, torch's
+    thread count and torch's version; and the job's snapshot moments where it has any (a checkpoint taken without them lacks their snapshots)."""
     configurations = []
     for run in job.runs:
         plain = run.plain()
@@ -84,6 +84,9 @@ def job_identity(job: Any, device: str) -> str:
     data = {"format": FORMAT_VERSION, "runs": configurations, "critical_norm": job.critical_norm,
             "group_critical_norms": job.group_critical_norms, "start_states": starts, "device": device,
             "threads": torch.get_num_threads(), "torch": torch.__version__}
+    cell_norms = getattr(job, "cell_norms", None)
+    if cell_norms is not None:  # a job of several cells (gnorm.merging): each cell's Wc
+        data["cell_norms"] = cell_norms
     snapshots = getattr(job, "snapshots", None)
     if snapshots is not None and snapshots.enabled:
         data["snapshots"] = snapshots.plain()

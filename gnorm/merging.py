@@ -1,0 +1,57 @@
+"""Whole stages as one ensemble: cells of one stage that differ only in their controller's settings
+(rho, t_start, the controller itself) and their Wc train as one job, each cell's members under that
+cell's own controller (gnorm.training.segments). Each member is computed as its cell alone computes it,
+so merging moves only wall time: fewer, bigger jobs, and seeds split evenly over the workers.
+
+What keeps cells apart is every other setting (the merge key): the task, the architecture, the
+optimizer and its learning rate, the loss and its temperature, the budget, the batch size, the
+evaluation schedule, the precision, the gradient transforms. Forked and adaptive stages are never
+merged. ``[executor] merge_cells`` chooses: "auto" (the default: merge where the stage trains on a
+GPU), "on", "off". Never part of a run's identity. Pure functions of the plan; the scheduler
+(gnorm.scheduler) decides when.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import attrs
+
+from gnorm.executor_table import MERGE_CHOICES  # noqa: F401 (the values of [executor] merge_cells)
+from gnorm.planner import PendingCell
+from gnorm.runmodel import RunSpec
+from gnorm.training.numerics import resolve_device
+
+#: What a cell's runs may differ in and still train in one ensemble with other cells of its stage.
+PER_MEMBER_SETTINGS = ("cell", "seed", "controller", "critical_norm_source")
+
+
+def merge_key(run: RunSpec) -> str:
+    """The settings two cells of a stage must share to train as one job: the run's configuration
+    without ``PER_MEMBER_SETTINGS`` (as sorted JSON)."""
+    plain = {key: value for key, value in run.plain().items() if key not in PER_MEMBER_SETTINGS}
+    return json.dumps(plain, sort_keys=True, default=str)
+
+
+def mergeable(item: PendingCell, choice: str) -> bool:
+    """Whether ``item`` may train with other cells of its stage under ``merge_cells = choice``: never a
+    forked or adaptive stage's cell, nor one already merged or split (a retry, a part); under "auto",
+    only a cell that trains on a GPU."""
+    first = item.runs[0]
+    if choice == "off" or first.fork is not None or item.stage.adaptive is not None or item.cell_norms is not None:
+        return False
+    return choice == "on" or resolve_device(first.training.device).type == "cuda"
+
+
+def merged(items: Sequence[PendingCell]) -> PendingCell:
+    """``items`` (resolved cells of one stage with one merge key) as one pending job: their runs, cell
+    after cell, each cell's (Wc, per-group Wc) kept by its cell id."""
+    if len(items) == 1:
+        return items[0]
+    first = items[0]
+    norms = {item.runs[0].cell_id: (item.critical_norm, dict(item.group_critical_norms)) for item in items}
+    labels = ", ".join(item.label.split("] ", 1)[-1] for item in items)
+    label = f"[{first.stage.name}] {len(items)} cells ({labels})"
+    return attrs.evolve(first, runs=[run for item in items for run in item.runs], label=label, critical_norm=None,
+                        group_critical_norms={}, cell_norms=norms)
