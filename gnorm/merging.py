@@ -1,10 +1,10 @@
 """Whole stages as one ensemble: cells of one stage that differ only in their controller's settings
-(rho, t_start, the controller itself) and their Wc train as one job, each cell's members under that
-cell's own controller (gnorm.training.segments). Each member is computed as its cell alone computes it,
+(rho, t_start, the controller itself), their Wc and their learning rate train as one job, each cell's
+members under that cell's own controller and optimizer (gnorm.training.segments). Each member is computed as its cell alone computes it,
 so merging moves only wall time: fewer, bigger jobs, and seeds split evenly over the workers.
 
 What keeps cells apart is every other setting (the merge key): the task, the architecture, the
-optimizer and its learning rate, the loss and its temperature, the budget, the batch size, the
+optimizer and its other options (and a plugin optimizer's learning rate), the loss and its temperature, the budget, the batch size, the
 evaluation schedule, the precision, the gradient transforms. Forked and adaptive stages are never
 merged. ``[executor] merge_cells`` chooses: "auto" (the default: merge where the stage trains on a
 GPU), "on", "off". Never part of a run's identity. Pure functions of the plan; the scheduler
@@ -27,10 +27,17 @@ from gnorm.training.numerics import resolve_device
 PER_MEMBER_SETTINGS = ("cell", "seed", "controller", "critical_norm_source")
 
 
+#: The optimizers whose learning rate may differ between the cells of one job (each cell's own optimizer on
+#: its members' views, gnorm.training.segments.SegmentedOptimizer: built-ins, whose state it can stack).
+PER_MEMBER_LR = ("adamw", "adam", "sgd")
+
+
 def merge_key(run: RunSpec) -> str:
     """The settings two cells of a stage must share to train as one job: the run's configuration
-    without ``PER_MEMBER_SETTINGS`` (as sorted JSON)."""
+    without ``PER_MEMBER_SETTINGS``, and without the learning rate for ``PER_MEMBER_LR`` (as sorted JSON)."""
     plain = {key: value for key, value in run.plain().items() if key not in PER_MEMBER_SETTINGS}
+    if plain["optimizer"]["name"] in PER_MEMBER_LR:
+        plain["optimizer"] = {key: value for key, value in plain["optimizer"].items() if key != "lr"}
     return json.dumps(plain, sort_keys=True, default=str)
 
 

@@ -63,6 +63,12 @@ def alone(cells, wcs) -> dict:
     return out
 
 
+def assert_members_left_early(results: dict) -> None:
+    """Some member grokked (and left the ensemble) while others trained on."""
+    grok_steps = {record["t_grok"] for record, _, _ in results.values()}
+    assert len(grok_steps) >= 2 and grok_steps - {None}, grok_steps
+
+
 # ---------------------------------------------------------------------------------------------------
 # The job: each member as its cell alone, bit for bit.
 
@@ -88,8 +94,7 @@ def test_members_leave_a_merged_job_from_their_own_segment(tmp_path):
     merged = comparable(train_cell_task(merged_job(cells, (None,) * 3), 1, REGISTRY))
     expected = alone(cells, (None,) * 3)
     assert merged == expected
-    grok_steps = {record["t_grok"] for record, _, _ in merged.values()}
-    assert len(grok_steps - {None}) >= 2, grok_steps  # members did leave at different steps
+    assert_members_left_early(merged)
 
 
 def test_cells_with_different_controllers_share_one_job(tmp_path):
@@ -99,6 +104,18 @@ def test_cells_with_different_controllers_share_one_job(tmp_path):
     cells = cells_of(load_experiment(study(tmp_path, stages=stages), REGISTRY).runs)
     wcs = (None, 30.0, 30.0)
     assert comparable(train_cell_task(merged_job(cells, wcs), 1, REGISTRY)) == alone(cells, wcs)
+
+
+def test_cells_with_different_learning_rates_share_one_job(tmp_path):
+    """Each cell's own AdamW on its members' views (gnorm.training.segments.SegmentedOptimizer): lr and
+    rho swept together, members leaving, every member as its cell alone."""
+    stage = {**clamp_stage(30.0, (1.0,), t_start=100), "sweep": {"controller.rho": [0.9, 1.1], "optimizer.lr": [1e-2, 8e-3]}}
+    cells = cells_of(load_experiment(study(tmp_path, stages=[stage]), REGISTRY).runs)
+    assert len(cells) == 4 and len({merge_key(cell[0]) for cell in cells}) == 1
+    wcs = (30.0,) * 4
+    merged = comparable(train_cell_task(merged_job(cells, wcs), 1, REGISTRY))
+    assert merged == alone(cells, wcs)
+    assert_members_left_early(merged)
 
 
 def test_a_merged_job_resumes_from_its_checkpoint_bit_identical(tmp_path):
@@ -191,14 +208,15 @@ def test_an_interrupted_merged_study_resumes_its_checkpoint(two_stages, tmp_path
 
 
 def test_cells_that_differ_in_more_than_the_controller_stay_apart(tmp_path):
-    stage = {**clamp_stage(30.0, (1.0,), t_start=100), "sweep": {"controller.rho": [0.9, 1.1], "optimizer.lr": [5e-3, 4e-3]}}
+    stage = {**clamp_stage(30.0, (1.0,), t_start=100),
+             "sweep": {"controller.rho": [0.9, 1.1], "optimizer.beta2": [0.999, 0.99]}}
     path = study(tmp_path, stages=[stage], training={"max_steps": 60})
     cells = cells_of(load_experiment(path, REGISTRY).runs)
     keys = [merge_key(cell[0]) for cell in cells]
-    assert len(cells) == 4 and len(set(keys)) == 2  # lr keeps cells apart, rho does not
+    assert len(cells) == 4 and len(set(keys)) == 2  # beta2 keeps cells apart, rho does not
     log = run_study(path, tmp_path / "out", name="serial", merge_cells="on")
-    assert "[clamp] 2 cells (rho=0.9, lr=0.005, rho=1.1, lr=0.005): started (4 seeds)" in log, log
-    assert "[clamp] 2 cells (rho=0.9, lr=0.004, rho=1.1, lr=0.004): started (4 seeds)" in log, log
+    assert "[clamp] 2 cells (rho=0.9, beta2=0.999, rho=1.1, beta2=0.999): started (4 seeds)" in log, log
+    assert "[clamp] 2 cells (rho=0.9, beta2=0.99, rho=1.1, beta2=0.99): started (4 seeds)" in log, log
 
 
 @pytest.mark.parametrize("value", ["sometimes", 1, True])

@@ -18,7 +18,7 @@ from gnorm.training.ensemble import Ensemble
 from gnorm.training.jobs import CellJob, TrunkJob
 from gnorm.training.numerics import numerics, resolve_device
 from gnorm.training.runlog import RunLog
-from gnorm.training.segments import SegmentedController
+from gnorm.training.segments import SegmentedController, SegmentedOptimizer
 from gnorm.training.transforms import GradientTransformChain
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def build_cell(job: CellJob, registry: Registry) -> loop.CellParts:
     run's controller told the step training resumes after (a fork's ``at_step``, else 0)."""
     first = job.runs[0]
     ensemble, task = build_ensemble(job, registry)
-    optimizer = build_optimizer(ensemble, first.optimizer, registry)
+    optimizer = build_cell_optimizer(job, ensemble, registry)
     criterion = registry.get("grok_criterion", first.criterion.name).factory(first.criterion.config)
     context = ObservableContext(dict(ensemble.groups), task.input_spec, task.num_classes)
     observables = [registry.get("observable", name) for name in first.evaluation.observables]
@@ -113,6 +113,23 @@ def build_optimizer(ensemble: Ensemble, choice: Any, registry: Registry) -> Batc
     names = list(ensemble.params)
     context = OptimizerContext(ensemble.parameters, names, [n in ensemble.norm_names for n in names])
     return registry.get("optimizer", choice.name).factory(choice.config, context)
+
+
+def build_cell_optimizer(job: CellJob, ensemble: Ensemble, registry: Registry) -> BatchedOptimizer:
+    """The job's optimizer; for a job of several cells whose optimizer options differ (their learning
+    rates, see gnorm.merging), each cell's own optimizer on its stretch of members, as one
+    :class:`SegmentedOptimizer`."""
+    segments = job.segments()
+    choices = [job.runs[start].optimizer for start, _ in segments]
+    if all(choice == choices[0] for choice in choices):
+        return build_optimizer(ensemble, choices[0], registry)
+    names = list(ensemble.params)
+    decayed = [n in ensemble.norm_names for n in names]
+    built = []
+    for (start, end), choice in zip(segments, choices):
+        context = OptimizerContext([p[start:end] for p in ensemble.parameters], names, decayed)
+        built.append((end - start, registry.get("optimizer", choice.name).factory(choice.config, context)))
+    return SegmentedOptimizer(built)
 
 
 def build_transforms(job: CellJob, ensemble: Ensemble, registry: Registry) -> GradientTransformChain:
