@@ -24,7 +24,7 @@ class ExecutorChoice:
     """The executor plugin and its config, and what the coordinator itself reads from the table:
     ``retries`` (a failing cell is tried 1 + retries times) and ``threads`` (torch threads per cell;
     results depend on it, see gnorm.worker.torch_threads) and ``merge_cells`` (whether cells of a stage
-    train as one ensemble: "auto", "on", "off"; see gnorm.merging)."""
+    train as one ensemble: "auto" or "off"; see gnorm.merging)."""
 
     name: str
     config: Any
@@ -36,7 +36,7 @@ class ExecutorChoice:
 #: Keys of the ``[executor]`` table that the coordinator reads itself, whichever executor runs.
 COORDINATOR_KEYS = ("retries", "threads", "merge_cells")
 #: The values ``merge_cells`` takes (see gnorm.merging).
-MERGE_CHOICES = ("auto", "on", "off")
+MERGE_CHOICES = ("auto", "off")
 
 
 def with_executor(experiment: Experiment, name: str | None, options: Mapping[str, Any] | str | None = None, *,
@@ -85,8 +85,8 @@ def resolve_executor_table(table: Mapping[str, Any], registry: Registry,
         own[key] = value
     merge_cells = options.pop("merge_cells", "auto")
     if merge_cells not in MERGE_CHOICES:
-        problems.append(Problem(source, "executor.merge_cells",
-                                f"expected one of {', '.join(map(repr, MERGE_CHOICES))}, found {describe(merge_cells)}"))
+        expected = ", ".join(map(repr, MERGE_CHOICES))
+        problems.append(Problem(source, "executor.merge_cells", f"expected one of {expected}, found {describe(merge_cells)}"))
     own["merge_cells"] = merge_cells
     if not isinstance(name, str):
         return None, problems + [Problem(source, "executor.name", f"expected a string, found {describe(name)}")]

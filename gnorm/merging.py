@@ -1,14 +1,15 @@
 """Whole stages as one ensemble: cells of one stage that differ only in their controller's settings
 (rho, t_start, the controller itself), their Wc and their learning rate train as one job, each cell's
-members under that cell's own controller and optimizer (gnorm.training.segments). Each member is computed as its cell alone computes it,
-so merging moves only wall time: fewer, bigger jobs, and seeds split evenly over the workers.
+members under that cell's own controller and optimizer (gnorm.training.segments). Each member is
+computed as its cell alone computes it, so merging moves only wall time: fewer, bigger jobs, and seeds
+split evenly over the workers.
 
 What keeps cells apart is every other setting (the merge key): the task, the architecture, the
-optimizer and its other options (and a plugin optimizer's learning rate), the loss and its temperature, the budget, the batch size, the
-evaluation schedule, the precision, the gradient transforms. Forked and adaptive stages are never
-merged. ``[executor] merge_cells`` chooses: "auto" (the default: merge where the stage trains on a
-GPU), "on", "off". Never part of a run's identity. Pure functions of the plan; the scheduler
-(gnorm.scheduler) decides when.
+optimizer's other options (and a plugin optimizer's learning rate), the loss and its temperature, the
+budget, the batch size, the evaluation schedule, the precision, the gradient transforms. Forked and
+adaptive stages are never merged. ``[executor] merge_cells`` chooses: "auto" (the default: merge, as
+measured to pay on the 2-core CPU, README "Performance") or "off" (one cell per job). Never part of a
+run's identity. Pure functions of the plan; the scheduler (gnorm.scheduler) decides when.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Sequence
 
 import attrs
 
+from gnorm.analysis.records import cell_label
 from gnorm.executor_table import MERGE_CHOICES  # noqa: F401 (the values of [executor] merge_cells)
 from gnorm.planner import PendingCell
-from gnorm.runmodel import RunSpec
-from gnorm.training.numerics import resolve_device
+from gnorm.runmodel import RunSpec, cells_of
 
 #: What a cell's runs may differ in and still train in one ensemble with other cells of its stage.
 PER_MEMBER_SETTINGS = ("cell", "seed", "controller", "critical_norm_source")
@@ -42,13 +43,11 @@ def merge_key(run: RunSpec) -> str:
 
 
 def mergeable(item: PendingCell, choice: str) -> bool:
-    """Whether ``item`` may train with other cells of its stage under ``merge_cells = choice``: never a
-    forked or adaptive stage's cell, nor one already merged or split (a retry, a part); under "auto",
-    only a cell that trains on a GPU."""
+    """Whether ``item`` may train with other cells of its stage under ``merge_cells = choice``: under
+    "auto", any cell but a forked or adaptive stage's, or one already merged (a retry, a part)."""
     first = item.runs[0]
-    if choice == "off" or first.fork is not None or item.stage.adaptive is not None or item.cell_norms is not None:
-        return False
-    return choice == "on" or resolve_device(first.training.device).type == "cuda"
+    return (choice == "auto" and first.fork is None and item.stage.adaptive is None
+            and item.cell_norms is None)
 
 
 def merged(items: Sequence[PendingCell]) -> PendingCell:
@@ -62,3 +61,14 @@ def merged(items: Sequence[PendingCell]) -> PendingCell:
     label = f"[{first.stage.name}] {len(items)} cells ({labels})"
     return attrs.evolve(first, runs=[run for item in items for run in item.runs], label=label, critical_norm=None,
                         group_critical_norms={}, cell_norms=norms)
+
+
+def unmerged(item: PendingCell) -> list[PendingCell]:
+    """A merged job's runs as one pending job per cell again (each with its own Wc, resolved, the
+    attempts made so far), so that a cell whose training raises is retried alone and cannot fail the
+    others; ``[item]`` for a job of one cell."""
+    cells = cells_of(item.runs)
+    if item.cell_norms is None or len(cells) == 1:
+        return [item]
+    return [PendingCell(item.stage, cell, f"[{item.stage.name}] {cell_label(cell[0].cell)}",
+                        *item.norms_of(cell[0]), attempts=item.attempts, resolved=True) for cell in cells]

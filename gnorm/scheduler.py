@@ -15,7 +15,7 @@ from gnorm.checkpoints import CHECKPOINT_FOLDER, checkpoint_path, remove_checkpo
 from gnorm.components import ExecutorContext
 from gnorm.executor_table import ExecutorChoice, executor_choice
 from gnorm.forks import TRUNK_FOLDER, TrunkFiles, TrunkState
-from gnorm.merging import merge_key, mergeable, merged
+from gnorm.merging import merge_key, mergeable, merged, unmerged
 from gnorm.observers import Lifecycle, ObserverChoice, hook_listeners, study_lifecycle
 from gnorm.planner import (PendingCell, checkpointed_parts, pending_cells, plan_experiment, resolve_critical_norms,
                            seed_groups, split_cell, submission_order)
@@ -321,12 +321,16 @@ class Scheduler:
              critical_norm=item.norms_of(run)[0])
 
     def failed(self, item: PendingCell, error: BaseException) -> None:
-        """A cell whose task raised: back to the front of ``waiting`` while it has retries left, else its
-        runs are stored as failed."""
+        """A cell whose task raised: back to the front of ``waiting`` while it has retries left (a merged
+        job's cells each on its own), else its runs are stored as failed."""
         why = _one_line(error)
         if item.attempts <= self.choice.retries:
-            self.progress.cell(item.label, f"failed ({why}); trying again")
-            self.waiting.insert(0, item)
+            cells = unmerged(item)  # a merged job's cells are tried apart: one that fails cannot fail the rest
+            apart = " cell by cell" if len(cells) > 1 else ""
+            self.progress.cell(item.label, f"failed ({why}); trying again{apart}")
+            if len(cells) > 1:
+                remove_checkpoint(self.checkpoint_of(item.runs))
+            self.waiting[0:0] = cells
             return
         for run in item.runs:
             self.store.write_failed(run.run_id, run.stage, run.cell, run.seed, run.plain(), run.training.max_steps,

@@ -418,8 +418,10 @@ def test_a_cell_others_take_wc_from_goes_first(tmp_path):
 
 
 def test_split_parts_are_submitted_before_the_next_cell_is_split(tmp_path):
-    """Four workers, two ready cells of four seeds: each is split in two, so all four workers train."""
-    path = _small_study(tmp_path, {"name": "local", "workers": 4}, seeds=4, stages=[clamp_stage(30.0)])
+    """Four workers, two ready cells of four seeds, kept apart (``merge_cells = "off"``; merged, they are
+    one job cut in four, tests/test_stage_ensemble.py): each is split in two, so all four workers train."""
+    path = _small_study(tmp_path, {"name": "local", "workers": 4, "merge_cells": "off"}, seeds=4,
+                        stages=[clamp_stage(30.0)])
     result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     started = [line.split(":")[0] for line in result.output.splitlines() if line.endswith("Wc 30)")]

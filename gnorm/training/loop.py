@@ -119,8 +119,8 @@ def train(job: CellJob, parts: CellParts, logs: list[RunLog], start: int, finish
             ending = range(len(logs)) if step == first.training.max_steps else done
             take_snapshots(parts.snapshots, ensemble, optimizer, logs, step, ending)
         on_progress(step, len(logs))
-        for position in done:
-            finish(logs[position].record(job.norms_of(logs[position].run)[0], ensemble.is_compiled, parts.at_grok), logs[position])
+        for log in [logs[position] for position in done]:
+            finish(log.record(job.norms_of(log.run)[0], ensemble.is_compiled, parts.at_grok), log)
         logs = drop_members(done, logs, parts)
         if not logs:
             return []
