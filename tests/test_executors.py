@@ -119,6 +119,10 @@ def test_a_cell_that_keeps_failing_is_stored_as_failed_and_the_study_goes_on(tmp
     stream = io.StringIO()
     problems = run_experiment(experiment, registry, Store(out, create=True), Progress(stream))
     assert 1000 - failures_left["count"] == 3  # one attempt and the default 2 retries
+    # the clamp stage's two cells trained as one job (merge_cells = "auto"); it failed, and was retried
+    # cell by cell, so the failing cell cost the other nothing
+    assert "[clamp] 2 cells (rho=0.9, rho=1.1): failed (RuntimeError: the flaky controller gave up); trying again " \
+           "cell by cell" in stream.getvalue()
     assert problems == ["2 runs failed 3 times and are stored as failed (first error: RuntimeError: the flaky "
                         "controller gave up); see gnorm show, run again to retry them"]
     assert "runs: 4 done, 0 running, 2 failed, 0 remaining" in stream.getvalue()
