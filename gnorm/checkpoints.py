@@ -11,7 +11,12 @@ counts the seconds trained up to the checkpoint plus those after the resume).
 Where: ``<results>/checkpoints/<checkpoint_name(run ids)>.pt``, one file per job (a cell, or the part of
 a split cell that one task trains). The coordinator names the file in the
 :class:`gnorm.training.jobs.CellJob` (an absolute path, so workers on a shared filesystem write there
-too) and removes it once the job's runs are stored.
+too) and removes it once the job's runs are stored. A job of several cells of a stage (gnorm.merging)
+has one file for all its runs, its identity holding each cell's Wc. A rerun cuts a merged job into the
+parts earlier tasks left checkpoints for (as for a split cell: consecutive runs in the merged order,
+which also finds each cell's own file from a run with ``merge_cells = "off"``), so the same cells
+merged again resume; runs whose file belongs to a grouping that does not form again train from the
+start (their results are the same, the file stays unused).
 
 Mini-batches (``[training] batch_size``) add no state to a file: the batch of step t is a pure
 function of the member's split seed and t (gnorm.training.batches), so the step reached is the
@@ -72,9 +77,10 @@ def checkpoint_path(directory: str | Path, run_ids: Sequence[str]) -> Path:
 
 def job_identity(job: Any, device: str) -> str:
     """SHA-256 over what a job's results depend on, besides the state itself: each run's full
-    configuration in order (the checkpoint interval left out), Wc and the per-group Wc, the hash of
-    every start state of a forked job, the device, torch's thread count and torch's version; and the
-    job's snapshot moments where it has any (a checkpoint taken without them lacks their snapshots)."""
+    configuration in order (the checkpoint interval left out), Wc and the per-group Wc (each cell's,
+    for a job of several cells), the hash of every start state of a forked job, the device, torch's
+    thread count and torch's version; and the job's snapshot moments where it has any (a checkpoint
+    taken without them lacks their snapshots)."""
     configurations = []
     for run in job.runs:
         plain = run.plain()
@@ -84,6 +90,9 @@ def job_identity(job: Any, device: str) -> str:
     data = {"format": FORMAT_VERSION, "runs": configurations, "critical_norm": job.critical_norm,
             "group_critical_norms": job.group_critical_norms, "start_states": starts, "device": device,
             "threads": torch.get_num_threads(), "torch": torch.__version__}
+    cell_norms = getattr(job, "cell_norms", None)
+    if cell_norms is not None:  # a job of several cells (gnorm.merging): each cell's Wc
+        data["cell_norms"] = cell_norms
     snapshots = getattr(job, "snapshots", None)
     if snapshots is not None and snapshots.enabled:
         data["snapshots"] = snapshots.plain()

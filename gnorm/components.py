@@ -334,7 +334,9 @@ class ControllerContext:
     ``start_step`` is the step training resumes after: 0, or a same-state fork's ``at_step``. A forked
     arm's controller is not given ``before_training``; its first call is ``after_step(at_step)`` on the
     forked state (what a run without the fork would have seen right after that step), then every step
-    from ``at_step + 1`` on.
+    from ``at_step + 1`` on. Where several cells of a stage train as one job (gnorm.merging), each
+    cell's controller is built with its own context (its Wc, its member count) and handed its own
+    members' slices of the stacked tensors only.
     """
 
     critical_norm: float | None

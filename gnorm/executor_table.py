@@ -23,16 +23,20 @@ EXECUTOR_LIMITS = {"retries": (0, 100), "threads": (1, 4096)}
 class ExecutorChoice:
     """The executor plugin and its config, and what the coordinator itself reads from the table:
     ``retries`` (a failing cell is tried 1 + retries times) and ``threads`` (torch threads per cell;
-    results depend on it, see gnorm.worker.torch_threads)."""
+    results depend on it, see gnorm.worker.torch_threads) and ``merge_cells`` (whether cells of a stage
+    train as one ensemble: "auto" or "off"; see gnorm.merging)."""
 
     name: str
     config: Any
     retries: int = 2
     threads: int = 1
+    merge_cells: str = "auto"
 
 
 #: Keys of the ``[executor]`` table that the coordinator reads itself, whichever executor runs.
-COORDINATOR_KEYS = ("retries", "threads")
+COORDINATOR_KEYS = ("retries", "threads", "merge_cells")
+#: The values ``merge_cells`` takes (see gnorm.merging).
+MERGE_CHOICES = ("auto", "off")
 
 
 def with_executor(experiment: Experiment, name: str | None, options: Mapping[str, Any] | str | None = None, *,
@@ -79,6 +83,11 @@ def resolve_executor_table(table: Mapping[str, Any], registry: Registry,
             problems.append(Problem(source, f"executor.{key}",
                                     f"expected an integer from {low} to {high}, found {describe(value)}"))
         own[key] = value
+    merge_cells = options.pop("merge_cells", "auto")
+    if merge_cells not in MERGE_CHOICES:
+        expected = ", ".join(map(repr, MERGE_CHOICES))
+        problems.append(Problem(source, "executor.merge_cells", f"expected one of {expected}, found {describe(merge_cells)}"))
+    own["merge_cells"] = merge_cells
     if not isinstance(name, str):
         return None, problems + [Problem(source, "executor.name", f"expected a string, found {describe(name)}")]
     try:
@@ -88,5 +97,5 @@ def resolve_executor_table(table: Mapping[str, Any], registry: Registry,
     config, found = structure(options, component.config_class)
     for path, message, valid in found:
         problems.append(Problem(source, ".".join(("executor",) + path),
-                                message + (suggest(path[-1], valid + ["name", "retries", "threads"]) if valid else "")))
+                                message + (suggest(path[-1], valid + ["name", *COORDINATOR_KEYS]) if valid else "")))
     return (None, problems) if problems else (ExecutorChoice(name, config, **own), [])

@@ -37,8 +37,9 @@ def plan_experiment(experiment: Experiment) -> Plan:
 
 @attrs.define
 class PendingCell:
-    """A cell (or part of one) the scheduler has yet to store: its stage, the runs still to train, its
-    label, its Wc and per-group Wc once resolved, and the attempts made so far."""
+    """A cell (or part of one, or several cells of a stage merged) the scheduler has yet to store: its
+    stage, the runs still to train, its label, its Wc and per-group Wc once resolved, and the attempts
+    made so far."""
 
     stage: Stage
     runs: list[RunSpec]  # the runs still to train
@@ -47,6 +48,14 @@ class PendingCell:
     group_critical_norms: dict[str, float] = attrs.field(factory=dict)
     attempts: int = 0
     resolved: bool = False  # Wc looked up (and the cell split, where it was)
+    #: For several cells trained as one job (gnorm.merging): cell id -> (Wc, per-group Wc); None for one cell.
+    cell_norms: dict[str, tuple[float | None, dict[str, float]]] | None = None
+
+    def norms_of(self, run: RunSpec) -> tuple[float | None, dict[str, float]]:
+        """The (Wc, per-group Wc) of ``run``'s cell."""
+        if self.cell_norms is None:
+            return self.critical_norm, self.group_critical_norms
+        return self.cell_norms[run.cell_id]
 
 
 #: The name the scheduler's cells had before they were named (tests and plugins may import it).
@@ -103,7 +112,11 @@ def part_of(item: PendingCell, runs: list[RunSpec]) -> PendingCell:
     """The part of ``item`` that trains ``runs`` (labelled with its seeds; ``item`` itself for all of them)."""
     if runs == item.runs:
         return item
-    return attrs.evolve(item, runs=runs, label=f"{item.label} seeds {runs[0].seed}-{runs[-1].seed}")
+    if item.cell_norms is None:
+        return attrs.evolve(item, runs=runs, label=f"{item.label} seeds {runs[0].seed}-{runs[-1].seed}")
+    cells = cells_of(runs)  # several cells merged (gnorm.merging): each cell's seeds in this part
+    label = ", ".join(f"{cell_label(cell[0].cell)} seeds {cell[0].seed}-{cell[-1].seed}" for cell in cells)
+    return attrs.evolve(item, runs=runs, label=f"[{item.stage.name}] {label}")
 
 
 def checkpointed_parts(item: PendingCell,

@@ -15,6 +15,7 @@ from gnorm.checkpoints import CHECKPOINT_FOLDER, checkpoint_path, remove_checkpo
 from gnorm.components import ExecutorContext
 from gnorm.executor_table import ExecutorChoice, executor_choice
 from gnorm.forks import TRUNK_FOLDER, TrunkFiles, TrunkState
+from gnorm.merging import merge_key, mergeable, merged, unmerged
 from gnorm.observers import Lifecycle, ObserverChoice, hook_listeners, study_lifecycle
 from gnorm.planner import (PendingCell, checkpointed_parts, pending_cells, plan_experiment, resolve_critical_norms,
                            seed_groups, split_cell, submission_order)
@@ -195,21 +196,13 @@ class Scheduler:
         for item in submission_order(self.waiting):
             if len(self.in_flight) >= self.capacity:
                 return
-            if self.waits_on_source(item) or self.waits_on_trunk(item):
-                continue
+            if self.waits_on_source(item) or self.waits_on_trunk(item) or all(item is not w for w in self.waiting):
+                continue  # (or merged into a cell submitted before it)
             self.waiting.remove(item)
-            if self.failed_ids & set(item.runs[0].critical_norm_source):  # a Wc from part of its source: never
-                self.give_up(item, "not run, runs of its source cell failed; run the file again once they succeed")
-                continue
             if not item.resolved:
-                item.resolved = True
-                from_stage = isinstance(item.stage.critical_norm, str)
-                item.critical_norm, item.group_critical_norms = resolve_critical_norms(
-                    item.stage, item.runs, self.store.records() if from_stage else [])
-                if from_stage and item.critical_norm is None:
-                    self.give_up(item, f"not run, no seed of its source cell in stage {item.stage.critical_norm!r} "
-                                       "grokked")
+                if not self.resolve(item):
                     continue
+                item = self.merged_with_ready_cells(item)
                 parts = checkpointed_parts(item, lambda runs: self.checkpoint_of(runs).exists())
                 if parts is None and self.declared_capacity:  # too few cells for the workers: split its seeds
                     ready = sum(1 for other in self.waiting if not self.waits_on_source(other))
@@ -222,6 +215,36 @@ class Scheduler:
                         self.submit(item)
                         return self.fill()
             self.submit(item)
+
+    def resolve(self, item: PendingCell) -> bool:
+        """Look up a cell's Wc (``resolve_critical_norms``); False (the cell given up) when its source
+        cell's runs failed or none of them grokked."""
+        if self.failed_ids & set(item.runs[0].critical_norm_source):  # a Wc from part of its source: never
+            self.give_up(item, "not run, runs of its source cell failed; run the file again once they succeed")
+            return False
+        item.resolved = True
+        from_stage = isinstance(item.stage.critical_norm, str)
+        item.critical_norm, item.group_critical_norms = resolve_critical_norms(
+            item.stage, item.runs, self.store.records() if from_stage else [])
+        if from_stage and item.critical_norm is None:
+            self.give_up(item, f"not run, no seed of its source cell in stage {item.stage.critical_norm!r} grokked")
+            return False
+        return True
+
+    def merged_with_ready_cells(self, item: PendingCell) -> PendingCell:
+        """``item`` with the other waiting cells of its stage that are ready and share its merge key,
+        as one job (gnorm.merging; ``item`` alone where ``merge_cells`` or the stage keeps it apart)."""
+        choice = self.choice.merge_cells
+        if not mergeable(item, choice):
+            return item
+        key, group = merge_key(item.runs[0]), [item]
+        for other in [other for other in self.waiting if other.stage.name == item.stage.name and not other.resolved
+                      and mergeable(other, choice) and not self.waits_on_source(other)
+                      and not self.waits_on_trunk(other) and merge_key(other.runs[0]) == key]:
+            self.waiting.remove(other)
+            if self.resolve(other):
+                group.append(other)
+        return merged(group)
 
     def give_up(self, item: PendingCell, why: str) -> None:
         """A cell that will not run in this invocation (its runs are not stored)."""
@@ -245,10 +268,16 @@ class Scheduler:
                 self.failed(item, error)
                 return
         item.attempts += 1
-        job = CellJob(item.runs, item.critical_norm, item.group_critical_norms, start_states,
-                      str(self.checkpoint_of(item.runs)), self.snapshots)
+        cells = {run.cell_id for run in item.runs}
+        if item.cell_norms is None or len(cells) == 1:  # one cell: its job (and checkpoint) as never merged
+            critical_norm, group_critical_norms = item.norms_of(item.runs[0])
+            job = CellJob(item.runs, critical_norm, group_critical_norms, start_states,
+                          str(self.checkpoint_of(item.runs)), self.snapshots)
+        else:
+            job = CellJob(item.runs, None, {}, start_states, str(self.checkpoint_of(item.runs)), self.snapshots,
+                          cell_norms={cell: item.cell_norms[cell] for cell in sorted(cells)})
         attempt = f", attempt {item.attempts}" if item.attempts > 1 else ""
-        wc = "" if item.critical_norm is None else f", Wc {item.critical_norm:.4g}"
+        wc = "" if job.critical_norm is None else f", Wc {job.critical_norm:.4g}"
         self.progress.cell(item.label, f"started ({len(item.runs)} seeds{wc}{attempt})")
         key, report = self.reporter(item.label, item.runs[0].training.max_steps, len(item.runs))
         future = self.pool.submit(train_cell_task, job, self.choice.threads, self.shared_registry, report)
@@ -284,19 +313,24 @@ class Scheduler:
                                     self.snapshots is not None and self.snapshots.optimizer_state)
         self.store.write_run(record, result.steps, result.metrics, snapshots)  # first: no observer can cost it
         tell("before_run", run_id=run.run_id, stage=run.stage, seed=run.seed, config=run.plain(),
-             results_dir=results_dir, cell_label=label, critical_norm=item.critical_norm)
+             results_dir=results_dir, cell_label=label, critical_norm=item.norms_of(run)[0])
         for position, step in enumerate(result.steps):
             tell("after_evaluation", run_id=run.run_id, step=step, results_dir=results_dir, cell_label=label,
                  metrics={key: values[position] for key, values in result.metrics.items()})
-        tell("after_run", record=record, results_dir=results_dir, cell_label=label, critical_norm=item.critical_norm)
+        tell("after_run", record=record, results_dir=results_dir, cell_label=label,
+             critical_norm=item.norms_of(run)[0])
 
     def failed(self, item: PendingCell, error: BaseException) -> None:
-        """A cell whose task raised: back to the front of ``waiting`` while it has retries left, else its
-        runs are stored as failed."""
+        """A cell whose task raised: back to the front of ``waiting`` while it has retries left (a merged
+        job's cells each on its own), else its runs are stored as failed."""
         why = _one_line(error)
         if item.attempts <= self.choice.retries:
-            self.progress.cell(item.label, f"failed ({why}); trying again")
-            self.waiting.insert(0, item)
+            cells = unmerged(item)  # a merged job's cells are tried apart: one that fails cannot fail the rest
+            apart = " cell by cell" if len(cells) > 1 else ""
+            self.progress.cell(item.label, f"failed ({why}); trying again{apart}")
+            if len(cells) > 1:
+                remove_checkpoint(self.checkpoint_of(item.runs))
+            self.waiting[0:0] = cells
             return
         for run in item.runs:
             self.store.write_failed(run.run_id, run.stage, run.cell, run.seed, run.plain(), run.training.max_steps,

@@ -119,6 +119,10 @@ def test_a_cell_that_keeps_failing_is_stored_as_failed_and_the_study_goes_on(tmp
     stream = io.StringIO()
     problems = run_experiment(experiment, registry, Store(out, create=True), Progress(stream))
     assert 1000 - failures_left["count"] == 3  # one attempt and the default 2 retries
+    # the clamp stage's two cells trained as one job (merge_cells = "auto"); it failed, and was retried
+    # cell by cell, so the failing cell cost the other nothing
+    assert "[clamp] 2 cells (rho=0.9, rho=1.1): failed (RuntimeError: the flaky controller gave up); trying again " \
+           "cell by cell" in stream.getvalue()
     assert problems == ["2 runs failed 3 times and are stored as failed (first error: RuntimeError: the flaky "
                         "controller gave up); see gnorm show, run again to retry them"]
     assert "runs: 4 done, 0 running, 2 failed, 0 remaining" in stream.getvalue()
@@ -418,8 +422,10 @@ def test_a_cell_others_take_wc_from_goes_first(tmp_path):
 
 
 def test_split_parts_are_submitted_before_the_next_cell_is_split(tmp_path):
-    """Four workers, two ready cells of four seeds: each is split in two, so all four workers train."""
-    path = _small_study(tmp_path, {"name": "local", "workers": 4}, seeds=4, stages=[clamp_stage(30.0)])
+    """Four workers, two ready cells of four seeds, kept apart (``merge_cells = "off"``; merged, they are
+    one job cut in four, tests/test_stage_ensemble.py): each is split in two, so all four workers train."""
+    path = _small_study(tmp_path, {"name": "local", "workers": 4, "merge_cells": "off"}, seeds=4,
+                        stages=[clamp_stage(30.0)])
     result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     started = [line.split(":")[0] for line in result.output.splitlines() if line.endswith("Wc 30)")]

@@ -18,6 +18,7 @@ from gnorm.training.ensemble import Ensemble
 from gnorm.training.jobs import CellJob, TrunkJob
 from gnorm.training.numerics import numerics, resolve_device
 from gnorm.training.runlog import RunLog
+from gnorm.training.segments import SegmentedController, SegmentedOptimizer
 from gnorm.training.transforms import GradientTransformChain
 
 if TYPE_CHECKING:
@@ -50,15 +51,13 @@ def build_cell(job: CellJob, registry: Registry) -> loop.CellParts:
     run's controller told the step training resumes after (a fork's ``at_step``, else 0)."""
     first = job.runs[0]
     ensemble, task = build_ensemble(job, registry)
-    optimizer = build_optimizer(ensemble, first.optimizer, registry)
+    optimizer = build_cell_optimizer(job, ensemble, registry)
     criterion = registry.get("grok_criterion", first.criterion.name).factory(first.criterion.config)
     context = ObservableContext(dict(ensemble.groups), task.input_spec, task.num_classes)
     observables = [registry.get("observable", name) for name in first.evaluation.observables]
     observers = [observable.factory(observable.config_class(), context) for observable in observables]
     start = first.fork.at_step if first.fork is not None else 0
-    controller = registry.get("norm_controller", first.controller.name).factory(
-        first.controller.config, controller_context(job, ensemble, start))
-    return loop.CellParts(ensemble, optimizer, controller, criterion, observers,
+    return loop.CellParts(ensemble, optimizer, build_controller(job, ensemble, registry, start), criterion, observers,
                           at_grok_keys(registry, first.evaluation.observables),
                           transforms=build_transforms(job, ensemble, registry),
                           snapshots=job.snapshots if job.snapshots is not None and job.snapshots.enabled else None)
@@ -116,6 +115,23 @@ def build_optimizer(ensemble: Ensemble, choice: Any, registry: Registry) -> Batc
     return registry.get("optimizer", choice.name).factory(choice.config, context)
 
 
+def build_cell_optimizer(job: CellJob, ensemble: Ensemble, registry: Registry) -> BatchedOptimizer:
+    """The job's optimizer; for a job of several cells whose optimizer options differ (their learning
+    rates, see gnorm.merging), each cell's own optimizer on its stretch of members, as one
+    :class:`SegmentedOptimizer`."""
+    segments = job.segments()
+    choices = [job.runs[start].optimizer for start, _ in segments]
+    if all(choice == choices[0] for choice in choices):
+        return build_optimizer(ensemble, choices[0], registry)
+    names = list(ensemble.params)
+    decayed = [n in ensemble.norm_names for n in names]
+    built = []
+    for (start, end), choice in zip(segments, choices):
+        context = OptimizerContext([p[start:end] for p in ensemble.parameters], names, decayed)
+        built.append((end - start, registry.get("optimizer", choice.name).factory(choice.config, context)))
+    return SegmentedOptimizer(built)
+
+
 def build_transforms(job: CellJob, ensemble: Ensemble, registry: Registry) -> GradientTransformChain:
     """The cell's gradient transforms, in the order its file wrote them, batched over the ensemble."""
     context = transform_context(ensemble)
@@ -129,14 +145,29 @@ def transform_context(ensemble: Ensemble) -> TransformContext:
     return TransformContext(list(ensemble.norm_names), dict(ensemble.groups), list(ensemble.params))
 
 
-def controller_context(job: CellJob, ensemble: Ensemble, start_step: int = 0) -> ControllerContext:
-    """What the cell's controller is told: Wc (total and per group), the member count, where each
-    weight-norm group's tensors sit in ``ensemble.norm_tensors``, and the step training resumes from
-    (a fork's ``at_step``, else 0)."""
+def build_controller(job: CellJob, ensemble: Ensemble, registry: Registry, start_step: int = 0) -> Any:
+    """The cell's controller; for a job of several cells (``job.segments()``), each cell's own
+    controller (its options, its Wc, its member count) on its stretch of members, as one
+    :class:`SegmentedController`."""
+    built = []
+    for start, end in job.segments():
+        run = job.runs[start]
+        context = controller_context(job, ensemble, start_step, start, end)
+        built.append((end - start, registry.get("norm_controller", run.controller.name).factory(run.controller.config,
+                                                                                               context)))
+    return built[0][1] if len(built) == 1 else SegmentedController(built)
+
+
+def controller_context(job: CellJob, ensemble: Ensemble, start_step: int = 0, start: int = 0,
+                       end: int | None = None) -> ControllerContext:
+    """What the controller of the job's runs ``start`` to ``end`` (all by default; one cell's) is told:
+    its Wc (total and per group), its member count, where each weight-norm group's tensors sit in
+    ``ensemble.norm_tensors``, and the step training resumes from (a fork's ``at_step``, else 0)."""
+    runs = job.runs[start:end]
+    critical_norm, group_critical_norms = job.norms_of(runs[0])
     positions = {name: i for i, name in enumerate(ensemble.norm_names)}
     groups = {group: [positions[name] for name in names] for group, names in ensemble.groups.items()}
-    return ControllerContext(job.critical_norm, len(job.runs), groups=groups,
-                             group_critical_norms=dict(job.group_critical_norms),
+    return ControllerContext(critical_norm, len(runs), groups=groups, group_critical_norms=dict(group_critical_norms),
                              tensor_names=list(ensemble.norm_names), start_step=start_step)
 
 

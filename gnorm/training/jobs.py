@@ -13,6 +13,9 @@ from gnorm.science import every_schedule, geometric_schedule
 if TYPE_CHECKING:
     from gnorm.runmodel import RunSpec, SnapshotConfig
 
+#: A cell's critical norms: Wc (None when not known) and Wc per weight-norm group.
+CriticalNorms = tuple[float | None, dict[str, float]]
+
 
 @attrs.frozen
 class CellJob:
@@ -20,7 +23,11 @@ class CellJob:
     total and per weight-norm group (empty when not known); for a forked cell, the trunk state each run
     starts from (see gnorm.forks); the file its checkpoints go to (None: no checkpoints; see
     gnorm.checkpoints); and the moments its runs keep weight snapshots at (None: none; see
-    gnorm.snapshots)."""
+    gnorm.snapshots).
+
+    A job may train several cells of one stage together (see gnorm.merging): then ``cell_norms`` maps
+    each cell's id to its own (Wc, per-group Wc), its runs sit consecutively in ``runs`` (one
+    *segment* per cell, each with its own controller), and ``critical_norm`` is unused."""
 
     runs: list[RunSpec]
     critical_norm: float | None
@@ -28,6 +35,21 @@ class CellJob:
     start_states: list[TrunkState] | None = None
     checkpoint: str | None = None
     snapshots: SnapshotConfig | None = None
+    cell_norms: dict[str, CriticalNorms] | None = None
+
+    def norms_of(self, run: RunSpec) -> CriticalNorms:
+        """The (Wc, per-group Wc) that ``run``'s controller uses and its record keeps."""
+        if self.cell_norms is None:
+            return self.critical_norm, dict(self.group_critical_norms)
+        return self.cell_norms[run.cell_id]
+
+    def segments(self) -> list[tuple[int, int]]:
+        """The (start, end) positions in ``runs`` of each maximal stretch of runs of one cell: one
+        segment for a job of one cell."""
+        if self.cell_norms is None:
+            return [(0, len(self.runs))]
+        bounds = [0] + [i for i in range(1, len(self.runs)) if self.runs[i].cell_id != self.runs[i - 1].cell_id]
+        return list(zip(bounds, bounds[1:] + [len(self.runs)]))
 
 
 @attrs.frozen

@@ -24,6 +24,7 @@ from gnorm.science import weight_norm
 from gnorm.training.ensemble import Ensemble
 from gnorm.training.jobs import CellJob, TrunkJob, evaluation_steps
 from gnorm.training.runlog import RunLog
+from gnorm.training.segments import SegmentFacts
 from gnorm.training.snapshots import take_snapshots
 from gnorm.training.transforms import GradientTransformChain
 
@@ -78,7 +79,7 @@ def train_cell(job: CellJob, parts: CellParts, on_finished: OnFinished,
     saved = checkpoints.load()
     start, logs = begin(job, parts) if saved is None else resume(job, saved, parts, finish)
     for log in train(job, parts, logs, start, finish, on_progress, checkpoint, report):
-        on_finished(log.record(job.critical_norm, parts.ensemble.is_compiled, parts.at_grok), log)
+        on_finished(log.record(job.norms_of(log.run)[0], parts.ensemble.is_compiled, parts.at_grok), log)
 
 
 def train_trunk(job: TrunkJob, parts: CellParts, report: Report = no_report) -> list[TrunkState]:
@@ -118,8 +119,8 @@ def train(job: CellJob, parts: CellParts, logs: list[RunLog], start: int, finish
             ending = range(len(logs)) if step == first.training.max_steps else done
             take_snapshots(parts.snapshots, ensemble, optimizer, logs, step, ending)
         on_progress(step, len(logs))
-        for position in done:
-            finish(logs[position].record(job.critical_norm, ensemble.is_compiled, parts.at_grok), logs[position])
+        for log in [logs[position] for position in done]:
+            finish(log.record(job.norms_of(log.run)[0], ensemble.is_compiled, parts.at_grok), log)
         logs = drop_members(done, logs, parts)
         if not logs:
             return []
@@ -186,8 +187,13 @@ def resume(job: CellJob, saved: CellState, parts: CellParts, finish: OnFinished)
     return saved.step, [RunLog.from_plain(runs[run_id], data) for run_id, data in zip(saved.members, saved.logs)]
 
 
-def record_facts(logs: list[RunLog], facts: dict[str, torch.Tensor] | None) -> None:
-    """Per-member values a controller returned, kept as each member's facts."""
+def record_facts(logs: list[RunLog], facts: dict[str, torch.Tensor] | SegmentFacts | None) -> None:
+    """Per-member values a controller returned, kept as each member's facts (a merged job's: each
+    segment's for its own members)."""
+    if isinstance(facts, SegmentFacts):
+        for start, end, found in facts:
+            record_facts(logs[start:end], found)
+        return
     for key, values in (facts or {}).items():
         for log, value in zip(logs, values.tolist()):
             log.facts[key] = value
