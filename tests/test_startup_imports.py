@@ -7,7 +7,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from builders import FREE, write_study
+import pytest
+
+from builders import FREE, clamp_stage, write_study
 
 
 def test_a_run_without_analyses_imports_neither_the_report_writer_nor_matplotlib(tmp_path):
@@ -19,3 +21,19 @@ def test_a_run_without_analyses_imports_neither_the_report_writer_nor_matplotlib
     finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert finished.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "out").is_dir()  # it did run: the store was written
+
+
+
+@pytest.mark.parametrize("architecture", [{"name": "mlp", "num_layers": 2},
+                                          {"name": "transformer", "embed_dim": 16, "hidden_dim": None, "num_heads": 2, "mlp_dim": 32}])
+def test_loading_a_file_builds_its_models_without_importing_torchs_compiler(tmp_path, architecture):
+    # The loader builds every model on the meta device, where an out-of-place division of the initial
+    # weights (``torch.randn(...) / sqrt(d)``) goes through torch's Python reference kernels and imports
+    # torch._dynamo: about 1.4 s of every gnorm run.
+    path = write_study(tmp_path, architecture=architecture, stages=[FREE, clamp_stage(30.0)])
+    code = ("import sys; from pathlib import Path; from gnorm.loader import load_experiment; "
+            "from gnorm.registry import default_registry; "
+            f"load_experiment(Path({str(path)!r}), default_registry()); "
+            "print('torch' in sys.modules, 'torch._dynamo' in sys.modules)")
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert finished.stdout.split() == ["True", "False"]
