@@ -98,14 +98,26 @@ def seed_groups(seeds: int, idle_workers: int, other_ready_cells: int) -> int:
 
 def split_cell(item: PendingCell, parts: int) -> list[PendingCell]:
     """``item`` as ``parts`` cells of consecutive seeds, sizes differing by at most one (the same stage,
-    Wc and label, with the seeds)."""
+    Wc and label, with the seeds). A job of several merged cells (gnorm.merging) is split within each
+    cell instead: part k holds the k-th group of consecutive seeds of every cell, so that each part
+    gets its share of the slow cells (a high rho's seeds train longest), not a part made of them."""
     if parts <= 1:
         return [item]
-    size, extra = divmod(len(item.runs), parts)
+    if item.cell_norms is not None and len(cells_of(item.runs)) > 1:
+        groups = [consecutive_groups(cell, parts) for cell in cells_of(item.runs)]
+        across = [[run for cell in groups for run in cell[k]] for k in range(parts)]
+        return [part_of(item, runs) for runs in across if runs]
+    return [part_of(item, runs) for runs in consecutive_groups(item.runs, parts)]
+
+
+def consecutive_groups(runs: list[RunSpec], parts: int) -> list[list[RunSpec]]:
+    """``runs`` in ``parts`` groups of consecutive runs, sizes differing by at most one, the larger first
+    (empty groups where there are fewer runs than parts)."""
+    size, extra = divmod(len(runs), parts)
     bounds = [0]
     for part in range(parts):
         bounds.append(bounds[-1] + size + (part < extra))
-    return [part_of(item, item.runs[start:end]) for start, end in zip(bounds, bounds[1:])]
+    return [runs[start:end] for start, end in zip(bounds, bounds[1:])]
 
 
 def part_of(item: PendingCell, runs: list[RunSpec]) -> PendingCell:
@@ -125,7 +137,21 @@ def checkpointed_parts(item: PendingCell,
     split this invocation would choose: from each run on, the longest run of consecutive seeds with a
     checkpoint is a part, and the seeds between such parts are parts of their own. None when no part of
     ``item`` has a checkpoint. (Earlier parts were consecutive seeds of the runs then unstored, and all
-    of their runs are unstored still, so they are consecutive among ``item.runs``.)"""
+    of their runs are unstored still, so they are consecutive among ``item.runs``.) A job of merged
+    cells is also looked for in the parts ``split_cell`` cuts it into, for every number of parts."""
+    found = consecutive_checkpointed_parts(item, has_checkpoint)
+    if found is not None or item.cell_norms is None or len(cells_of(item.runs)) == 1:
+        return found
+    for count in range(2, len(item.runs) + 1):
+        parts = split_cell(item, count)
+        if any(has_checkpoint(part.runs) for part in parts):
+            return parts
+    return None
+
+
+def consecutive_checkpointed_parts(item: PendingCell,
+                                   has_checkpoint: Callable[[list[RunSpec]], bool]) -> list[PendingCell] | None:
+    """``checkpointed_parts`` among parts of consecutive runs."""
     runs, parts, gap, start = item.runs, [], [], 0
     while start < len(runs):
         end = next((end for end in range(len(runs), start, -1) if has_checkpoint(runs[start:end])), None)

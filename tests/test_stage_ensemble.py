@@ -16,7 +16,8 @@ import gnorm.training.loop
 from builders import FREE, clamp_stage, write_study
 from gnorm.checkpoints import CHECKPOINT_FOLDER, checkpoint_path, job_identity
 from gnorm.loader import load_experiment
-from gnorm.merging import merge_key
+from gnorm.merging import merge_key, merged
+from gnorm.planner import PendingCell, checkpointed_parts, split_cell
 from gnorm.progress import Progress
 from gnorm.registry import build_registry
 from gnorm.runmodel import cells_of
@@ -179,9 +180,32 @@ def test_a_study_with_merged_cells_stores_what_it_stores_unmerged(two_stages, tm
 def test_merged_cells_are_split_over_the_workers(two_stages, tmp_path):
     path, apart = two_stages
     log = run_study(path, tmp_path / "merged", name="local", workers=2, merge_cells="auto")
-    assert "[clamp] rho=0.8 seeds 0-1, rho=1.0 seeds 0-0: started (3 seeds" in log, log
-    assert "[clamp] rho=1.0 seeds 1-1, rho=1.2 seeds 0-1: started (3 seeds" in log, log
+    # each part holds a seed of every cell, so that neither is made of the slow high-rho cell
+    assert "[clamp] rho=0.8 seeds 0-0, rho=1.0 seeds 0-0, rho=1.2 seeds 0-0: started (3 seeds" in log, log
+    assert "[clamp] rho=0.8 seeds 1-1, rho=1.0 seeds 1-1, rho=1.2 seeds 1-1: started (3 seeds" in log, log
     assert stored(tmp_path / "merged") == apart
+
+
+@pytest.mark.parametrize("parts", [2, 3, 5])
+def test_a_merged_job_is_split_within_each_cell_and_an_earlier_parts_checkpoint_is_found(tmp_path, parts):
+    path = study(tmp_path, seeds=(0, 1, 2, 3))
+    (stage,) = load_experiment(path, REGISTRY).stages
+    cells = cells_of(stage.runs)
+    job = merged([PendingCell(stage, cell, f"[clamp] rho={cell[0].controller.config.rho}", 30.0 + i, {},
+                              resolved=True) for i, cell in enumerate(cells)])
+    split = split_cell(job, parts)
+    assert sorted(run.run_id for part in split for run in part.runs) == sorted(run.run_id for run in job.runs)
+    for part in split:  # every part: the same consecutive seeds of every cell, cell after cell
+        by_cell = cells_of(part.runs)
+        assert [cell[0].cell_id for cell in by_cell] == [cell[0].cell_id for cell in cells]
+        assert len({tuple(run.seed for run in cell) for cell in by_cell}) == 1
+        assert part.norms_of(part.runs[0]) == job.norms_of(part.runs[0])
+    assert max(len(p.runs) for p in split) - min(len(p.runs) for p in split) <= len(cells)
+    earlier = split[-1].runs  # the checkpoint an earlier invocation's last part left
+    found = checkpointed_parts(job, lambda runs: [r.run_id for r in runs] == [r.run_id for r in earlier])
+    assert earlier in [part.runs for part in found]  # it resumes; the other runs are split anew
+    assert sorted(run.run_id for part in found for run in part.runs) == sorted(run.run_id for run in job.runs)
+    assert checkpointed_parts(job, lambda runs: False) is None
 
 
 def test_an_interrupted_merged_study_resumes_its_checkpoint(two_stages, tmp_path, monkeypatch):
