@@ -203,6 +203,8 @@ class ReplayResult:
     #: Model-steps had every trained seed run its whole budget (paper A's practice), adaptive and full.
     budget_steps: int = 0
     full_budget_steps: int = 0
+    #: Each level's own budget (a seed trained with less was capped by the policy).
+    cell_budgets: dict[float, int] = attrs.field(factory=dict)
 
     @property
     def saving(self) -> float | None:
@@ -266,7 +268,7 @@ def replay(sweep: dict[float, Sequence[StoredSeed]], policy: AdaptivePolicy, int
         available = {x: len(sweep[x]) - trained[x] for x in sweep}
         if isinstance(law, AftLaw):
             choice = next_seed(law, [(o.seed_index, o.x, o.budget) for o in latest_outcomes(outcomes)], budgets,
-                               {x: order[x][trained[x]] for x in sweep if available[x] > 0}, policy.budget_quantiles)
+                               {x: list(order[x][trained[x]:]) for x in sweep}, policy.budget_quantiles, target)
         else:
             x = next_cell(law, outcomes, budgets, available) if law is not None else next(
                 (x for x in sorted(sweep) if available[x] > 0), None)
@@ -278,7 +280,8 @@ def replay(sweep: dict[float, Sequence[StoredSeed]], policy: AdaptivePolicy, int
     found = current_interval(outcomes, interval)
     reached = target is not None and found is not None and found[1] - found[0] <= target
     return ReplayResult(outcomes, found, full, spent(), full_sweep_steps(sweep), reached, trained, extended,
-                        sum(o.budget for o in outcomes), sum(s.budget for seeds in sweep.values() for s in seeds))
+                        sum(o.budget for o in outcomes), sum(s.budget for seeds in sweep.values() for s in seeds),
+                        {x: min(budgets[x], max(s.budget for s in sweep[x])) for x in sweep})
 
 
 def cheapest_design_bound(sweep: dict[float, Sequence[StoredSeed]], level: float = 0.95,
@@ -335,3 +338,33 @@ def sweep_from_records(records: Sequence, x_key: str = "controller.rho", stage: 
             continue
         sweep.setdefault(round(float(x), 9), []).append((record.seed, StoredSeed(record.t_grok, record.budget)))
     return {x: [s for _, s in sorted(seeds, key=lambda item: item[0])] for x, seeds in sorted(sweep.items())}
+
+
+def aft_design_bound(sweep: dict[float, Sequence[StoredSeed]], policy: AdaptivePolicy,
+                     ) -> tuple[float, float, dict[float, int], int] | None:
+    """The yardstick of an ``aft`` replay: with the AFT law fitted to the whole sweep taken as known,
+    the fewest expected model-steps of a design drawn from the sweep's seeds (at most as many per level,
+    from ``initial_seeds`` per level, runs added by :func:`gnorm.adaptive_aft.next_seed` with the
+    policy's budget caps) whose large-sample var(alpha) is at most the full sweep's. Returns (its expected
+    model-steps, the full sweep's, seeds per level, runs capped), None when the sweep admits no fit."""
+    from gnorm.adaptive_aft import alpha_variance, design_information
+    from gnorm.budget import normal_quantile
+
+    law = aft_law([Outcome(x, i, s.t_grok, s.budget, 0) for x, seeds in sweep.items() for i, s in enumerate(seeds)],
+                  AftInterval(seed_effect=True, scale_slope=policy.scale_slope))
+    if law is None:
+        return None
+    budgets = {x: max(s.budget for s in seeds) for x, seeds in sweep.items()}
+    full = [(i, x, budgets[x]) for x, seeds in sweep.items() for i in range(len(seeds))]
+    target = alpha_variance(design_information(law, full))
+    count = {x: min(policy.initial_seeds, len(seeds)) for x, seeds in sweep.items()}
+    runs = [(i, x, budgets[x]) for x in sweep for i in range(count[x])]
+    while alpha_variance(design_information(law, runs)) > target:
+        choice = next_seed(law, runs, budgets, {x: list(range(count[x], len(sweep[x]))) for x in sweep},
+                           policy.budget_quantiles, math.sqrt(target) * 2 * normal_quantile(0.975))
+        if choice is None:
+            break
+        runs.append((count[choice[0]], choice[0], choice[1]))
+        count[choice[0]] += 1
+    steps = lambda design: sum(law.expected_steps(x, b) for _, x, b in design)  # noqa: E731
+    return steps(runs), steps(full), count, sum(b < budgets[x] for _, x, b in runs)

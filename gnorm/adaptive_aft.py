@@ -132,15 +132,28 @@ def candidate_budgets(law: AftLaw, x: float, budget: int, quantiles: Sequence[fl
 
 
 def next_seed(law: AftLaw, trained: Sequence[tuple[int, float, int]], budgets: dict[float, int],
-              next_seeds: dict[float, int], quantiles: Sequence[float] = ()) -> tuple[float, int] | None:
+              pools: dict[float, Sequence[int]], quantiles: Sequence[float] = (), target_width: float | None = None,
+              level: float = 0.95) -> tuple[float, int] | None:
     """The (x, budget) of the run that lowers var(alpha) most per expected model-step, given the
-    ``trained`` runs (seed, x, budget) and, per cell that has one left, the seed it would train next
-    (``next_seeds``); None when no cell has one. Ties go to the lower x, then the lower budget."""
+    ``trained`` runs (seed, x, budget) and each cell's untrained seeds in order (``pools``: the first is
+    the one it trains next); None when every pool is empty. A capped budget is not a candidate where it
+    would put a reachable target out of reach: where the design with the seed uncapped and every other
+    pooled seed at its cell's budget has var(alpha) <= g = (target_width / (2 z_((1+level)/2)))^2 and
+    the same design with the seed capped has not. Ties go to the lower x, then the lower budget."""
     before = alpha_variance(design_information(law, trained))
+    goal = None if target_width is None else (target_width / (2 * normal_quantile(0.5 + level / 2))) ** 2
     best: tuple[float, float, int] | None = None
-    for x in sorted(next_seeds):
+    for x in sorted(x for x, pool in pools.items() if pool):
+        rest = [(seed, other, budgets[other]) for other, pool in pools.items()
+                for seed in (pool[1:] if other == x else pool)]
+        reachable = goal is not None and alpha_variance(
+            design_information(law, list(trained) + [(pools[x][0], x, budgets[x])] + rest)) <= goal
         for budget in candidate_budgets(law, x, budgets[x], quantiles):
-            after = alpha_variance(design_information(law, list(trained) + [(next_seeds[x], x, budget)]))
+            run = (pools[x][0], x, budget)
+            if budget < budgets[x] and reachable and \
+                    alpha_variance(design_information(law, list(trained) + [run] + rest)) > goal:
+                continue
+            after = alpha_variance(design_information(law, list(trained) + [run]))
             value = (before - after) / law.expected_steps(x, budget) if math.isfinite(before) else -after
             if best is None or value > best[0]:
                 best = (value, x, budget)

@@ -89,8 +89,8 @@ def stage_choice(stage: Stage, stored: dict[str, RunRecord]) -> list[RunSpec]:
     for _ in range(policy.seeds_per_round):
         available = {x: len(untrained[x]) - planned.get(x, 0) for x in cells}
         if policy.interval == "aft":
-            next_seeds = {x: cells[x].index(untrained[x][planned.get(x, 0)]) for x in cells if available[x] > 0}
-            choice = next_seed(law, trained, budgets, next_seeds, policy.budget_quantiles)
+            pools = {x: [cells[x].index(run) for run in untrained[x][planned.get(x, 0):]] for x in cells}
+            choice = next_seed(law, trained, budgets, pools, policy.budget_quantiles, policy.target_width)
         else:
             x = next_cell(law, outcomes, budgets, available, planned)
             choice = None if x is None else (x, budgets[x])
