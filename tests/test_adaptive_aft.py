@@ -265,3 +265,59 @@ def test_on_the_dense_sweep_no_design_from_its_seeds_reaches_the_aft_width_at_ha
     steps, full_steps, seeds, capped = aft_design_bound(sweep, AdaptivePolicy(interval="aft",
                                                                               budget_quantiles=[0.2, 0.5, 0.8]))
     assert full_steps / steps < 1.2 and capped == 0  # the README's yardstick: 1.06x
+
+
+# ---------------------------------------------------------------------------------------------------
+# gnorm plan --replay --interval aft.
+
+
+def small_store(path: Path) -> Path:
+    from gnorm.components import RunRecord
+    from gnorm.store import Store
+
+    store = Store(path, create=True)
+    sweep = law_sweep(LAW, seeds=6)
+    records = [RunRecord(f"r{i}-{x}", "clamp", {"controller.rho": x}, i, {"controller": {"name": "clamp", "rho": x}},
+                         10, s.t_grok, 50.0, s.budget) for x, seeds in sweep.items() for i, s in enumerate(seeds)]
+    for record in records:
+        store.write_run(record, [0], {k: [0.0] for k in ("train_loss", "test_loss", "train_acc", "test_acc",
+                                                         "weight_norm")})
+    store.add_to_plan([(r.run_id, r.stage, r.cell) for r in records])
+    store.close()
+    return path
+
+
+def test_gnorm_plan_replays_with_the_aft_interval_on_both_sides(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from gnorm.cli import main
+
+    runs = small_store(tmp_path / "runs")
+    result = CliRunner().invoke(main, ["plan", "--replay", str(runs), "--interval", "aft", "--budget-quantile", "0.5",
+                                       "--json", "-"])
+    assert result.exit_code == 0, result.output
+    numbers = json.loads(result.output)
+    assert numbers["interval_function"].startswith("log-normal AFT fit") and numbers["policy"]["budget_quantiles"] == [0.5]
+    assert numbers["bound"]["full_model_steps"] > 0 and numbers["model_steps"] <= numbers["full_model_steps"]
+    printed = CliRunner().invoke(main, ["plan", "--replay", str(runs), "--interval", "aft"])
+    assert printed.exit_code == 0 and "interval (both sides): log-normal AFT fit" in printed.output
+    assert "yardstick" in printed.output
+
+
+@pytest.mark.parametrize("arguments, named", [
+    (["--budget-quantile", "0.5"], "--budget-quantile"),
+    (["--scale-slope"], "--scale-slope"),
+    (["--interval", "aft", "--budget-quantile", "1.5"], "--budget-quantile"),
+])
+def test_a_replay_option_that_needs_the_aft_interval_is_refused_in_one_line(tmp_path, arguments, named):
+    from click.testing import CliRunner
+
+    from gnorm.cli import main
+
+    runs = small_store(tmp_path / "runs")
+    result = CliRunner().invoke(main, ["plan", "--replay", str(runs)] + arguments)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and named in lines[0] and "Traceback" not in result.output
