@@ -125,7 +125,8 @@ def aft_replays(sweep: dict[float, list[StoredSeed]], arguments: argparse.Namesp
         result = replay(sweep, policy)
         low, high = result.full_interval
         if not caps:
-            print(f"dense sweep, AFT interval (log-normal, per-seed effect, Wald): {result.full_model_steps:,} model-steps, "
+            print(f"dense sweep, AFT interval (log-normal, per-seed effect, Wald): {result.full_model_steps:,} "
+                  f"model-steps, "
                   f"alpha [{low:.3f}, {high:.3f}] (width {high - low:.3f})")
         low, high = result.interval
         capped = sum(o.budget < result.cell_budgets[o.x] for o in result.outcomes)

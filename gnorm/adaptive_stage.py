@@ -63,7 +63,8 @@ def stage_choice(stage: Stage, stored: dict[str, RunRecord]) -> list[RunSpec]:
     cells = {cell_x(cell[0]): cell for cell in cells_of(stage.runs)}
     seen = {(o.x, o.seed_index) for o in outcomes}
     untrained = {x: [run for i, run in enumerate(cell) if (x, i) not in seen] for x, cell in cells.items()}
-    first = [run for x, cell in cells.items() for i, run in enumerate(cell[:policy.initial_seeds]) if (x, i) not in seen]
+    first = [run for x, cell in cells.items() for i, run in enumerate(cell[:policy.initial_seeds])
+             if (x, i) not in seen]
     if first:
         return chosen + first
     interval = policy_interval(policy)

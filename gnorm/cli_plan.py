@@ -294,7 +294,8 @@ def echo_replay(result: Any, sweep_sizes: dict[float, int], orders: list[Any], i
         click.echo(f"yardstick (AFT law of the whole sweep taken as known, large-sample width): the cheapest design "
                    f"from these seeds needs {steps:,.0f} expected model-steps vs the full sweep's {full_steps:,.0f} "
                    f"({full_steps / steps:.2f}x); seeds per rho "
-                   + ", ".join(f"{x:g}: {n}" for x, n in sorted(seeds.items())) + (f"; {capped} capped" if capped else ""))
+                   + ", ".join(f"{x:g}: {n}" for x, n in sorted(seeds.items()))
+                   + (f"; {capped} capped" if capped else ""))
 
 
 def _positive(option: str, value: float | None) -> None:
@@ -327,7 +328,8 @@ def _positive(option: str, value: float | None) -> None:
               help="Replay: alpha's interval on both sides: the delay_law bootstrap, or the log-normal AFT fit's "
                    "Wald interval (censored seeds count; one effect per seed).")
 @click.option("--scale-slope", is_flag=True, help="Replay with --interval aft: ln sigma linear in rho.")
-@click.option("--budget-quantile", "budget_quantiles", type=float, multiple=True, help="Replay with --interval aft: a new seed's budget may be capped at this quantile of "
+@click.option("--budget-quantile", "budget_quantiles", type=float, multiple=True,
+              help="Replay with --interval aft: a new seed's budget may be capped at this quantile of "
                                   "the law's T_grok at its level (repeatable).")
 def plan(experiment_file: str | None, from_dir: str | None, overrides: tuple[str, ...], json_path: str | None,
          calibration_steps: int, simulations: int, replay_dir: str | None, target_width: float | None,
@@ -346,7 +348,8 @@ def plan(experiment_file: str | None, from_dir: str | None, overrides: tuple[str
         _positive("--extend-factor", extend_factor)
         for quantile in budget_quantiles:
             if not 0 < quantile < 1:
-                raise UserError([Problem("--budget-quantile", "", f"expected a number between 0 and 1, found {quantile}")])
+                raise UserError([Problem("--budget-quantile", "",
+                                         f"expected a number between 0 and 1, found {quantile}")])
         if (budget_quantiles or scale_slope) and interval != "aft":
             raise UserError([Problem("--budget-quantile" if budget_quantiles else "--scale-slope", "",
                                      "needs --interval aft (a fit that reads censored seeds)")])

@@ -111,7 +111,8 @@ def test_a_cap_is_chosen_where_the_spread_is_wide_and_never_when_it_would_put_th
     x, budget = next_seed(wide, trained, budgets, pools, [0.3, 0.5], target_width=reachable / 2)
     assert budget < budgets[x]  # out of reach anyway: caps still buy more per step
     narrow = AftLaw(LAW.intercept, LAW.alpha, math.log(0.05), tau=0.0)  # a narrow spread: caps cost more than they save
-    assert next_seed(narrow, trained, budgets, pools, [0.3, 0.5])[1] == budgets[next_seed(narrow, trained, budgets, pools)[0]]
+    x, budget = next_seed(narrow, trained, budgets, pools, [0.3, 0.5])
+    assert budget == budgets[x]
     assert next_seed(LAW, trained, budgets, {x: [] for x in RHOS}) is None
 
 
@@ -125,7 +126,8 @@ def test_the_aft_replay_takes_both_widths_with_the_same_fit_and_counts_steps_ali
     result = replay(sweep, policy)
     every = [Outcome(x, i, s.t_grok, s.budget, 0) for x, seeds in sweep.items() for i, s in enumerate(seeds)]
     assert result.full_interval == pytest.approx(current_interval(every, AftInterval()))
-    assert result.reached and result.interval[1] - result.interval[0] <= result.full_interval[1] - result.full_interval[0]
+    width = result.interval[1] - result.interval[0]
+    assert result.reached and width <= result.full_interval[1] - result.full_interval[0]
     assert result.model_steps <= result.full_model_steps
     assert result.model_steps == sum(o.model_steps for o in result.outcomes)
     for outcome in result.outcomes:  # each seed to its T_grok or its budget, whichever first
@@ -184,14 +186,15 @@ def test_the_scale_slopes_gradient_is_exact_and_the_fit_recovers_it():
     x = np.repeat(RHOS, 40)
     log_sigma = math.log(0.3) - 2.0 * (x - 1.05)
     seeds = np.tile(np.arange(40), len(RHOS))
-    times = np.exp(1.0 + 6.0 * x + 0.1 * rng.standard_normal(40)[seeds] + np.exp(log_sigma) * rng.standard_normal(x.size))
+    effects = 0.1 * rng.standard_normal(40)[seeds]
+    times = np.exp(1.0 + 6.0 * x + effects + np.exp(log_sigma) * rng.standard_normal(x.size))
     budget = np.exp(1.0 + 6.0 * x + 0.25)
     data = SurvivalData.build(np.minimum(times, budget), times <= budget, x, None, seeds)
     for model in (AftModel("lognormal", False, 12, True), AftModel("weibull", True, 12, True)):
         theta = np.array([1.0, 6.0, math.log(0.3) + 2.1] + ([math.log(0.1)] if model.seed_effect else []) + [-2.0])
         value, gradient = aft_log_likelihood(theta, data, model)
-        numeric = [(aft_log_likelihood(theta + h, data, model)[0] - aft_log_likelihood(theta - h, data, model)[0]) / 2e-6
-                   for h in np.eye(theta.size) * 1e-6]
+        numeric = [(aft_log_likelihood(theta + h, data, model)[0] - aft_log_likelihood(theta - h, data, model)[0])
+                   / 2e-6 for h in np.eye(theta.size) * 1e-6]
         assert gradient == pytest.approx(numeric, rel=1e-5, abs=1e-3)
     fit = fit_aft(data, AftModel("lognormal", True, 16, True))
     assert fit.scale_slope == pytest.approx(-2.0, abs=0.5) and fit.alpha == pytest.approx(6.0, abs=0.2)
@@ -204,7 +207,7 @@ def test_the_scale_slopes_gradient_is_exact_and_the_fit_recovers_it():
 
 
 def test_a_live_aft_stage_caps_a_seed_as_the_run_a_plain_file_with_that_budget_holds(tmp_path):
-    from gnorm.adaptive_stage import next_round, stage_outcomes
+    from gnorm.adaptive_stage import extended_run, next_round, stage_outcomes
     from test_plan import adaptive_file, fake_record, loaded
 
     table = {"target_width": 1e-3, "initial_seeds": 3, "seeds_per_round": 3, "interval": "aft",
@@ -217,14 +220,12 @@ def test_a_live_aft_stage_caps_a_seed_as_the_run_a_plain_file_with_that_budget_h
         if not run.cell:
             return fake_record(run, 600)
         t = int(math.exp(wide.mu(run.cell["controller.rho"]) + 0.8 * rng.standard_normal()))
-        record = fake_record(run, t if t <= run.training.max_steps else None)
-        return record
+        return fake_record(run, t if t <= run.training.max_steps else None)
     stored = [outcome(run) for run in next_round(experiment, []).runs]
     second = next_round(experiment, stored)
     added = [r for r in second.stages[1].runs if r.run_id not in {s.run_id for s in stored}]
     capped = [r for r in added if r.training.max_steps < 200_000]
     assert added and capped  # a wide spread and no reachable target: caps pay
-    from gnorm.adaptive_stage import extended_run
     pool = {(r.cell["controller.rho"], r.seed): r for r in experiment.stages[1].runs}
     for run in capped:
         assert run.run_id == extended_run(pool[(run.cell["controller.rho"], run.seed)], run.training.max_steps).run_id
@@ -234,7 +235,8 @@ def test_a_live_aft_stage_caps_a_seed_as_the_run_a_plain_file_with_that_budget_h
     assert {r.run_id for r in capped} <= {r.run_id for r in runs}  # a stored capped run counts as that seed
     third = next_round(experiment, stored)
     again = [r for r in third.stages[1].runs if r.run_id not in {s.run_id for s in stored}]
-    assert not {(r.cell["controller.rho"], r.seed) for r in again} & {(r.cell["controller.rho"], r.seed) for r in capped}
+    seed_of = lambda runs: {(r.cell["controller.rho"], r.seed) for r in runs}  # noqa: E731
+    assert not seed_of(again) & seed_of(capped)  # a capped seed is not trained again
 
 
 def test_a_bad_adaptive_interval_or_quantile_is_named_by_its_key(tmp_path):
@@ -299,7 +301,8 @@ def test_gnorm_plan_replays_with_the_aft_interval_on_both_sides(tmp_path):
                                        "--json", "-"])
     assert result.exit_code == 0, result.output
     numbers = json.loads(result.output)
-    assert numbers["interval_function"].startswith("log-normal AFT fit") and numbers["policy"]["budget_quantiles"] == [0.5]
+    assert numbers["interval_function"].startswith("log-normal AFT fit")
+    assert numbers["policy"]["budget_quantiles"] == [0.5]
     assert numbers["bound"]["full_model_steps"] > 0 and numbers["model_steps"] <= numbers["full_model_steps"]
     printed = CliRunner().invoke(main, ["plan", "--replay", str(runs), "--interval", "aft"])
     assert printed.exit_code == 0 and "interval (both sides): log-normal AFT fit" in printed.output
