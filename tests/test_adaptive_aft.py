@@ -230,6 +230,8 @@ def test_a_live_aft_stage_caps_a_seed_as_the_run_a_plain_file_with_that_budget_h
     for run in capped:
         assert run.run_id == extended_run(pool[(run.cell["controller.rho"], run.seed)], run.training.max_steps).run_id
         assert run.run_id != pool[(run.cell["controller.rho"], run.seed)].run_id  # a different budget, a different run
+    plain_ids = {r.run_id for r in experiment.stages[1].runs}
+    assert all(r.run_id in plain_ids for r in added if r not in capped)  # uncapped seeds keep the plain ids
     stored += [outcome(run) for run in added]
     outcomes, runs = stage_outcomes(experiment.stages[1], {r.run_id: r for r in stored})
     assert {r.run_id for r in capped} <= {r.run_id for r in runs}  # a stored capped run counts as that seed
