@@ -7,6 +7,12 @@ one seed narrows alpha most per expected model-step (:func:`gnorm.budget.seed_va
 refitted to what has been seen). A censored seed is retrained with ``extend_factor`` times its budget
 only when the law predicts it groks within that factor (:func:`extension_budget`).
 
+With ``interval = "aft"`` the width is the log-normal AFT fit's Wald interval (censored seeds count at
+their budgets, one effect per seed) and the next seed is chosen with its budget: the cell's own, or a
+cap at one of the law's ``budget_quantiles`` of T_grok there (censoring by design: a capped seed costs
+at most its cap), by the expected information it adds per expected model-step
+(:mod:`gnorm.adaptive_aft`).
+
 The replay (:func:`replay`) runs the policy against a finished sweep: a seed's stored outcome is revealed
 when the policy trains it, censored where the policy's budget is shorter than its T_grok.
 """
@@ -19,6 +25,7 @@ from typing import Any, Sequence
 import attrs
 import numpy as np
 
+from gnorm.adaptive_aft import INTERVALS, AftInterval, AftLaw, next_seed
 from gnorm.budget import (CellDesign, DelayLawModel, IntervalFunction, cell_seed_sds, delay_law_interval,
                           law_from_times, seed_value)
 
@@ -28,13 +35,28 @@ def _positive_or_none(instance: Any, attribute: Any, value: float | None) -> Non
         raise ValueError(f"'{attribute.name}' must be a positive number, found {value!r}")
 
 
+def _interval_name(instance: Any, attribute: Any, value: str) -> None:
+    if value not in INTERVALS:
+        raise ValueError(f"'{attribute.name}' must be one of {', '.join(INTERVALS)}, found {value!r}")
+
+
+def _quantiles(instance: Any, attribute: Any, value: list[float]) -> None:
+    if any(not (isinstance(q, (int, float)) and 0 < q < 1) for q in value):
+        raise ValueError(f"'{attribute.name}' must list numbers between 0 and 1, found {value!r}")
+    if value and instance.interval != "aft":
+        raise ValueError(f"'{attribute.name}' (budget caps) needs interval = \"aft\" (a fit that reads censored seeds)")
+
+
 @attrs.frozen
 class AdaptivePolicy:
     """An adaptive stage's ``adaptive`` table. ``target_width``: stop once alpha's 95% interval is at most
     this wide; ``max_model_steps``: stop before spending more; ``extend_factor``: how much longer a
     censored seed's retraining may be (1: never); ``initial_seeds`` per cell to start with;
     ``seeds_per_round``: seeds added between two looks at the interval; ``min_probability``: how likely
-    (by the law) a censored seed must be to grok within the factor to be extended."""
+    (by the law) a censored seed must be to grok within the factor to be extended; ``interval``:
+    ``bootstrap`` (the ``delay_law`` bootstrap) or ``aft`` (the log-normal AFT fit's Wald interval, with a
+    per-seed effect, and ln sigma linear in rho with ``scale_slope``); ``budget_quantiles`` (aft only):
+    the quantiles of the law's T_grok at a level at which a new seed's budget may be capped."""
 
     target_width: float | None = attrs.field(default=None, validator=_positive_or_none)
     max_model_steps: float | None = attrs.field(default=None, validator=_positive_or_none)
@@ -42,6 +64,17 @@ class AdaptivePolicy:
     initial_seeds: int = attrs.field(default=3, validator=attrs.validators.ge(1))
     seeds_per_round: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     min_probability: float = attrs.field(default=0.5, validator=[attrs.validators.gt(0.0), attrs.validators.le(1.0)])
+    interval: str = attrs.field(default="bootstrap", validator=_interval_name)
+    scale_slope: bool = False
+    budget_quantiles: list[float] = attrs.field(factory=list, validator=_quantiles)
+
+
+def policy_interval(policy: AdaptivePolicy) -> IntervalFunction:
+    """The interval the policy reads: the ``delay_law`` bootstrap (2000 resamples) or an
+    :class:`gnorm.adaptive_aft.AftInterval` with a per-seed effect."""
+    if policy.interval == "aft":
+        return AftInterval(seed_effect=True, scale_slope=policy.scale_slope)
+    return lambda x, t, b: delay_law_interval(x, t, b, resamples=2000)
 
 
 def cell_x(run: Any) -> float | None:
@@ -73,15 +106,35 @@ def observed_cells(outcomes: Sequence[Outcome]) -> dict[float, list[int | None]]
     return cells
 
 
+def latest_outcomes(outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """Each seed's latest outcome (a seed retrained longer counted once), ordered by x and seed."""
+    latest: dict[tuple[float, int], Outcome] = {(o.x, o.seed_index): o for o in outcomes}
+    return [latest[key] for key in sorted(latest)]
+
+
+def outcome_arrays(outcomes: Sequence[Outcome]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, T_grok with NaN = censored, budget, seed position) of each seed's latest outcome."""
+    chosen = latest_outcomes(outcomes)
+    return (np.array([o.x for o in chosen], float),
+            np.array([math.nan if o.t_grok is None else o.t_grok for o in chosen], float),
+            np.array([o.budget for o in chosen], float), np.array([o.seed_index for o in chosen], int))
+
+
 def current_interval(outcomes: Sequence[Outcome], interval: IntervalFunction | None = None,
                      ) -> tuple[float, float] | None:
-    """alpha's interval from the seeds seen so far (``interval``, default the ``delay_law`` bootstrap)."""
-    interval = interval or (lambda x, t, b: delay_law_interval(x, t, b, resamples=2000))
-    latest: dict[tuple[float, int], Outcome] = {(o.x, o.seed_index): o for o in outcomes}
-    chosen = [latest[key] for key in sorted(latest)]
-    return interval(np.array([o.x for o in chosen], float),
-                    np.array([math.nan if o.t_grok is None else o.t_grok for o in chosen], float),
-                    np.array([o.budget for o in chosen], float))
+    """alpha's interval from the seeds seen so far (``interval``, default the ``delay_law`` bootstrap;
+    one with ``takes_seeds`` also gets each seed's position, the same seed across x)."""
+    interval = interval or policy_interval(AdaptivePolicy())
+    x, t_grok, budget, seeds = outcome_arrays(outcomes)
+    if getattr(interval, "takes_seeds", False):
+        return interval(x, t_grok, budget, seeds)
+    return interval(x, t_grok, budget)
+
+
+def aft_law(outcomes: Sequence[Outcome], interval: AftInterval) -> AftLaw | None:
+    """The log-normal AFT law fitted to the seeds seen so far (None when they admit no fit)."""
+    fit = interval.fit(*outcome_arrays(outcomes))
+    return AftLaw.of(fit) if fit is not None else None
 
 
 def fitted_law(outcomes: Sequence[Outcome], fallback: DelayLawModel | None = None) -> DelayLawModel | None:
@@ -89,7 +142,7 @@ def fitted_law(outcomes: Sequence[Outcome], fallback: DelayLawModel | None = Non
     return law_from_times(observed_cells(outcomes), source="adaptive: seen so far") or fallback
 
 
-def extension_budget(law: DelayLawModel, x: float, budget: int, policy: AdaptivePolicy) -> int | None:
+def extension_budget(law: "DelayLawModel | AftLaw", x: float, budget: int, policy: AdaptivePolicy) -> int | None:
     """The longer budget ceil(extend_factor * B) for a seed censored at B, when the law gives
     P(T_grok <= extend_factor * B | T_grok > B) >= min_probability; else None (it stays censored)."""
     if policy.extend_factor <= 1 or law.grok_within(x, budget, policy.extend_factor) < policy.min_probability:
@@ -150,6 +203,8 @@ class ReplayResult:
     #: Model-steps had every trained seed run its whole budget (paper A's practice), adaptive and full.
     budget_steps: int = 0
     full_budget_steps: int = 0
+    #: Each level's own budget (a seed trained with less was capped by the policy).
+    cell_budgets: dict[float, int] = attrs.field(factory=dict)
 
     @property
     def saving(self) -> float | None:
@@ -166,9 +221,13 @@ def replay(sweep: dict[float, Sequence[StoredSeed]], policy: AdaptivePolicy, int
            budgets: dict[float, int] | None = None, order: dict[float, Sequence[int]] | None = None) -> ReplayResult:
     """Run ``policy`` on a finished sweep (x -> its seeds in file order). ``budgets``: the policy's first
     budget per x (default each cell's stored budget); ``order``: the seed order per x (default file
-    order). The target width defaults to the full sweep's own. Training a seed reveals its stored outcome
-    (:func:`reveal`); a censored seed is retrained when :func:`extension_budget` says so (its first
-    training counted too)."""
+    order). ``interval`` defaults to the policy's (:func:`policy_interval`); the full sweep's width is
+    taken with the same one, and the target width defaults to it. Training a seed reveals its stored
+    outcome (:func:`reveal`); a seed censored at its cell's budget is retrained when
+    :func:`extension_budget` says so (its first training counted too); one the policy capped is not.
+    With ``policy.interval = "aft"`` each new seed's cell and budget come from
+    :func:`gnorm.adaptive_aft.next_seed` on the AFT law fitted to what has been revealed."""
+    interval = interval or policy_interval(policy)
     full = current_interval([Outcome(x, i, s.t_grok, s.budget, 0) for x, seeds in sweep.items()
                              for i, s in enumerate(seeds)], interval)
     target = policy.target_width if policy.target_width is not None else (full[1] - full[0] if full else None)
@@ -189,10 +248,11 @@ def replay(sweep: dict[float, Sequence[StoredSeed]], policy: AdaptivePolicy, int
         trained[x] = min(policy.initial_seeds, len(sweep[x]))
     spent = lambda: sum(o.model_steps for o in outcomes)  # noqa: E731
     while True:
-        law = fitted_law(outcomes)
+        law: Any = aft_law(outcomes, interval) if isinstance(interval, AftInterval) else fitted_law(outcomes)
         for outcome in [o for o in outcomes if o.t_grok is None]:
-            if law is None or any(o.x == outcome.x and o.seed_index == outcome.seed_index and o.budget > outcome.budget
-                                  for o in outcomes):
+            if law is None or outcome.budget < min(budgets[outcome.x], sweep[outcome.x][outcome.seed_index].budget) \
+                    or any(o.x == outcome.x and o.seed_index == outcome.seed_index and o.budget > outcome.budget
+                           for o in outcomes):
                 continue
             longer = extension_budget(law, outcome.x, outcome.budget, policy)
             stored_budget = sweep[outcome.x][outcome.seed_index].budget
@@ -206,16 +266,22 @@ def replay(sweep: dict[float, Sequence[StoredSeed]], policy: AdaptivePolicy, int
         if policy.max_model_steps is not None and spent() >= policy.max_model_steps:
             break
         available = {x: len(sweep[x]) - trained[x] for x in sweep}
-        x = next_cell(law, outcomes, budgets, available) if law is not None else next(
-            (x for x in sorted(sweep) if available[x] > 0), None)
-        if x is None:
+        if isinstance(law, AftLaw):
+            choice = next_seed(law, [(o.seed_index, o.x, o.budget) for o in latest_outcomes(outcomes)], budgets,
+                               {x: list(order[x][trained[x]:]) for x in sweep}, policy.budget_quantiles, target)
+        else:
+            x = next_cell(law, outcomes, budgets, available) if law is not None else next(
+                (x for x in sorted(sweep) if available[x] > 0), None)
+            choice = None if x is None else (x, budgets[x])
+        if choice is None:
             break
-        train(x, trained[x], budgets[x])
-        trained[x] += 1
+        train(choice[0], trained[choice[0]], choice[1])
+        trained[choice[0]] += 1
     found = current_interval(outcomes, interval)
     reached = target is not None and found is not None and found[1] - found[0] <= target
     return ReplayResult(outcomes, found, full, spent(), full_sweep_steps(sweep), reached, trained, extended,
-                        sum(o.budget for o in outcomes), sum(s.budget for seeds in sweep.values() for s in seeds))
+                        sum(o.budget for o in outcomes), sum(s.budget for seeds in sweep.values() for s in seeds),
+                        {x: min(budgets[x], max(s.budget for s in sweep[x])) for x in sweep})
 
 
 def cheapest_design_bound(sweep: dict[float, Sequence[StoredSeed]], level: float = 0.95,
@@ -272,3 +338,33 @@ def sweep_from_records(records: Sequence, x_key: str = "controller.rho", stage: 
             continue
         sweep.setdefault(round(float(x), 9), []).append((record.seed, StoredSeed(record.t_grok, record.budget)))
     return {x: [s for _, s in sorted(seeds, key=lambda item: item[0])] for x, seeds in sorted(sweep.items())}
+
+
+def aft_design_bound(sweep: dict[float, Sequence[StoredSeed]], policy: AdaptivePolicy,
+                     ) -> tuple[float, float, dict[float, int], int] | None:
+    """The yardstick of an ``aft`` replay: with the AFT law fitted to the whole sweep taken as known,
+    the fewest expected model-steps of a design drawn from the sweep's seeds (at most as many per level,
+    from ``initial_seeds`` per level, runs added by :func:`gnorm.adaptive_aft.next_seed` with the
+    policy's budget caps) whose large-sample var(alpha) is at most the full sweep's. Returns (its expected
+    model-steps, the full sweep's, seeds per level, runs capped), None when the sweep admits no fit."""
+    from gnorm.adaptive_aft import alpha_variance, design_information
+    from gnorm.budget import normal_quantile
+
+    law = aft_law([Outcome(x, i, s.t_grok, s.budget, 0) for x, seeds in sweep.items() for i, s in enumerate(seeds)],
+                  AftInterval(seed_effect=True, scale_slope=policy.scale_slope))
+    if law is None:
+        return None
+    budgets = {x: max(s.budget for s in seeds) for x, seeds in sweep.items()}
+    full = [(i, x, budgets[x]) for x, seeds in sweep.items() for i in range(len(seeds))]
+    target = alpha_variance(design_information(law, full))
+    count = {x: min(policy.initial_seeds, len(seeds)) for x, seeds in sweep.items()}
+    runs = [(i, x, budgets[x]) for x in sweep for i in range(count[x])]
+    while alpha_variance(design_information(law, runs)) > target:
+        choice = next_seed(law, runs, budgets, {x: list(range(count[x], len(sweep[x]))) for x in sweep},
+                           policy.budget_quantiles, math.sqrt(target) * 2 * normal_quantile(0.975))
+        if choice is None:
+            break
+        runs.append((count[choice[0]], choice[0], choice[1]))
+        count[choice[0]] += 1
+    steps = lambda design: sum(law.expected_steps(x, b) for _, x, b in design)  # noqa: E731
+    return steps(runs), steps(full), count, sum(b < budgets[x] for _, x, b in runs)

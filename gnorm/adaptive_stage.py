@@ -6,7 +6,11 @@ one chooses the first ``initial_seeds`` seeds of every cell; each later round lo
 outcomes and adds, in the file's seed order, up to ``seeds_per_round`` seeds to the cells that narrow
 alpha's interval most per expected model-step, plus a longer retraining of each censored seed the law
 expects to grok within ``extend_factor`` times its budget (a run with that ``max_steps``: the id a plain
-file with that budget gives it). The stage ends when the interval is at most ``target_width`` wide, the
+file with that budget gives it). With ``interval = "aft"`` the width is the log-normal AFT fit's and each
+added seed comes with its budget (:func:`gnorm.adaptive_aft.next_seed`): the cell's own, or a cap at one
+of ``budget_quantiles`` of the law's T_grok, trained as the run a plain file with that shorter
+``max_steps`` holds (a different run id from the uncapped seed's; a capped seed is not extended).
+The stage ends when the interval is at most ``target_width`` wide, the
 stage has spent ``max_model_steps``, or the pool is used up. Every decision is a function of the stored
 runs, so rerunning the same command resumes where the last one stopped.
 """
@@ -17,8 +21,9 @@ from typing import Any, Sequence
 
 import attrs
 
-from gnorm.adaptive import (AdaptivePolicy, Outcome, cell_x, current_interval, extension_budget, fitted_law,
-                            next_cell)
+from gnorm.adaptive import (AdaptivePolicy, Outcome, aft_law, cell_x, current_interval, extension_budget,
+                            fitted_law, latest_outcomes, next_cell, policy_interval)
+from gnorm.adaptive_aft import next_seed
 from gnorm.components import RunRecord
 from gnorm.runmodel import Experiment, RunSpec, Stage, cells_of
 
@@ -30,25 +35,23 @@ def extended_run(run: RunSpec, budget: int) -> RunSpec:
 
 def stage_outcomes(stage: Stage, stored: dict[str, RunRecord]) -> tuple[list[Outcome], list[RunSpec]]:
     """The stage's stored outcomes (x, seed position, T_grok, budget, model-steps: T_grok, else the
-    budget) and the runs they came from, each cell's seeds and any longer retraining of a seed."""
+    budget) and the runs they came from: each cell's seeds at every budget stored for them (the plain
+    run, a longer retraining, a capped run), shortest budget first."""
     outcomes, runs = [], []
+    of_stage: dict[tuple[int, str], list[RunRecord]] = {}
+    for record in stored.values():
+        if record.stage == stage.name:
+            of_stage.setdefault((record.seed, repr(sorted(record.cell.items()))), []).append(record)
     for cell in cells_of(stage.runs):
         x = cell_x(cell[0])
         for index, run in enumerate(cell):
-            chain = [run]
-            while chain[-1].run_id in stored and stored[chain[-1].run_id].t_grok is None:
-                record = stored[chain[-1].run_id]
-                longer = [r for r in stored.values() if r.stage == stage.name and r.seed == run.seed
-                          and r.budget > record.budget and extended_run(run, r.budget).run_id == r.run_id]
-                if not longer:
-                    break
-                chain.append(extended_run(run, min(r.budget for r in longer)))
-            for spec in chain:
-                if spec.run_id in stored:
-                    record = stored[spec.run_id]
-                    outcomes.append(Outcome(x, index, record.t_grok, record.budget,
-                                            record.t_grok if record.t_grok is not None else record.budget))
-                    runs.append(spec)
+            versions = [(record, run if record.run_id == run.run_id else extended_run(run, record.budget))
+                        for record in of_stage.get((run.seed, repr(sorted(run.cell.items()))), [])]
+            for record, spec in sorted(((r, s) for r, s in versions if s.run_id == r.run_id),
+                                       key=lambda pair: pair[0].budget):
+                outcomes.append(Outcome(x, index, record.t_grok, record.budget,
+                                        record.t_grok if record.t_grok is not None else record.budget))
+                runs.append(spec)
     return outcomes, runs
 
 
@@ -58,34 +61,46 @@ def stage_choice(stage: Stage, stored: dict[str, RunRecord]) -> list[RunSpec]:
     policy: AdaptivePolicy = stage.adaptive
     outcomes, chosen = stage_outcomes(stage, stored)
     cells = {cell_x(cell[0]): cell for cell in cells_of(stage.runs)}
-    untrained = {x: [run for run in cell if run.run_id not in stored] for x, cell in cells.items()}
-    first = [run for cell in cells.values() for run in cell[:policy.initial_seeds] if run.run_id not in stored]
+    seen = {(o.x, o.seed_index) for o in outcomes}
+    untrained = {x: [run for i, run in enumerate(cell) if (x, i) not in seen] for x, cell in cells.items()}
+    first = [run for x, cell in cells.items() for i, run in enumerate(cell[:policy.initial_seeds])
+             if (x, i) not in seen]
     if first:
         return chosen + first
-    law = fitted_law(outcomes)
+    interval = policy_interval(policy)
+    law: Any = aft_law(outcomes, interval) if policy.interval == "aft" else fitted_law(outcomes)
     if law is None:
         return chosen
+    budgets = {x: cell[0].training.max_steps for x, cell in cells.items()}
     added = []
     for outcome in outcomes:
         superseded = any(o.x == outcome.x and o.seed_index == outcome.seed_index and o.budget > outcome.budget
                          for o in outcomes)
-        if outcome.t_grok is None and not superseded:
+        if outcome.t_grok is None and not superseded and outcome.budget >= budgets[outcome.x]:
             longer = extension_budget(law, outcome.x, outcome.budget, policy)
             if longer is not None:
                 added.append(extended_run(cells[outcome.x][outcome.seed_index], longer))
-    found = current_interval(outcomes)
+    found = current_interval(outcomes, interval)
     spent = sum(o.model_steps for o in outcomes)
     if (policy.target_width is not None and found is not None and found[1] - found[0] <= policy.target_width) or (
             policy.max_model_steps is not None and spent >= policy.max_model_steps):
         return chosen
-    budgets = {x: cell[0].training.max_steps for x, cell in cells.items()}
     planned: dict[float, int] = {}
+    trained = [(o.seed_index, o.x, o.budget) for o in latest_outcomes(outcomes)]
     for _ in range(policy.seeds_per_round):
         available = {x: len(untrained[x]) - planned.get(x, 0) for x in cells}
-        x = next_cell(law, outcomes, budgets, available, planned)
-        if x is None:
+        if policy.interval == "aft":
+            pools = {x: [cells[x].index(run) for run in untrained[x][planned.get(x, 0):]] for x in cells}
+            choice = next_seed(law, trained, budgets, pools, policy.budget_quantiles, policy.target_width)
+        else:
+            x = next_cell(law, outcomes, budgets, available, planned)
+            choice = None if x is None else (x, budgets[x])
+        if choice is None:
             break
-        added.append(untrained[x][planned.get(x, 0)])
+        x, budget = choice
+        run = untrained[x][planned.get(x, 0)]
+        added.append(run if budget >= budgets[x] else extended_run(run, budget))
+        trained.append((cells[x].index(run), x, budget))
         planned[x] = planned.get(x, 0) + 1
     return chosen + added
 

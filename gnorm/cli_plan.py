@@ -263,16 +263,22 @@ def echo_plan(numbers: dict[str, Any]) -> None:
                        f"{cells}")
 
 
-def echo_replay(result: Any, sweep_sizes: dict[float, int], orders: list[Any]) -> None:
-    """The replay as text: the full sweep, the adaptive policy, and the saving (over random orders too)."""
+def echo_replay(result: Any, sweep_sizes: dict[float, int], orders: list[Any], interval_name: str = "",
+                bound: Any = None) -> None:
+    """The replay as text: the full sweep, the adaptive policy, and the saving (over random orders too),
+    both widths by ``interval_name``; ``bound``: the AFT yardstick (:func:`gnorm.adaptive.aft_design_bound`)."""
+    if interval_name:
+        click.echo(f"interval (both sides): {interval_name}")
     low, high = result.interval or (math.nan, math.nan)
     full_low, full_high = result.full_interval or (math.nan, math.nan)
     click.echo(f"full sweep: {sum(sweep_sizes.values())} seeds, "
                f"{result.full_model_steps:,} model-steps, alpha 95% interval [{full_low:.3f}, {full_high:.3f}] "
                f"(width {full_high - full_low:.3f})")
+    capped = sum(1 for o in result.outcomes if o.budget < result.cell_budgets.get(o.x, o.budget))
     click.echo(f"adaptive:   {sum(result.seeds.values())} seeds, {result.model_steps:,} model-steps, "
                f"interval [{low:.3f}, {high:.3f}] (width {high - low:.3f}), "
-               f"{'reached' if result.reached else 'did not reach'} the target; {result.extended} seeds extended")
+               f"{'reached' if result.reached else 'did not reach'} the target; {result.extended} seeds extended"
+               + (f", {capped} trained under a budget cap" if capped else ""))
     click.echo("seeds per rho: " + ", ".join(f"{x:g}: {n}" for x, n in sorted(result.seeds.items())))
     click.echo(f"saving: {result.saving:.2f}x fewer model-steps (both stop each seed at its T_grok)")
     if result.budget_steps:
@@ -283,6 +289,13 @@ def echo_replay(result: Any, sweep_sizes: dict[float, int], orders: list[Any]) -
         reached = sum(o.reached for o in orders)
         click.echo(f"over {len(orders)} random seed orders: saving median {sorted(savings)[len(savings) // 2]:.2f}x "
                    f"(min {min(savings):.2f}x, max {max(savings):.2f}x), target reached in {reached}")
+    if bound is not None:
+        steps, full_steps, seeds, capped = bound
+        click.echo(f"yardstick (AFT law of the whole sweep taken as known, large-sample width): the cheapest design "
+                   f"from these seeds needs {steps:,.0f} expected model-steps vs the full sweep's {full_steps:,.0f} "
+                   f"({full_steps / steps:.2f}x); seeds per rho "
+                   + ", ".join(f"{x:g}: {n}" for x, n in sorted(seeds.items()))
+                   + (f"; {capped} capped" if capped else ""))
 
 
 def _positive(option: str, value: float | None) -> None:
@@ -311,9 +324,17 @@ def _positive(option: str, value: float | None) -> None:
 @click.option("--orders", type=click.IntRange(0, 1000), default=0, show_default=True,
               help="Replay: also replay this many random seed orders.")
 @click.option("--stage", "stage", help="Replay: only this stage's runs.")
+@click.option("--interval", "interval", type=click.Choice(["bootstrap", "aft"]), default="bootstrap", show_default=True,
+              help="Replay: alpha's interval on both sides: the delay_law bootstrap, or the log-normal AFT fit's "
+                   "Wald interval (censored seeds count; one effect per seed).")
+@click.option("--scale-slope", is_flag=True, help="Replay with --interval aft: ln sigma linear in rho.")
+@click.option("--budget-quantile", "budget_quantiles", type=float, multiple=True,
+              help="Replay with --interval aft: a new seed's budget may be capped at this quantile of "
+                                  "the law's T_grok at its level (repeatable).")
 def plan(experiment_file: str | None, from_dir: str | None, overrides: tuple[str, ...], json_path: str | None,
          calibration_steps: int, simulations: int, replay_dir: str | None, target_width: float | None,
-         initial_seeds: int, extend_factor: float, orders: int, stage: str | None) -> None:
+         initial_seeds: int, extend_factor: float, orders: int, stage: str | None, interval: str,
+         scale_slope: bool, budget_quantiles: tuple[float, ...]) -> None:
     """Predict what EXPERIMENT_FILE costs (model-steps, wall time here) and how precisely it pins alpha,
     before anything trains; suggest cheaper designs for the same width. With --replay DIR, replay the
     adaptive policy on a finished sweep."""
@@ -325,8 +346,16 @@ def plan(experiment_file: str | None, from_dir: str | None, overrides: tuple[str
             raise UserError([Problem("--replay", "", "replays a finished sweep: give either FILE or --replay DIR")])
         _positive("--target-width", target_width)
         _positive("--extend-factor", extend_factor)
+        for quantile in budget_quantiles:
+            if not 0 < quantile < 1:
+                raise UserError([Problem("--budget-quantile", "",
+                                         f"expected a number between 0 and 1, found {quantile}")])
+        if (budget_quantiles or scale_slope) and interval != "aft":
+            raise UserError([Problem("--budget-quantile" if budget_quantiles else "--scale-slope", "",
+                                     "needs --interval aft (a fit that reads censored seeds)")])
         numbers = replay_numbers(replay_dir, target_width, initial_seeds, extend_factor, orders, stage,
-                                 quiet=json_path == "-")
+                                 quiet=json_path == "-", interval=interval, scale_slope=scale_slope,
+                                 budget_quantiles=list(budget_quantiles))
     else:
         if experiment_file is None:
             raise UserError([Problem("gnorm plan", "FILE", "missing: name an experiment file (or --replay DIR)")])
@@ -344,12 +373,13 @@ def plan(experiment_file: str | None, from_dir: str | None, overrides: tuple[str
 
 
 def replay_numbers(directory: str, target_width: float | None, initial_seeds: int, extend_factor: float,
-                   orders: int, stage: str | None, quiet: bool) -> dict[str, Any]:
+                   orders: int, stage: str | None, quiet: bool, interval: str = "bootstrap", scale_slope: bool = False,
+                   budget_quantiles: list[float] | None = None) -> dict[str, Any]:
     """Replay the adaptive policy on DIRECTORY's rho sweep; print unless ``quiet``; the numbers."""
     import attrs
     import numpy as np
 
-    from gnorm.adaptive import AdaptivePolicy, replay, sweep_from_records
+    from gnorm.adaptive import AdaptivePolicy, aft_design_bound, policy_interval, replay, sweep_from_records
     from gnorm.store import Store
 
     from gnorm.analysis.records import numeric, record_value, varying_keys
@@ -363,20 +393,29 @@ def replay_numbers(directory: str, target_width: float | None, initial_seeds: in
     if len(sweep) < 3:
         raise UserError([Problem("--replay", directory, f"holds {len(sweep)} values of controller.rho"
                                  + (f" in stage {stage!r}" if stage else "") + "; a replay needs 3 or more")])
-    policy = AdaptivePolicy(target_width, None, extend_factor, initial_seeds)
+    policy = AdaptivePolicy(target_width, None, extend_factor, initial_seeds, interval=interval,
+                            scale_slope=scale_slope, budget_quantiles=budget_quantiles or [])
+    interval_function = policy_interval(policy)
+    interval_name = (interval_function.describe() if interval == "aft"
+                     else "delay_law bootstrap (seeds resampled within cells, 2000 resamples)")
     result = replay(sweep, policy)
+    bound = aft_design_bound(sweep, policy) if interval == "aft" else None
     rng = np.random.default_rng(0)
     others = [replay(sweep, policy, order={x: list(rng.permutation(len(s))) for x, s in sweep.items()})
               for _ in range(orders)]
     if not quiet:
         for note in notes:
             click.echo(f"note: {note}")
-        echo_replay(result, {x: len(s) for x, s in sweep.items()}, others)
+        echo_replay(result, {x: len(s) for x, s in sweep.items()}, others, interval_name, bound)
     return {"directory": directory, "policy": attrs.asdict(policy), "model_steps": result.model_steps,
             "budget_steps": result.budget_steps, "full_budget_steps": result.full_budget_steps,
             "full_model_steps": result.full_model_steps, "saving": result.saving, "interval": result.interval,
             "full_interval": result.full_interval, "reached": result.reached,
             "seeds": {str(x): n for x, n in result.seeds.items()}, "extended": result.extended,
             "orders": [{"saving": o.saving, "reached": o.reached, "model_steps": o.model_steps} for o in others],
-            "notes": notes, "interval_function": "delay_law bootstrap (seeds resampled within cells, 2000 resamples)"}
+            "notes": notes, "interval_function": interval_name,
+            "capped": sum(1 for o in result.outcomes if o.budget < result.cell_budgets.get(o.x, o.budget)),
+            "bound": None if bound is None else {"model_steps": bound[0], "full_model_steps": bound[1],
+                                                 "seeds": {str(x): n for x, n in bound[2].items()},
+                                                 "capped": bound[3]}}
 

@@ -23,7 +23,10 @@ scaled by its curvature r_i (see :func:`aft_log_likelihood`)::
     L_i = integral prod_j f_j(b) N(b; 0, tau^2) db
        ~= sqrt(2) r_i sum_k w_k exp(u_k^2) prod_j f_j(b_ik) N(b_ik; 0, tau^2),  b_ik = m_i + sqrt(2) r_i u_k
 
-The parameters are theta = (intercept[0..G-1], alpha, ln sigma[, ln tau]); the log-likelihood and
+With ``scale_slope`` the scale moves with x (seeds spread less where grokking is slower, as in paper
+A's dense sweep): ln sigma_j = ln sigma + gamma * x_j, every sigma above then being run j's sigma_j.
+
+The parameters are theta = (intercept[0..G-1], alpha, ln sigma[, ln tau][, gamma]); the log-likelihood and
 its gradient are exact (in float64), the observed information is the central finite difference of
 the gradient, and the maximum is found by damped Newton steps with a backtracking line search.
 Everything here is numpy: no optimizer library is needed for a handful of parameters, and the
@@ -151,20 +154,23 @@ def _renumber(labels: Sequence) -> np.ndarray:
 @attrs.frozen
 class AftModel:
     """Which AFT model: the error ``distribution``, whether a normal ``seed_effect`` is integrated out,
-    and the Gauss-Hermite ``quadrature_points`` for it."""
+    the Gauss-Hermite ``quadrature_points`` for it, and whether ln sigma is linear in x
+    (``scale_slope``: ln sigma_j = ln sigma + gamma * x_j)."""
 
     distribution: str = "lognormal"
     seed_effect: bool = False
     quadrature_points: int = 24
+    scale_slope: bool = False
 
     def parameter_count(self, groups: int) -> int:
-        """G intercepts, alpha, ln sigma, and ln tau with a seed effect."""
-        return groups + 2 + int(self.seed_effect)
+        """G intercepts, alpha, ln sigma, ln tau with a seed effect, gamma with a scale slope."""
+        return groups + 2 + int(self.seed_effect) + int(self.scale_slope)
 
 
 def aft_log_likelihood(theta: np.ndarray, data: SurvivalData, model: AftModel) -> tuple[float, np.ndarray]:
-    """The log-likelihood (see the module docstring) at theta = (intercepts, alpha, ln sigma[, ln tau])
-    and its gradient.
+    """The log-likelihood (see the module docstring) at theta = (intercepts, alpha, ln sigma[, ln tau]
+    [, gamma]) and its gradient (with a scale slope, sigma is each run's sigma_j and
+    dl/d gamma = sum_j x_j dl/d ln sigma_j).
 
     Without a seed effect: l = sum_j [l_eps(z_j) - delta_j (ln sigma + ln t_j)], with
     dl/dmu_j = -l_eps'(z_j) / sigma and dl/d ln sigma = sum_j (-z_j l_eps'(z_j) - delta_j).
@@ -181,23 +187,26 @@ def aft_log_likelihood(theta: np.ndarray, data: SurvivalData, model: AftModel) -
 
 def _log_likelihood(theta: np.ndarray, data: SurvivalData, model: AftModel) -> tuple[float, np.ndarray]:
     groups = data.groups
-    intercepts, alpha, log_sigma = theta[:groups], theta[groups], theta[groups + 1]
-    sigma = math.exp(log_sigma)
+    intercepts, alpha = theta[:groups], theta[groups]
+    log_sigma = theta[groups + 1] + (theta[-1] * data.x if model.scale_slope else np.zeros(data.x.size))
+    sigma = np.exp(log_sigma)
     mu = intercepts[data.group] + alpha * data.x
     jacobian = data.grokked * (log_sigma + data.log_time)
     if not model.seed_effect:
         z = (data.log_time - mu) / sigma
         terms, slope, _ = error_log_terms(z, data.grokked, model.distribution)
         d_mu = -slope / sigma
+        d_log_sigma = -z * slope - data.grokked
         gradient = np.concatenate([np.bincount(data.group, d_mu, groups), [np.dot(d_mu, data.x)],
-                                   [np.sum(-z * slope - data.grokked)]])
+                                   [np.sum(d_log_sigma)]]
+                                  + ([[np.dot(d_log_sigma, data.x)]] if model.scale_slope else []))
         return float(np.sum(terms - jacobian)), gradient
     tau = math.exp(theta[groups + 2])
     centre, scale = seed_effect_modes(data, mu, sigma, tau, model.distribution)
     nodes, weights = hermite_rule(model.quadrature_points)
     effects = centre[:, None] + math.sqrt(2.0) * scale[:, None] * nodes[None, :]    # b_ik [seeds, K]
     run_effects = effects[data.seed]                                                # [runs, K]
-    z = (data.log_time[:, None] - mu[:, None] - run_effects) / sigma
+    z = (data.log_time[:, None] - mu[:, None] - run_effects) / sigma[:, None]
     terms, slope, _ = error_log_terms(z, data.grokked[:, None], model.distribution)
     per_seed = np.zeros(effects.shape)
     np.add.at(per_seed, data.seed, terms - jacobian[:, None])
@@ -207,11 +216,13 @@ def _log_likelihood(theta: np.ndarray, data: SurvivalData, model: AftModel) -> t
     log_sum = peak[:, 0] + np.log(np.exp(log_weighted - peak).sum(axis=1))
     posterior = np.exp(log_weighted - log_sum[:, None])                             # [seeds, K]
     weight = posterior[data.seed]
-    d_mu_run = np.sum(weight * (-slope / sigma), axis=1)
+    d_mu_run = np.sum(weight * (-slope / sigma[:, None]), axis=1)
+    d_log_sigma_run = np.sum(weight * (-z * slope - data.grokked[:, None]), axis=1)
     gradient = np.concatenate([
         np.bincount(data.group, d_mu_run, groups), [np.dot(d_mu_run, data.x)],
-        [np.sum(weight * (-z * slope - data.grokked[:, None]))],
-        [np.sum(posterior * ((effects / tau) ** 2 - 1.0))]])
+        [np.sum(d_log_sigma_run)],
+        [np.sum(posterior * ((effects / tau) ** 2 - 1.0))]]
+        + ([[np.dot(d_log_sigma_run, data.x)]] if model.scale_slope else []))
     return float(np.sum(log_sum + np.log(math.sqrt(2.0) * scale))), gradient
 
 
@@ -224,13 +235,14 @@ def hermite_rule(points: int) -> tuple[np.ndarray, np.ndarray]:
     return nodes, weights
 
 
-def seed_effect_modes(data: SurvivalData, mu: np.ndarray, sigma: float, tau: float, distribution: str,
+def seed_effect_modes(data: SurvivalData, mu: np.ndarray, sigma: float | np.ndarray, tau: float, distribution: str,
                       iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
     """Per seed, the mode m_i of h_i(b) = sum_{j in i} l_eps((ln t_j - mu_j - b) / sigma) - b^2 / (2 tau^2)
-    (concave: l_eps is) by Newton steps from 0, each at most max(sigma, tau) long, and
+    (concave: l_eps is) by Newton steps from 0, each at most max(sigma, tau) long (sigma: a number, or
+    one per run), and
     r_i = (-h_i''(m_i))^(-1/2) with h'' = sum_j l_eps''(z_j) / sigma^2 - 1 / tau^2."""
     centre = np.zeros(data.seeds)
-    limit = max(sigma, tau)
+    limit = max(float(np.max(sigma)), tau)
     for _ in range(iterations):
         z = (data.log_time - mu - centre[data.seed]) / sigma
         _, slope, curvature = error_log_terms(z, data.grokked, distribution)
@@ -348,7 +360,17 @@ class AftFit:
 
     @property
     def sigma(self) -> float:
+        """The scale sigma (with a scale slope: sigma at x = 0; see :meth:`sigma_at`)."""
         return math.exp(self.theta[self.groups + 1])
+
+    @property
+    def scale_slope(self) -> float | None:
+        """gamma in ln sigma(x) = ln sigma + gamma * x, None without a scale slope."""
+        return float(self.theta[-1]) if self.model.scale_slope else None
+
+    def sigma_at(self, x: float) -> float:
+        """sigma(x) = exp(ln sigma + gamma * x) (sigma itself without a scale slope)."""
+        return math.exp(self.theta[self.groups + 1] + (self.scale_slope or 0.0) * x)
 
     @property
     def tau(self) -> float | None:
@@ -380,7 +402,7 @@ class AftFit:
 def starting_values(data: SurvivalData, model: AftModel) -> np.ndarray:
     """Least squares of ln t on the group dummies and x over all runs (censored ones at their
     censoring time), ln sigma from its residuals (at least ln 0.05), intercepts shifted by the mean of
-    eps (-0.5772 sigma for weibull), and ln tau = ln(sigma / 2)."""
+    eps (-0.5772 sigma for weibull), ln tau = ln(sigma / 2) and gamma = 0."""
     design = np.column_stack([np.eye(data.groups)[data.group], data.x])
     coefficients = np.linalg.lstsq(design, data.log_time, rcond=None)[0]
     residual = data.log_time - design @ coefficients
@@ -388,7 +410,8 @@ def starting_values(data: SurvivalData, model: AftModel) -> np.ndarray:
     if model.distribution == "weibull":
         coefficients[:data.groups] += 0.5772156649 * sigma
     start = list(coefficients) + [math.log(sigma)]
-    return np.array(start + ([math.log(sigma / 2)] if model.seed_effect else []), float)
+    return np.array(start + ([math.log(sigma / 2)] if model.seed_effect else [])
+                    + ([0.0] if model.scale_slope else []), float)
 
 
 def fit_aft(data: SurvivalData, model: AftModel, start: np.ndarray | None = None) -> AftFit:
