@@ -98,19 +98,25 @@ def seed_groups(seeds: int, idle_workers: int, other_ready_cells: int) -> int:
 
 def split_cell(item: PendingCell, parts: int) -> list[PendingCell]:
     """``item`` as ``parts`` cells of consecutive seeds, sizes differing by at most one (the same stage,
-    Wc and label, with the seeds). A job of several merged cells (gnorm.merging) is split within each
-    cell instead: part k holds the k-th group of consecutive seeds of every cell, so that each part
-    gets its share of the slow cells (a high rho's seeds train longest), not a part made of them."""
+    Wc and label, with the seeds). A job of several merged cells (gnorm.merging) is cut seed-major
+    instead: its runs ordered by (position of the seed within its cell, cell), cut into ``parts``
+    consecutive groups, each given back cell after cell. So the parts differ by at most one run, each
+    holds consecutive seeds of a cell, and each holds about its share of every cell (the same seeds
+    of every cell where ``parts`` divides the cells' seed count): a share of the slow, high-rho
+    cells, not a part made of them."""
     if parts <= 1:
         return [item]
-    if item.cell_norms is not None and len(cells_of(item.runs)) > 1:
-        groups = [consecutive_groups(cell, parts) for cell in cells_of(item.runs)]
-        across = [[run for cell in groups for run in cell[k]] for k in range(parts)]
-        return [part_of(item, runs) for runs in across if runs]
-    return [part_of(item, runs) for runs in consecutive_groups(item.runs, parts)]
+    cells = cells_of(item.runs)
+    if item.cell_norms is None or len(cells) == 1:
+        return [part_of(item, runs) for runs in consecutive_groups(item.runs, parts)]
+    seed_major = sorted(((index, order, run) for order, cell in enumerate(cells) for index, run in enumerate(cell)),
+                        key=lambda entry: entry[:2])
+    groups = consecutive_groups(seed_major, parts)
+    return [part_of(item, [run for _, _, run in sorted(group, key=lambda entry: entry[1::-1])])
+            for group in groups if group]
 
 
-def consecutive_groups(runs: list[RunSpec], parts: int) -> list[list[RunSpec]]:
+def consecutive_groups(runs: list, parts: int) -> list[list]:
     """``runs`` in ``parts`` groups of consecutive runs, sizes differing by at most one, the larger first
     (empty groups where there are fewer runs than parts)."""
     size, extra = divmod(len(runs), parts)

@@ -186,21 +186,26 @@ def test_merged_cells_are_split_over_the_workers(two_stages, tmp_path):
     assert stored(tmp_path / "merged") == apart
 
 
-@pytest.mark.parametrize("parts", [2, 3, 5])
-def test_a_merged_job_is_split_within_each_cell_and_an_earlier_parts_checkpoint_is_found(tmp_path, parts):
-    path = study(tmp_path, seeds=(0, 1, 2, 3))
+@pytest.mark.parametrize("seeds, parts", [(4, 2), (4, 4), (4, 3), (4, 5), (1, 2), (2, 3)])
+def test_a_merged_job_is_split_within_each_cell_and_an_earlier_parts_checkpoint_is_found(tmp_path, seeds, parts):
+    path = study(tmp_path, seeds=tuple(range(seeds)))
     (stage,) = load_experiment(path, REGISTRY).stages
     cells = cells_of(stage.runs)
     job = merged([PendingCell(stage, cell, f"[clamp] rho={cell[0].controller.config.rho}", 30.0 + i, {},
                               resolved=True) for i, cell in enumerate(cells)])
     split = split_cell(job, parts)
     assert sorted(run.run_id for part in split for run in part.runs) == sorted(run.run_id for run in job.runs)
-    for part in split:  # every part: the same consecutive seeds of every cell, cell after cell
+    assert len(split) == min(parts, len(job.runs))
+    assert max(len(p.runs) for p in split) - min(len(p.runs) for p in split) <= 1
+    order = [cell[0].cell_id for cell in cells]
+    for part in split:  # cell after cell, each cell's seeds consecutive, each run with its cell's Wc
         by_cell = cells_of(part.runs)
-        assert [cell[0].cell_id for cell in by_cell] == [cell[0].cell_id for cell in cells]
-        assert len({tuple(run.seed for run in cell) for cell in by_cell}) == 1
-        assert part.norms_of(part.runs[0]) == job.norms_of(part.runs[0])
-    assert max(len(p.runs) for p in split) - min(len(p.runs) for p in split) <= len(cells)
+        assert [cell[0].cell_id for cell in by_cell] == sorted((cell[0].cell_id for cell in by_cell), key=order.index)
+        for cell in by_cell:
+            assert [run.seed for run in cell] == list(range(cell[0].seed, cell[0].seed + len(cell)))
+        assert all(part.norms_of(run) == job.norms_of(run) for run in part.runs)
+        if seeds % parts == 0:  # the same seeds of every cell: each part its share of the slow cells
+            assert len(by_cell) == len(cells) and len({tuple(run.seed for run in cell) for cell in by_cell}) == 1
     earlier = split[-1].runs  # the checkpoint an earlier invocation's last part left
     found = checkpointed_parts(job, lambda runs: [r.run_id for r in runs] == [r.run_id for r in earlier])
     assert earlier in [part.runs for part in found]  # it resumes; the other runs are split anew
