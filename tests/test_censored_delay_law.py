@@ -366,7 +366,7 @@ def test_on_the_rho_lr_matrix_the_censored_seeds_count_and_raise_alpha(tmp_path)
 def test_a_fit_whose_maximum_lies_on_the_boundary_stops_once_it_stalls():
     # Two seeds at two rho levels, one seed 17% later at both: the seed effect leaves no residual, so the
     # Weibull maximum lies at sigma -> 0, which Newton only creeps towards (it used to run all 200
-    # iterations, some forty seconds, inside a tiny study's report).
+    # iterations).
     data = SurvivalData.build([220, 260, 320, 380], [True] * 4, [0.9, 0.9, 1.1, 1.1], seed=[0, 1, 0, 1])
     fit = fit_aft(data, AftModel("weibull", True, 12))
     assert not fit.converged
