@@ -244,6 +244,7 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
     as failed are tried again."""
     from gnorm.analysis.records import cell_label
     from gnorm.executor_table import executor_choice
+    from gnorm.interrupts import noting_interrupts, raise_if_interrupted
     from gnorm.observers import observer_choices
     from gnorm.store import Store
 
@@ -270,7 +271,7 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
 
     directory = results_directory(experiment, out_dir)
     store = Store(directory, create=True)
-    with store.exclusive():
+    with store.exclusive(), noting_interrupts():
         click.echo(f"gnorm {__version__}: {experiment.source} -> {directory}", err=True)
         try:
             skipped = run_study(experiment, registry, store, Progress(), executor, observers)
@@ -282,6 +283,7 @@ def run(experiment_file: str, out_dir: str | None, overrides: tuple[str, ...], d
 
                 written = write_report(store, directory / "report", registry, experiment.analyses, ran)
                 click.echo(f"report: {written.path}", err=True)
+            raise_if_interrupted()  # a Ctrl-C swallowed on the way still ends the command as interrupted
         except KeyboardInterrupt:
             click.echo("\n" + _interrupted_run(store, experiment, directory), err=True)
             sys.exit(INTERRUPTED)

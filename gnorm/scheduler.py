@@ -15,6 +15,7 @@ from gnorm.checkpoints import CHECKPOINT_FOLDER, checkpoint_path, remove_checkpo
 from gnorm.components import ExecutorContext
 from gnorm.executor_table import ExecutorChoice, executor_choice
 from gnorm.forks import TRUNK_FOLDER, TrunkFiles, TrunkState
+from gnorm.interrupts import raise_if_interrupted
 from gnorm.merging import merge_key, mergeable, merged, unmerged
 from gnorm.observers import Lifecycle, ObserverChoice, hook_listeners, study_lifecycle
 from gnorm.planner import (PendingCell, checkpointed_parts, pending_cells, plan_experiment, resolve_critical_norms,
@@ -145,6 +146,7 @@ class Scheduler:
                 self.report()
                 done, _ = wait(self.in_flight, timeout=1.0 if self.progress.live else self.progress.every,
                                return_when=FIRST_COMPLETED)
+                raise_if_interrupted()  # a Ctrl-C that Python swallowed in a finalizer still stops the study
                 broken = False
                 for future in done:
                     job, its_pool = self.in_flight.pop(future)

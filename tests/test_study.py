@@ -149,7 +149,7 @@ def test_an_interrupted_study_finishes_on_rerun_without_redoing_runs(tmp_path, h
     _wait_for_runs(out / DATABASE, 2, process)
     process.send_signal(how)
     output, _ = process.communicate(timeout=60)
-    assert process.returncode == (130 if how == signal.SIGINT else -signal.SIGKILL)
+    assert process.returncode == (130 if how == signal.SIGINT else -signal.SIGKILL), output
     if how == signal.SIGINT:
         assert "run the same command again" in output and "Traceback" not in output
     interrupted = _stored(out)
