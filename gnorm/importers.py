@@ -126,11 +126,23 @@ def significant(value: float, digits: int = 6) -> float:
 
 
 def plain(value: Any) -> Any:
-    """A numpy scalar or array as plain JSON data; NaN becomes None."""
+    """A numpy scalar or array as plain JSON data (nested lists of Python numbers); NaN and +-inf become
+    None. Integer, boolean and all-finite float arrays convert in one ``tolist``."""
     if isinstance(value, np.ndarray):
-        return [plain(v) for v in value.tolist()] if value.ndim else plain(value.item())
+        if not value.ndim:
+            return plain(value.item())
+        if value.dtype.kind in "biu" or (value.dtype.kind == "f" and np.isfinite(value).all()):
+            return value.tolist()
+        return _finite_or_none(value.tolist())
     if isinstance(value, (np.generic,)):
         return plain(value.item())
+    return _finite_or_none(value)
+
+
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float in it (nested lists too) replaced by None."""
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value

@@ -256,10 +256,13 @@ class Store:
                   snapshots: Sequence[SnapshotEntry] = ()) -> None:
         """Store a finished run, its trajectory and the index of its snapshots (whose files are already
         written) in one transaction."""
-        rows = []
-        for i, step in enumerate(steps):
-            extra = {k: v[i] for k, v in metrics.items() if k not in EVALUATION_COLUMNS}
-            rows.append((record.run_id, step, *(metrics[k][i] for k in EVALUATION_COLUMNS), json.dumps(extra)))
+        extra_keys = [k for k in metrics if k not in EVALUATION_COLUMNS]
+        width = 1 + len(EVALUATION_COLUMNS)  # step and the evaluation columns, then the extras
+        short = [k for k in (*EVALUATION_COLUMNS, *extra_keys) if len(metrics[k]) < len(steps)]
+        if short:
+            raise ValueError(f"run {record.run_id}: metrics {short} have fewer values than its {len(steps)} steps")
+        columns = zip(steps, *(metrics[k] for k in (*EVALUATION_COLUMNS, *extra_keys)))
+        rows = [(record.run_id, *row[:width], json.dumps(dict(zip(extra_keys, row[width:])))) for row in columns]
         with self._transaction() as connection:
             connection.execute("DELETE FROM evaluations WHERE run_id = ?", (record.run_id,))
             connection.execute(

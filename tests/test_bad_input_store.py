@@ -384,3 +384,18 @@ def test_a_full_disk_during_a_write_is_one_line_and_every_stored_run_survives(tm
     resumed.write_run(record(3), list(range(5000)), big)
     assert len(resumed.trajectory("run-3")["step"]) == 5000
     resumed.close()
+
+
+def test_a_trajectory_is_stored_row_by_row_with_its_extra_metrics_and_a_short_metric_is_refused(tmp_path):
+    store = Store(tmp_path / "out", create=True)
+    steps = [100, 200, 300]
+    metrics = {name: [0.5, 0.25, 0.125] for name in METRICS} | {"logit_scale": [1.0, None, 3.0], "norm/hidden": [4, 5, 6]}
+    store.write_run(record(0), steps, metrics)
+    trajectory = store.trajectory("run-0")
+    assert list(trajectory["step"]) == steps
+    assert list(trajectory["test_acc"]) == [0.5, 0.25, 0.125] and list(trajectory["norm/hidden"]) == [4, 5, 6]
+    assert trajectory["logit_scale"][0] == 1.0 and trajectory["logit_scale"][2] == 3.0
+    with pytest.raises(ValueError, match=r"run-1: metrics \['norm/hidden'\] have fewer values than its 3 steps"):
+        store.write_run(record(1), steps, metrics | {"norm/hidden": [4, 5]})
+    assert "run-1" not in store.finished_run_ids()
+    store.close()
