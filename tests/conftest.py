@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,13 @@ def tiny_study(tmp_path: Path, seeds: int = 2, p: int = 67, max_steps: int = 150
 #: ``tiny_study``'s keys for a slower study (p = 97, lr 5e-3, the tiny study's old settings): its clamp cells
 #: train for about a thousand steps, so that a test can interrupt them.
 SLOW_TINY = {"p": 97, "lr": 5e-3}
+
+
+def sigint_as_a_terminal_sends_it() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT: its default disposition, unblocked,
+    whatever the test process inherited (an ignored or blocked signal would be inherited by the child)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
 
 
 def toml_literal(text: str) -> Any:

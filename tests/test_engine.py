@@ -157,7 +157,10 @@ def _eager_then_compiled(modules, splits, steps=40):
 
 
 def test_compiled_ensemble_computes_the_same_function_as_eager():
-    (_, eager), (_, compiled) = _eager_then_compiled(*_members([0, 1, 2]))
+    (eager_compiled, eager), (compiled_compiled, compiled) = _eager_then_compiled(*_members([0, 1, 2]))
+    if not compiled_compiled:  # CompiledOrEager fell back, with a warning saying why
+        pytest.skip("torch.compile failed in this environment and training fell back to eager: nothing to compare")
+    assert not eager_compiled
     np.testing.assert_allclose(compiled, eager, rtol=1e-4)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import GNORM, SLOW_TINY, tiny_study
+from conftest import GNORM, SLOW_TINY, sigint_as_a_terminal_sends_it, tiny_study
 from gnorm.cli import main
 from gnorm.science import critical_norm
 from gnorm.store import DATABASE, Store
@@ -144,8 +144,8 @@ def _wait_for_runs(database, count, process, limit=120):
 def test_an_interrupted_study_finishes_on_rerun_without_redoing_runs(tmp_path, how):
     path = tiny_study(tmp_path, rhos="[0.9, 1.0]", **SLOW_TINY)
     out = tmp_path / "out"
-    process = subprocess.Popen([*GNORM, "run", str(path), "--out", str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([*GNORM, "run", str(path), "--out", str(out)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, preexec_fn=sigint_as_a_terminal_sends_it)
     _wait_for_runs(out / DATABASE, 2, process)
     process.send_signal(how)
     output, _ = process.communicate(timeout=60)
