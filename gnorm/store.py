@@ -257,11 +257,12 @@ class Store:
         """Store a finished run, its trajectory and the index of its snapshots (whose files are already
         written) in one transaction."""
         extra_keys = [k for k in metrics if k not in EVALUATION_COLUMNS]
+        keys = (*EVALUATION_COLUMNS, *extra_keys)
         width = 1 + len(EVALUATION_COLUMNS)  # step and the evaluation columns, then the extras
-        short = [k for k in (*EVALUATION_COLUMNS, *extra_keys) if len(metrics[k]) < len(steps)]
+        short = [k for k in keys if len(metrics[k]) < len(steps)]
         if short:
             raise ValueError(f"run {record.run_id}: metrics {short} have fewer values than its {len(steps)} steps")
-        columns = zip(steps, *(metrics[k] for k in (*EVALUATION_COLUMNS, *extra_keys)))
+        columns = zip(steps, *(metrics[k] for k in keys))
         rows = [(record.run_id, *row[:width], json.dumps(dict(zip(extra_keys, row[width:])))) for row in columns]
         with self._transaction() as connection:
             connection.execute("DELETE FROM evaluations WHERE run_id = ?", (record.run_id,))
